@@ -1,0 +1,13 @@
+"""The one source of "now" (UTC, aware). Hosts are assumed NTP-synchronised: leases are seconds long."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def after(seconds: float, now: datetime | None = None) -> datetime:
+    return (now or utcnow()) + timedelta(seconds=seconds)

@@ -1,0 +1,74 @@
+"""All configuration, as one typed object read from ``TIDEFLOW_*`` environment variables.
+
+Every timeout that bounds "stuck" time lives here; README.md states the bounds they produce.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MASTER_QUEUE = "tideflow.master"
+DEFAULT_QUEUE = "tideflow.default"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIDEFLOW_", extra="ignore", frozen=True)
+
+    database_url: str = "sqlite:///tideflow.sqlite3"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    #: kombu Redis ``global_keyprefix``: lets several deployments (or tests) share one Redis.
+    broker_key_prefix: str = ""
+
+    master_queue: str = MASTER_QUEUE
+    default_queue: str = DEFAULT_QUEUE
+
+    # -- the bounds ---------------------------------------------------------------------------
+    #: a running task's lease; a task whose lease lapses is a lost attempt.
+    lease_seconds: float = Field(30.0, gt=0)
+    #: how often a running task renews its lease (and notices cancel / lease loss).
+    heartbeat_seconds: float | None = Field(None, gt=0)
+    #: a submitted task not claimed this long after its last publish is published again.
+    orphan_timeout_seconds: float = Field(20.0, gt=0)
+    #: cap of the exponential back-off between re-publishes of one unclaimed task.
+    orphan_max_backoff_seconds: float = Field(300.0, gt=0)
+    #: a finished task (or child run) the master has not acted on this long is advanced by the reconciler.
+    advance_timeout_seconds: float = Field(15.0, gt=0)
+    #: how often beat runs the reconciler.
+    reconcile_interval_seconds: float = Field(5.0, gt=0)
+    #: how many rows of each kind one reconciler pass handles.
+    reconcile_batch_size: int = Field(500, gt=0)
+    #: a message whose task row is not visible is retried until this long after it was published.
+    missing_row_deadline_seconds: float = Field(600.0, gt=0)
+    #: first back-off of a missing-row retry (doubles, capped at 30 s).
+    missing_row_initial_backoff_seconds: float = Field(0.5, gt=0)
+    #: how long a task body gets to stop after losing its lease or timing out, before its process is killed.
+    stop_grace_seconds: float = Field(5.0, gt=0)
+
+    #: captured stdout/stderr kept per attempt.
+    log_max_bytes: int = Field(64 * 1024, gt=0)
+    #: module prefixes a ``python`` task may name (comma separated); empty means any importable module.
+    python_modules: str = ""
+
+    worker_concurrency: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        hb = self.heartbeat_seconds
+        if hb is not None and hb >= self.lease_seconds:
+            raise ValueError("TIDEFLOW_HEARTBEAT_SECONDS must be smaller than TIDEFLOW_LEASE_SECONDS")
+        return self
+
+    @cached_property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat_seconds if self.heartbeat_seconds is not None else self.lease_seconds / 3
+
+    @cached_property
+    def allowed_python_modules(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.python_modules.split(",") if m.strip())
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,85 @@
+"""The DAG evaluator: the one narrow piece that decides a run's next step.
+
+Pure: given the definition's dependencies, the tasks' current states and the failure strategy, it returns
+a :class:`Decision`. The master (``app.services.master``) applies it inside a transaction. A replaying
+code-workflow decider can later stand beside this with the same output type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from app.states import RunState, TaskState
+
+FAILED_LIKE = frozenset({TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED})
+
+
+@dataclass(frozen=True)
+class Decision:
+    submit: list[str] = field(default_factory=list)  # pending tasks whose upstream all succeeded
+    skip: list[str] = field(default_factory=list)  # pending/submitted tasks that will never run
+    cancel: list[str] = field(default_factory=list)  # running tasks to stop (run stops at a failure)
+    outcome: RunState | None = None  # set when the run is finished
+    reason: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.submit or self.skip or self.cancel or self.outcome)
+
+
+def evaluate(
+    deps: Mapping[str, Sequence[str]], states: Mapping[str, TaskState], on_failure: str = "stop",
+) -> Decision:
+    """Decide what to do next. ``deps``: task -> upstream names; ``states``: task -> state."""
+    failed = sorted(n for n, st in states.items() if st == TaskState.FAILED)
+    if failed and on_failure == "stop":
+        return Decision(
+            skip=sorted(n for n, st in states.items() if st in (TaskState.PENDING, TaskState.SUBMITTED)),
+            cancel=sorted(n for n, st in states.items() if st == TaskState.RUNNING),
+            outcome=RunState.FAILED,
+            reason=f"task '{failed[0]}' failed",
+        )
+
+    submit: list[str] = []
+    skip: list[str] = []
+    # Skipping propagates down the DAG in one pass: walk in dependency order.
+    effective = dict(states)
+    for name in _order(deps):
+        if effective[name] != TaskState.PENDING:
+            continue
+        ups = [effective[d] for d in deps[name]]
+        if any(u in FAILED_LIKE for u in ups):
+            skip.append(name)
+            effective[name] = TaskState.SKIPPED
+        elif all(u == TaskState.SUCCEEDED for u in ups):
+            submit.append(name)
+            effective[name] = TaskState.SUBMITTED
+
+    outcome = None
+    reason = ""
+    if all(st not in (TaskState.PENDING, TaskState.SUBMITTED, TaskState.RUNNING) for st in effective.values()):
+        if all(st == TaskState.SUCCEEDED for st in effective.values()):
+            outcome, reason = RunState.SUCCEEDED, "all tasks succeeded"
+        else:
+            bad = sorted(n for n, st in effective.items() if st != TaskState.SUCCEEDED)
+            outcome, reason = RunState.FAILED, f"task '{(failed or bad)[0]}' did not succeed"
+    return Decision(submit=submit, skip=skip, outcome=outcome, reason=reason)
+
+
+def _order(deps: Mapping[str, Sequence[str]]) -> list[str]:
+    done: set[str] = set()
+    order: list[str] = []
+    for root in deps:
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if node in done:
+                continue
+            if expanded:
+                done.add(node)
+                order.append(node)
+                continue
+            stack.append((node, True))
+            stack.extend((d, False) for d in deps[node] if d not in done)
+    return order

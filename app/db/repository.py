@@ -1,0 +1,305 @@
+"""The one owner of SQL. Every state change is :func:`transition_task` or :func:`transition_run`: a guarded
+``UPDATE ... WHERE id = ? AND state = expected [AND attempt = ?] [AND lease_token = ?]`` that reports
+whether it landed, and writes its event row in the same transaction when it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from app.clock import utcnow
+from app.db.schema import Event, TaskAttempt, TaskRun, Workflow, WorkflowRun
+from app.states import RunState, TaskState, check_run_transition, check_task_transition
+
+W = Workflow.__table__
+R = WorkflowRun.__table__
+T = TaskRun.__table__
+A = TaskAttempt.__table__
+E = Event.__table__
+
+TaskRow = Row[Any]
+RunRow = Row[Any]
+
+
+def _is_pg(s: Session) -> bool:
+    return s.get_bind().dialect.name == "postgresql"
+
+
+# -- workflows --------------------------------------------------------------------------------------
+
+
+def workflow_by_digest(s: Session, name: str, digest: str) -> Row[Any] | None:
+    return s.execute(select(W).where(W.c.name == name, W.c.digest == digest)).first()
+
+
+def workflow(s: Session, name: str, version: int | None = None) -> Row[Any] | None:
+    q = select(W).where(W.c.name == name)
+    q = q.where(W.c.version == version) if version is not None else q.order_by(W.c.version.desc()).limit(1)
+    return s.execute(q).first()
+
+
+def workflow_by_id(s: Session, workflow_id: int) -> Row[Any] | None:
+    return s.execute(select(W).where(W.c.id == workflow_id)).first()
+
+
+def workflow_versions(s: Session, name: str) -> Sequence[Row[Any]]:
+    return s.execute(select(W).where(W.c.name == name).order_by(W.c.version)).all()
+
+
+def list_workflows(s: Session) -> Sequence[Row[Any]]:
+    latest = select(W.c.name, func.max(W.c.version).label("version")).group_by(W.c.name).subquery()
+    q = select(W).join(latest, and_(W.c.name == latest.c.name, W.c.version == latest.c.version))
+    return s.execute(q.order_by(W.c.name)).all()
+
+
+def insert_workflow(s: Session, name: str, digest: str, definition: dict[str, Any]) -> Row[Any]:
+    version = (s.execute(select(func.max(W.c.version)).where(W.c.name == name)).scalar() or 0) + 1
+    s.execute(insert(W).values(name=name, version=version, digest=digest, definition=definition,
+                               created_at=utcnow()))
+    row = workflow(s, name, version)
+    assert row is not None
+    return row
+
+
+# -- runs ---------------------------------------------------------------------------------------------
+
+
+def insert_run(
+    s: Session, *, workflow_row: Row[Any], params: dict[str, Any], priority: int, on_failure: str,
+    parent_task_run_id: int | None, actor: str, reason: str,
+) -> int:
+    now = utcnow()
+    run_id = s.execute(
+        insert(R).values(
+            workflow_id=workflow_row.id, workflow_name=workflow_row.name, state=RunState.RUNNING,
+            params=params, priority=priority, on_failure=on_failure, parent_task_run_id=parent_task_run_id,
+            created_at=now, updated_at=now,
+        ).returning(R.c.id)
+    ).scalar_one()
+    add_event(s, run_id=run_id, from_state=None, to_state=RunState.RUNNING, actor=actor, reason=reason, now=now)
+    return int(run_id)
+
+
+def get_run(s: Session, run_id: int) -> RunRow | None:
+    return s.execute(select(R).where(R.c.id == run_id)).first()
+
+
+def lock_run(s: Session, run_id: int, *, skip_locked: bool = False) -> RunRow | None:
+    """The run row, locked for this transaction: advances of one run are serialised (fan-in safety).
+
+    On SQLite the IMMEDIATE transaction already holds the database's write lock."""
+    q = select(R).where(R.c.id == run_id)
+    if _is_pg(s):
+        q = q.with_for_update(skip_locked=skip_locked)
+    return s.execute(q).first()
+
+
+def list_runs(
+    s: Session, *, state: str | None = None, workflow_name: str | None = None, limit: int = 50,
+    before_id: int | None = None,
+) -> Sequence[RunRow]:
+    q = select(R).order_by(R.c.id.desc()).limit(limit)
+    if state:
+        q = q.where(R.c.state == state)
+    if workflow_name:
+        q = q.where(R.c.workflow_name == workflow_name)
+    if before_id:
+        q = q.where(R.c.id < before_id)
+    return s.execute(q).all()
+
+
+def child_runs(s: Session, parent_task_run_ids: Iterable[int]) -> Sequence[RunRow]:
+    ids = list(parent_task_run_ids)
+    if not ids:
+        return []
+    return s.execute(select(R).where(R.c.parent_task_run_id.in_(ids))).all()
+
+
+def transition_run(
+    s: Session, run: RunRow, to: RunState, *, actor: str, reason: str, error: str | None = None,
+) -> bool:
+    src = RunState(run.state)
+    check_run_transition(src, to)
+    now = utcnow()
+    finished = now if to in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED) else None
+    res = s.execute(
+        update(R)
+        .where(R.c.id == run.id, R.c.state == src)
+        .values(state=to, updated_at=now, finished_at=finished, error=error)
+    )
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    add_event(s, run_id=run.id, from_state=src, to_state=to, actor=actor, reason=reason, now=now)
+    return True
+
+
+# -- tasks --------------------------------------------------------------------------------------------
+
+
+def insert_tasks(s: Session, run_id: int, tasks: list[dict[str, Any]]) -> None:
+    """Create the run's task rows (pending). ``tasks``: dicts with name, type, queue, priority."""
+    now = utcnow()
+    rows = [
+        {**t, "run_id": run_id, "state": TaskState.PENDING, "attempt": 0, "failures": 0, "publish_count": 0,
+         "handled": True, "created_at": now, "updated_at": now}
+        for t in tasks
+    ]
+    s.execute(insert(T), rows)
+
+
+def get_task(s: Session, task_run_id: int) -> TaskRow | None:
+    return s.execute(select(T).where(T.c.id == task_run_id)).first()
+
+
+def run_tasks(s: Session, run_id: int) -> Sequence[TaskRow]:
+    return s.execute(select(T).where(T.c.run_id == run_id).order_by(T.c.id)).all()
+
+
+def task_results(s: Session, run_id: int, names: Iterable[str]) -> dict[str, Any]:
+    wanted = list(names)
+    if not wanted:
+        return {}
+    q = select(T.c.name, T.c.result).where(
+        T.c.run_id == run_id, T.c.name.in_(wanted), T.c.state == TaskState.SUCCEEDED
+    )
+    return {name: result for name, result in s.execute(q)}
+
+
+def transition_task(
+    s: Session, task: TaskRow, to: TaskState, *, actor: str, reason: str, fence: str | None = None,
+    now: datetime | None = None, **values: Any,
+) -> bool:
+    """Move ``task`` from the state (and attempt) it was read in to ``to``.
+
+    Lands only if nobody changed the row since: same state, same attempt and, for a running task's own
+    completion, the same lease token ``fence`` (the fence that stops a failed-over worker from overwriting a newer
+    attempt). ``values`` are extra columns to set (attempt, lease, result, ...).
+    """
+    src = TaskState(task.state)
+    check_task_transition(src, to)
+    now = now or utcnow()
+    cond = [T.c.id == task.id, T.c.state == src, T.c.attempt == task.attempt]
+    if fence is not None:
+        cond.append(T.c.lease_token == fence)
+    if src == TaskState.SUBMITTED and to == TaskState.SUBMITTED:
+        cond.append(T.c.publish_count == task.publish_count)
+    res = s.execute(update(T).where(*cond).values(state=to, updated_at=now, **values))
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    add_event(
+        s, run_id=task.run_id, task_run_id=task.id, task_name=task.name,
+        attempt=values.get("attempt", task.attempt), from_state=src, to_state=to, actor=actor,
+        reason=reason, now=now,
+    )
+    return True
+
+
+def renew_lease(s: Session, task_run_id: int, lease_token: str, expires_at: datetime) -> bool:
+    """Heartbeat: extend the lease if this attempt still holds it. Not a transition: no event."""
+    res = s.execute(
+        update(T)
+        .where(T.c.id == task_run_id, T.c.state == TaskState.RUNNING, T.c.lease_token == lease_token)
+        .values(lease_expires_at=expires_at)
+    )
+    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def mark_handled(s: Session, task_ids: Iterable[int]) -> int:
+    ids = list(task_ids)
+    if not ids:
+        return 0
+    res = s.execute(update(T).where(T.c.id.in_(ids), T.c.handled.is_(False)).values(handled=True))
+    return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+# -- attempts -----------------------------------------------------------------------------------------
+
+
+def insert_attempt(s: Session, task: TaskRow, *, attempt: int, worker: str, pid: int, now: datetime) -> None:
+    s.execute(insert(A).values(task_run_id=task.id, attempt=attempt, worker=worker, pid=pid, outcome="running",
+                               started_at=now))
+
+
+def finish_attempt(
+    s: Session, task_run_id: int, attempt: int, *, outcome: str, error: str | None = None,
+    log: str | None = None, now: datetime | None = None,
+) -> None:
+    now = now or utcnow()
+    row = s.execute(select(A.c.started_at).where(A.c.task_run_id == task_run_id, A.c.attempt == attempt)).first()
+    if row is None:
+        return
+    values: dict[str, Any] = {"outcome": outcome, "finished_at": now,
+                              "duration": (now - row.started_at).total_seconds()}
+    if error is not None:
+        values["error"] = error
+    if log is not None:
+        values["log"] = log
+    s.execute(update(A).where(A.c.task_run_id == task_run_id, A.c.attempt == attempt,
+                              A.c.outcome == "running").values(**values))
+
+
+def attempts(s: Session, task_run_ids: Iterable[int]) -> Sequence[Row[Any]]:
+    ids = list(task_run_ids)
+    if not ids:
+        return []
+    return s.execute(select(A).where(A.c.task_run_id.in_(ids)).order_by(A.c.task_run_id, A.c.attempt)).all()
+
+
+# -- events -------------------------------------------------------------------------------------------
+
+
+def add_event(
+    s: Session, *, run_id: int, to_state: str, actor: str, reason: str, from_state: str | None = None,
+    task_run_id: int | None = None, task_name: str | None = None, attempt: int | None = None,
+    now: datetime | None = None,
+) -> None:
+    s.execute(insert(E).values(
+        run_id=run_id, task_run_id=task_run_id, task_name=task_name, attempt=attempt,
+        from_state=str(from_state) if from_state is not None else None, to_state=str(to_state),
+        actor=actor[:200], reason=reason, created_at=now or utcnow(),
+    ))
+
+
+def run_events(s: Session, run_id: int) -> Sequence[Row[Any]]:
+    return s.execute(select(E).where(E.c.run_id == run_id).order_by(E.c.id)).all()
+
+
+# -- reconciler scans (each row locked; concurrent reconcilers skip each other's rows) ---------------------
+
+
+def _locked(s: Session, q: Any) -> Any:
+    return q.with_for_update(skip_locked=True) if _is_pg(s) else q
+
+
+def due_orphans(s: Session, now: datetime, limit: int) -> Sequence[TaskRow]:
+    q = (select(T).where(T.c.state == TaskState.SUBMITTED, T.c.next_publish_at <= now)
+         .order_by(T.c.next_publish_at).limit(limit))
+    return s.execute(_locked(s, q)).all()
+
+
+def expired_leases(s: Session, now: datetime, limit: int) -> Sequence[TaskRow]:
+    q = (select(T).where(T.c.state == TaskState.RUNNING, T.c.lease_expires_at.is_not(None),
+                         T.c.lease_expires_at < now)
+         .order_by(T.c.lease_expires_at).limit(limit))
+    return s.execute(_locked(s, q)).all()
+
+
+def runs_with_unhandled_tasks(s: Session, older_than: datetime, limit: int) -> list[int]:
+    q = (select(T.c.run_id).where(T.c.handled.is_(False), T.c.finished_at <= older_than)
+         .order_by(T.c.finished_at).limit(limit))
+    seen: dict[int, None] = {}
+    for (run_id,) in s.execute(q):
+        seen.setdefault(int(run_id), None)
+    return list(seen)
+
+
+def count_tasks_by_state(s: Session, run_id: int | None = None) -> dict[str, int]:
+    q = select(T.c.state, func.count()).group_by(T.c.state)
+    if run_id is not None:
+        q = q.where(T.c.run_id == run_id)
+    return {state: int(n) for state, n in s.execute(q)}

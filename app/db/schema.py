@@ -1,0 +1,187 @@
+"""The whole schema, in one module. Alembic migrations in ``app/migrations`` must produce exactly this
+(``tests/integration/test_migrations.py`` compares them on PostgreSQL and SQLite).
+
+Partial indexes cover only live rows, so the reconciler's scans stay proportional to live work, not to
+history (the DBOS pattern).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python on every backend (SQLite stores naive UTC text, compared as text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# Integer on SQLite (so it is the rowid alias and autoincrements), BIGINT elsewhere.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
+
+
+class Workflow(Base):
+    """One version of a workflow definition. A changed definition is a new row; runs point at theirs."""
+
+    __tablename__ = "workflows"
+    __table_args__ = (UniqueConstraint("name", "version"), UniqueConstraint("name", "digest"))
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WorkflowRun(Base):
+    __tablename__ = "workflow_runs"
+    __table_args__ = (
+        Index("ix_workflow_runs_live", "id", postgresql_where=text("state = 'running'"),
+              sqlite_where=text("state = 'running'")),
+        Index("ix_workflow_runs_workflow_name_id", "workflow_name", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    workflow_id: Mapped[int] = mapped_column(ForeignKey("workflows.id"), index=True)
+    workflow_name: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    priority: Mapped[int] = mapped_column(Integer)
+    on_failure: Mapped[str] = mapped_column(String(20))
+    parent_task_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("task_runs.id", use_alter=True), nullable=True, index=True
+    )
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class TaskRun(Base):
+    """One task of one run. ``attempt`` is the fencing token: only the holder of the current attempt's
+    ``lease_token`` may finish it."""
+
+    __tablename__ = "task_runs"
+    __table_args__ = (
+        UniqueConstraint("run_id", "name"),
+        # reconciler: orphaned submitted tasks, by when they are due for a re-publish
+        Index("ix_task_runs_submitted", "next_publish_at",
+              postgresql_where=text("state = 'submitted'"), sqlite_where=text("state = 'submitted'")),
+        # reconciler: running tasks by lease expiry (subworkflow tasks hold no lease)
+        Index("ix_task_runs_leases", "lease_expires_at",
+              postgresql_where=text("state = 'running' AND lease_expires_at IS NOT NULL"),
+              sqlite_where=text("state = 'running' AND lease_expires_at IS NOT NULL")),
+        # reconciler: finished tasks the master has not acted on yet
+        Index("ix_task_runs_unhandled", "finished_at",
+              postgresql_where=text("handled = false"), sqlite_where=text("handled = 0")),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("workflow_runs.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    type: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # failed attempts since the run (re)started
+    queue: Mapped[str] = mapped_column(String(100))
+    priority: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    publish_count: Mapped[int] = mapped_column(Integer, default=0)  # publishes of the current attempt
+    next_publish_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    handled: Mapped[bool] = mapped_column(Boolean, default=True)  # False: finished, master not yet acted
+    child_run_id: Mapped[int | None] = mapped_column(ForeignKey("workflow_runs.id"), nullable=True)
+    result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class TaskAttempt(Base):
+    """One execution attempt of a task: who ran it, when, how it ended, and its log."""
+
+    __tablename__ = "task_attempts"
+    __table_args__ = (UniqueConstraint("task_run_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    task_run_id: Mapped[int] = mapped_column(ForeignKey("task_runs.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(20))  # running, succeeded, failed, timed_out, lost, cancelled
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Event(Base):
+    """Append-only history: one row per transition (who, when, from, to, why). Never updated."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_run_id_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("workflow_runs.id"))
+    task_run_id: Mapped[int | None] = mapped_column(ForeignKey("task_runs.id"), nullable=True)
+    task_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    from_state: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(20))
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+metadata = Base.metadata

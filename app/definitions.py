@@ -1,0 +1,281 @@
+"""Workflow definitions: the document users write (YAML, JSON or Python dicts) and its validation.
+
+Validation is complete before anything is stored: :func:`parse_definition` either returns a
+:class:`WorkflowSpec` or raises :class:`~app.errors.DefinitionError` listing every problem, each naming
+the task and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app import templating
+from app.errors import DefinitionError
+
+NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$"
+FUNCTION_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+TaskType = Literal["shell", "python", "subworkflow"]
+
+# fields that only make sense for some task types
+_TYPE_FIELDS: dict[str, set[str]] = {
+    "shell": {"command", "env"},
+    "python": {"function", "args"},
+    "subworkflow": {"workflow", "params"},
+}
+_REQUIRED: dict[str, str] = {"shell": "command", "python": "function", "subworkflow": "workflow"}
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_RE)
+    type: TaskType
+    command: str | None = Field(None, min_length=1)
+    env: dict[str, str] | None = None
+    function: str | None = None
+    args: dict[str, Any] | None = None
+    workflow: str | None = Field(None, pattern=NAME_RE)
+    params: dict[str, Any] | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    retries: int = Field(0, ge=0, le=100)
+    retry_delay: float = Field(0.0, ge=0, le=86400)
+    retry_backoff: float = Field(2.0, ge=1, le=10)
+    max_retry_delay: float = Field(3600.0, gt=0, le=86400)
+    timeout: float | None = Field(None, gt=0, le=7 * 86400)
+    queue: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
+    priority: int | None = Field(None, ge=0, le=9)
+
+    def retry_delay_for(self, failures: int) -> float:
+        """Delay before the retry that follows the ``failures``-th failed attempt (1-based)."""
+        return min(self.retry_delay * self.retry_backoff ** max(failures - 1, 0), self.max_retry_delay)
+
+
+class WorkflowSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_RE)
+    description: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(5, ge=0, le=9)
+    on_failure: Literal["stop", "continue"] = "stop"
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=100_000)
+
+    def task(self, name: str) -> TaskSpec:
+        return self.tasks_by_name()[name]
+
+    def tasks_by_name(self) -> dict[str, TaskSpec]:
+        return {t.name: t for t in self.tasks}
+
+    def canonical(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def digest(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _where(loc: tuple[Any, ...], raw: Any) -> str:
+    if len(loc) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int):
+        name = None
+        tasks = raw.get("tasks") if isinstance(raw, dict) else None
+        if isinstance(tasks, list) and loc[1] < len(tasks) and isinstance(tasks[loc[1]], dict):
+            name = tasks[loc[1]].get("name")
+        rest = ".".join(str(p) for p in loc[2:])
+        who = f"task '{name}'" if name else f"tasks[{loc[1]}]"
+        return f"{who}: {rest}" if rest else who
+    return ".".join(str(p) for p in loc) or "workflow"
+
+
+def _semantic_problems(spec: WorkflowSpec) -> list[str]:
+    problems: list[str] = []
+    names = [t.name for t in spec.tasks]
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            problems.append(f"task '{n}': duplicate task name")
+        seen.add(n)
+    for t in spec.tasks:
+        problems.extend(_task_problems(spec, t, seen))
+    if not problems:
+        cycle = find_cycle(spec)
+        if cycle:
+            problems.append(f"task '{cycle[0]}': dependency cycle {' -> '.join(cycle)}")
+    if not problems:
+        problems.extend(_template_problems(spec))
+    return problems
+
+
+def _task_problems(spec: WorkflowSpec, t: TaskSpec, names: set[str]) -> list[str]:
+    problems = []
+    required = _REQUIRED[t.type]
+    if getattr(t, required) is None:
+        problems.append(f"task '{t.name}': a {t.type} task needs '{required}'")
+    for field in set().union(*_TYPE_FIELDS.values()) - _TYPE_FIELDS[t.type]:
+        if getattr(t, field) is not None:
+            problems.append(f"task '{t.name}': '{field}' does not apply to a {t.type} task")
+    if t.type == "python" and t.function is not None and not FUNCTION_RE.match(t.function):
+        problems.append(f"task '{t.name}': function '{t.function}' is not of the form 'package.module:callable'")
+    if t.type == "subworkflow":
+        if t.retries or t.timeout is not None or t.queue is not None:
+            problems.append(
+                f"task '{t.name}': retries, timeout and queue do not apply to a subworkflow task "
+                "(set them on the child workflow's tasks)"
+            )
+        if t.workflow == spec.name:
+            problems.append(f"task '{t.name}': a workflow cannot start itself as a subworkflow")
+    deps = t.depends_on
+    if len(set(deps)) != len(deps):
+        problems.append(f"task '{t.name}': depends_on lists a task twice")
+    for d in deps:
+        if d == t.name:
+            problems.append(f"task '{t.name}': depends on itself")
+        elif d not in names:
+            problems.append(f"task '{t.name}': depends_on names unknown task '{d}'")
+    return problems
+
+
+def find_cycle(spec: WorkflowSpec) -> list[str] | None:
+    """A dependency cycle as a list of names (first == last), or None. Iterative: DAGs may be large."""
+    deps = {t.name: t.depends_on for t in spec.tasks}
+    color: dict[str, int] = {}
+    for root in deps:
+        if color.get(root):
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path: list[str] = []
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                color[node] = 1
+                path.append(node)
+            children = deps.get(node, [])
+            if i < len(children):
+                stack.append((node, i + 1))
+                child = children[i]
+                if color.get(child) == 1:
+                    return path[path.index(child):] + [child]
+                if not color.get(child):
+                    stack.append((child, 0))
+            else:
+                color[node] = 2
+                path.pop()
+    return None
+
+
+def ancestors(spec: WorkflowSpec) -> dict[str, set[str]]:
+    deps = {t.name: t.depends_on for t in spec.tasks}
+    memo: dict[str, set[str]] = {}
+    for t in topological_order(spec):
+        memo[t] = set(deps[t]).union(*(memo[d] for d in deps[t])) if deps[t] else set()
+    return memo
+
+
+def topological_order(spec: WorkflowSpec) -> list[str]:
+    deps = {t.name: t.depends_on for t in spec.tasks}
+    done: set[str] = set()
+    order: list[str] = []
+    for root in deps:
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if node in done:
+                continue
+            if expanded:
+                done.add(node)
+                order.append(node)
+                continue
+            stack.append((node, True))
+            stack.extend((d, False) for d in deps[node] if d not in done)
+    return order
+
+
+def _template_problems(spec: WorkflowSpec) -> list[str]:
+    problems = []
+    deps = {t.name: t.depends_on for t in spec.tasks}
+
+    def is_upstream(name: str, of: str) -> bool:
+        # a walk per reference, not ancestors(): that is quadratic in memory for long chains
+        seen: set[str] = set()
+        stack = list(deps[of])
+        while stack:
+            n = stack.pop()
+            if n == name:
+                return True
+            if n not in seen:
+                seen.add(n)
+                stack.extend(deps[n])
+        return False
+
+    for t in spec.tasks:
+        fields = {"command": t.command, "env": t.env, "args": t.args, "params": t.params}
+        for field, value in fields.items():
+            if value is None:
+                continue
+            try:
+                refs = templating.references(value)
+            except templating.TemplateError as exc:
+                problems.append(f"task '{t.name}': {field}: {exc}")
+                continue
+            for scope, path in refs:
+                if scope == "params" and path[0] not in spec.params:
+                    problems.append(
+                        f"task '{t.name}': {field}: parameter '{path[0]}' is not declared in the workflow's params"
+                    )
+                elif scope == "upstream" and not is_upstream(path[0], t.name):
+                    problems.append(
+                        f"task '{t.name}': {field}: '{path[0]}' is not an upstream task of '{t.name}'"
+                    )
+                elif scope == "run" and path[0] not in ("id", "priority", "workflow"):
+                    problems.append(f"task '{t.name}': {field}: 'run.{path[0]}' is not one of run.id/priority/workflow")
+    return problems
+
+
+def parse_definition(raw: Any) -> WorkflowSpec:
+    """Validate a definition given as a dict (or a :class:`WorkflowSpec`)."""
+    if isinstance(raw, WorkflowSpec):
+        raw = raw.canonical()
+    if not isinstance(raw, dict):
+        raise DefinitionError([f"a workflow definition must be a mapping, not {type(raw).__name__}"])
+    try:
+        spec = WorkflowSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise DefinitionError(
+            [f"{_where(tuple(e['loc']), raw)}: {e['msg']}" for e in exc.errors()]
+        ) from None
+    problems = _semantic_problems(spec)
+    if problems:
+        raise DefinitionError(problems)
+    return spec
+
+
+def load_definition_file(path: str | Path) -> WorkflowSpec:
+    """Read and validate a YAML or JSON file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise DefinitionError([f"{p}: cannot read: {exc.strerror}"]) from None
+    try:
+        raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise DefinitionError([f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"]) from None
+    return parse_definition(raw)
+
+
+def check_run_params(spec: WorkflowSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """Merge run parameters over the declared defaults; an undeclared name is an error."""
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        raise DefinitionError(
+            [f"unknown parameter '{u}' for workflow '{spec.name}' (declared: {', '.join(sorted(spec.params)) or 'none'})"
+             for u in unknown]
+        )
+    return {**spec.params, **params}

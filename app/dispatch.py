@@ -1,0 +1,58 @@
+"""The broker boundary: everything Tideflow sends to the broker goes through a :class:`Dispatcher`.
+
+Services never publish directly: they call :func:`publish_after_commit`, which defers the publish to the
+session's on-commit hook (``app.db.oncommit``). ``tasks.dispatcher.CeleryDispatcher`` is the real one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from app.db.oncommit import on_commit
+
+
+@dataclass(frozen=True)
+class ExecuteMessage:
+    task_run_id: int
+    attempt: int
+    queue: str
+    priority: int  # Tideflow priority 0..9, 9 most urgent
+    countdown: float = 0.0
+    label: str = ""  # "workflow/task", shown by Flower as the task name
+
+
+class Dispatcher(Protocol):
+    def execute(self, messages: Sequence[ExecuteMessage]) -> None: ...
+
+    def advance(self, run_ids: Sequence[int]) -> None: ...
+
+
+def publish_after_commit(
+    session: Session, dispatcher: Dispatcher, *, execute: Sequence[ExecuteMessage] = (),
+    advance: Sequence[int] = (),
+) -> None:
+    if execute:
+        msgs = list(execute)
+        on_commit(session, lambda: dispatcher.execute(msgs))
+    if advance:
+        runs = list(advance)
+        on_commit(session, lambda: dispatcher.advance(runs))
+
+
+class RecordingDispatcher:
+    """Keeps messages in lists: for unit tests of pure logic and for in-process use (never for a test
+    of delivery)."""
+
+    def __init__(self) -> None:
+        self.executed: list[ExecuteMessage] = []
+        self.advanced: list[int] = []
+
+    def execute(self, messages: Sequence[ExecuteMessage]) -> None:
+        self.executed.extend(messages)
+
+    def advance(self, run_ids: Sequence[int]) -> None:
+        self.advanced.extend(run_ids)

@@ -1,0 +1,70 @@
+"""Operator actions: register a workflow, cancel a run, retry a run from its failed tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.db import repository as repo
+from app.definitions import WorkflowSpec, parse_definition
+from app.errors import DefinitionError, InvalidState, NotFound
+from app.runtime import Runtime
+from app.services.master import advance_locked, cancel_locked
+from app.states import RUN_TERMINAL, RunState, TaskState
+
+
+def register_workflow(s: Session, definition: WorkflowSpec | dict[str, Any]) -> tuple[Any, bool]:
+    """Store a definition. Same content as an existing version: returns it (created=False); changed content:
+    a new version. Invalid: :class:`DefinitionError` and nothing is stored."""
+    spec = parse_definition(definition)
+    missing = sorted({
+        t.workflow for t in spec.tasks
+        if t.type == "subworkflow" and t.workflow and repo.workflow(s, t.workflow) is None
+    })
+    if missing:
+        raise DefinitionError([
+            f"task '{t.name}': subworkflow '{t.workflow}' is not registered (register it first)"
+            for t in spec.tasks if t.workflow in missing
+        ])
+    digest = spec.digest()
+    existing = repo.workflow_by_digest(s, spec.name, digest)
+    if existing is not None:
+        return existing, False
+    return repo.insert_workflow(s, spec.name, digest, spec.canonical()), True
+
+
+def cancel_run(rt: Runtime, run_id: int, *, actor: str = "api", reason: str = "cancelled by request") -> None:
+    """Cancel: pending tasks never start, running ones lose their lease and stop, child runs are cancelled."""
+    with rt.db.transaction() as s:
+        run = repo.lock_run(s, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} does not exist")
+        if run.state in RUN_TERMINAL:
+            raise InvalidState(f"run {run_id} is already {run.state}")
+        cancel_locked(s, rt, run, actor=actor, reason=reason)
+
+
+def retry_run(rt: Runtime, run_id: int, *, actor: str = "api") -> int:
+    """Re-run a failed or cancelled run from the tasks that did not succeed (their retry budget resets).
+    Returns how many tasks were reset."""
+    with rt.db.transaction() as s:
+        run = repo.lock_run(s, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} does not exist")
+        if run.state not in (RunState.FAILED, RunState.CANCELLED):
+            raise InvalidState(f"run {run_id} is {run.state}; only failed or cancelled runs can be retried")
+        if run.parent_task_run_id is not None:
+            raise InvalidState(f"run {run_id} is a child run; retry its parent run instead")
+        reset = 0
+        for task in repo.run_tasks(s, run.id):
+            if task.state in (TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED):
+                reset += repo.transition_task(
+                    s, task, TaskState.PENDING, actor=actor, reason="run retried", failures=0, error=None,
+                    result=None, finished_at=None, handled=True, child_run_id=None,
+                )
+        repo.transition_run(s, run, RunState.RUNNING, actor=actor, reason=f"retried ({reset} tasks reset)")
+        fresh = repo.get_run(s, run.id)
+        assert fresh is not None
+        advance_locked(s, rt, fresh, actor=actor)
+        return reset

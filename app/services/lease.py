@@ -1,0 +1,108 @@
+"""Keeps a running attempt's lease alive, and stops the body when it must stop.
+
+A heartbeat thread renews the lease every ``heartbeat_interval``. The body is stopped when
+* the renewal does not land: the task was cancelled or the reconciler declared the attempt lost
+  (a newer attempt may already be running) -- this worker has lost its lease;
+* the database has been unreachable for a whole lease: the lease has lapsed, so assume lost;
+* the task's timeout passed.
+Stopping sets ``stop`` (shell bodies kill their process group), then interrupts a Python body with a signal
+(:data:`STOP_SIGNAL` raises :class:`TaskStopped` in the main thread), and if the body is still running after
+``stop_grace_seconds`` the pool process kills itself (Celery replaces it; the message's redelivery is
+ignored because its claim fails).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from app.clock import after
+from app.db import repository as repo
+from app.errors import TaskStopped
+from app.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNAL = signal.SIGUSR2
+
+
+class LeaseKeeper:
+    def __init__(
+        self, rt: Runtime, task_run_id: int, token: str, *, timeout: float | None, stop: threading.Event,
+        interrupt_main: bool, hard_kill: bool,
+    ):
+        self.rt = rt
+        self.task_run_id = task_run_id
+        self.token = token
+        self.timeout = timeout
+        self.stop = stop
+        self.reason: str | None = None
+        self.timed_out = False
+        self._interrupt_main = interrupt_main and threading.current_thread() is threading.main_thread()
+        self._hard_kill = hard_kill
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{task_run_id}", daemon=True)
+        self._previous_handler: Callable[[int, FrameType | None], object] | int | None = None
+
+    # -- lifecycle, used as a context manager around the body ------------------------------------------
+    def __enter__(self) -> LeaseKeeper:
+        if self._interrupt_main:
+            self._previous_handler = signal.signal(STOP_SIGNAL, self._raise_stopped)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+        if self._interrupt_main:
+            signal.signal(STOP_SIGNAL, self._previous_handler or signal.SIG_DFL)
+
+    def _raise_stopped(self, _signum: int, _frame: FrameType | None) -> None:
+        if not self._done.is_set():
+            raise TaskStopped(self.reason or "stopped")
+
+    # -- heartbeat loop --------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        settings = self.rt.settings
+        started = last_ok = time.monotonic()
+        while not self._done.is_set():
+            wait = settings.heartbeat_interval
+            if self.timeout is not None:
+                wait = max(0.0, min(wait, started + self.timeout - time.monotonic()))
+            if self._done.wait(wait):
+                return
+            if self.timeout is not None and time.monotonic() - started >= self.timeout:
+                self.timed_out = True
+                self._stop(f"timed out after {self.timeout:g}s")
+                return
+            try:
+                with self.rt.db.transaction() as s:
+                    held = repo.renew_lease(s, self.task_run_id, self.token, after(settings.lease_seconds))
+            except Exception as exc:  # noqa: BLE001 - an outage delays work; the lease decides
+                log.warning("task run %s: lease renewal failed: %s", self.task_run_id, exc)
+                if time.monotonic() - last_ok > settings.lease_seconds:
+                    self._stop(f"lease lost: database unreachable for {settings.lease_seconds:g}s")
+                    return
+                continue
+            if not held:
+                self._stop("lease lost: the task was cancelled or its attempt was failed over")
+                return
+            last_ok = time.monotonic()
+
+    def _stop(self, reason: str) -> None:
+        self.reason = reason
+        log.warning("task run %s: stopping the body: %s", self.task_run_id, reason)
+        self.stop.set()
+        if self._interrupt_main and not self._done.is_set():
+            signal.pthread_kill(threading.main_thread().ident or 0, STOP_SIGNAL)
+        if self._done.wait(self.rt.settings.stop_grace_seconds):
+            return
+        if self._hard_kill:
+            log.error("task run %s: body did not stop within %.1fs; killing pool process %s",
+                      self.task_run_id, self.rt.settings.stop_grace_seconds, os.getpid())
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,103 @@
+"""The reconciler: the beat job that makes "nothing is lost" and "nothing is stuck" hold when messages,
+workers or masters are lost. One pass (``reconcile_once``; also ``tideflow reconcile``):
+
+1. orphans: submitted tasks not claimed by their ``next_publish_at`` are published again, with
+   exponential back-off per attempt (``app.scheduling.republish_delay``) so a queue backlog does not
+   multiply messages;
+2. expired leases: a running task whose lease lapsed is a lost attempt (worker died, or was partitioned
+   away): retried or failed per its policy. The old attempt can no longer finish (its token is fenced);
+3. unhandled completions: runs holding a finished task (or finished child run) the master has not acted on
+   within ``advance_timeout`` are advanced here, even while other branches run.
+
+Rows are locked with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) and every change is a guarded transition, so
+two reconcilers (or a reconciler and a master) can run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from app.clock import after, utcnow
+from app.db import repository as repo
+from app.dispatch import ExecuteMessage, publish_after_commit
+from app.runtime import Runtime
+from app.scheduling import republish_delay
+from app.services.master import advance_run
+from app.services.worker import fail_attempt
+from app.states import TaskState
+
+log = logging.getLogger(__name__)
+ACTOR = "reconciler"
+
+
+@dataclass
+class Report:
+    republished: int = 0
+    lost_attempts: int = 0
+    advanced_runs: int = 0
+
+    def __str__(self) -> str:
+        return (f"republished {self.republished} orphaned task(s), recovered {self.lost_attempts} lost attempt(s), "
+                f"advanced {self.advanced_runs} run(s)")
+
+
+def reconcile_once(rt: Runtime) -> Report:
+    report = Report()
+    report.republished = _republish_orphans(rt)
+    report.lost_attempts = _expire_leases(rt)
+    report.advanced_runs = _advance_unhandled(rt)
+    if report.republished or report.lost_attempts or report.advanced_runs:
+        log.info("reconcile: %s", report)
+    return report
+
+
+def _republish_orphans(rt: Runtime) -> int:
+    now = utcnow()
+    count = 0
+    with rt.db.transaction() as s:
+        messages = []
+        for task in repo.due_orphans(s, now, rt.settings.reconcile_batch_size):
+            n = task.publish_count + 1
+            delay = republish_delay(n, rt.settings)
+            if repo.transition_task(
+                s, task, TaskState.SUBMITTED, actor=ACTOR, now=now, publish_count=n,
+                next_publish_at=after(delay, now),
+                reason=f"not claimed in time: re-published (publish #{n} of attempt {task.attempt}; "
+                       f"next check in {delay:g}s)",
+            ):
+                messages.append(ExecuteMessage(task.id, task.attempt, task.queue, task.priority,
+                                               label=f"run{task.run_id}/{task.name}"))
+                count += 1
+        publish_after_commit(s, rt.dispatcher, execute=messages)
+    return count
+
+
+def _expire_leases(rt: Runtime) -> int:
+    now = utcnow()
+    count = 0
+    with rt.db.transaction() as s:
+        advance: list[int] = []
+        for task in repo.expired_leases(s, now, rt.settings.reconcile_batch_size):
+            reason = f"lease expired at {task.lease_expires_at:%H:%M:%S} (worker {task.worker} stopped renewing it)"
+            landed, _outcome = fail_attempt(s, rt, task, reason, actor=ACTOR, fence=task.lease_token, now=now,
+                                            attempt_outcome="lost")
+            if landed:
+                repo.finish_attempt(s, task.id, task.attempt, outcome="lost", error=reason, now=now)
+                advance.append(task.run_id)
+                count += 1
+        publish_after_commit(s, rt.dispatcher, advance=sorted(set(advance)))
+    return count
+
+
+def _advance_unhandled(rt: Runtime) -> int:
+    older_than = after(-rt.settings.advance_timeout_seconds)
+    with rt.db.read() as s:
+        run_ids = repo.runs_with_unhandled_tasks(s, older_than, rt.settings.reconcile_batch_size)
+    done = 0
+    for run_id in run_ids:
+        try:
+            done += advance_run(rt, run_id, actor=ACTOR, skip_locked=True)
+        except Exception:  # noqa: BLE001 - one bad run must not block the others
+            log.exception("reconcile: advancing run %s failed", run_id)
+    return done

@@ -1,0 +1,5 @@
+"""Celery entry point: ``celery -A tasks worker|beat|flower``."""
+
+from tasks.celery_app import app
+
+__all__ = ["app"]

@@ -1,0 +1,92 @@
+"""The Celery app (the only process-global object). ``celery -A tasks worker|beat|flower`` finds it.
+
+Delivery settings and why (see shared/reference/celery-sqlalchemy-facts.md):
+* ``task_acks_late`` + ``worker_prefetch_multiplier=1``: a message is acknowledged after the task body
+  returns, and each pool process reserves one message at a time;
+* ``task_reject_on_worker_lost``: a message whose pool process died (SIGKILL, OOM) is requeued instead of
+  acknowledged. It cannot loop: the redelivered message's claim fails, so it is acknowledged and ignored;
+* JSON only; priorities with ``queue_order_strategy='priority'`` (Redis: 0 is taken first);
+* Redis ``visibility_timeout`` stays long: recovery does not rely on it but on leases and the reconciler,
+  so a redelivery after it is one more harmless duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from app.config import Settings, load_settings
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+        "visibility_timeout": 3600,
+    }
+    if settings.broker_key_prefix:
+        options["global_keyprefix"] = settings.broker_key_prefix
+    return options
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or load_settings()
+    celery = Celery("tideflow", include=["tasks.execute", "tasks.master"])
+    celery.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.default_queue,
+        task_default_priority=4,
+        task_queues=[Queue(settings.default_queue), Queue(settings.master_queue)],
+        task_routes={
+            "tideflow.advance": {"queue": settings.master_queue},
+            "tideflow.reconcile": {"queue": settings.master_queue},
+        },
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        worker_hijack_root_logger=True,
+        beat_schedule={
+            "tideflow-reconcile": {
+                "task": "tideflow.reconcile",
+                "schedule": timedelta(seconds=settings.reconcile_interval_seconds),
+                "options": {"expires": max(settings.reconcile_interval_seconds * 2, 1.0)},
+            }
+        },
+        timezone="UTC",
+        enable_utc=True,
+    )
+    if settings.worker_concurrency:
+        celery.conf.worker_concurrency = settings.worker_concurrency
+    celery.conf.tideflow_settings = settings
+    return celery
+
+
+app = create_app()
+
+
+def runtime() -> Any:
+    """The per-process :class:`~app.runtime.Runtime` (created lazily, again after a fork)."""
+    from app.runtime import Runtime
+    from tasks.dispatcher import CeleryDispatcher
+
+    cached = getattr(app, "_tideflow_runtime", None)
+    if cached is None or cached[0] != os.getpid():
+        rt = Runtime.create(app.conf.tideflow_settings, CeleryDispatcher(app))
+        app._tideflow_runtime = (os.getpid(), rt)  # type: ignore[attr-defined]
+        return rt
+    return cached[1]

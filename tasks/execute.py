@@ -1,0 +1,37 @@
+"""``tideflow.execute``: load ids, call the worker service, map the outcome to Celery."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from billiard.process import current_process  # type: ignore[import-untyped]
+from celery import Task
+
+from app.scheduling import missing_row_backoff
+from app.services import worker
+from tasks.celery_app import app, runtime
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="tideflow.execute", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def execute(self: Task, task_run_id: int, attempt: int, published_at: float | None = None) -> str:
+    rt = runtime()
+    in_pool_child = current_process().name != "MainProcess"
+    result = worker.execute(rt, int(task_run_id), int(attempt), hard_kill=in_pool_child)
+    if result.outcome == worker.Outcome.MISSING_ROW:
+        # Never drop a message for a missing row before the deadline: the row may be in a slow transaction.
+        age = time.time() - (published_at or time.time())
+        if age < rt.settings.missing_row_deadline_seconds:
+            countdown = missing_row_backoff(self.request.retries, rt.settings)
+            log.warning("task run %s not visible yet (%.1fs after publish): retrying in %.1fs",
+                        task_run_id, age, countdown)
+            raise self.retry(countdown=countdown, args=[task_run_id, attempt, published_at])
+        log.error("task run %s still not visible %.0fs after publish: giving up on this message "
+                  "(its transaction must have rolled back)", task_run_id, age)
+    elif result.outcome == worker.Outcome.TOO_EARLY:
+        raise self.retry(countdown=result.delay, args=[task_run_id, attempt, published_at])
+    elif result.outcome == worker.Outcome.IGNORED:
+        log.info("%s", result.detail)
+    return str(result.outcome)

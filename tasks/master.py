@@ -1,0 +1,17 @@
+"""Master tasks, routed to the master queue: ``tideflow.advance`` and the beat job ``tideflow.reconcile``."""
+
+from __future__ import annotations
+
+from app.services.master import advance_run
+from app.services.reconciler import reconcile_once
+from tasks.celery_app import app, runtime
+
+
+@app.task(name="tideflow.advance", acks_late=True, reject_on_worker_lost=True)
+def advance(run_id: int) -> bool:
+    return advance_run(runtime(), int(run_id), actor="master")
+
+
+@app.task(name="tideflow.reconcile", acks_late=True, reject_on_worker_lost=True)
+def reconcile() -> str:
+    return str(reconcile_once(runtime()))
