@@ -1,0 +1,309 @@
+"""``tideflow`` command line. Read commands take ``--json``; errors are one line on stderr and exit 1."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from app.config import load_settings
+from app.errors import TideflowError
+from app.states import RUN_TERMINAL
+
+STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "submitted": "yellow",
+               "pending": "dim", "skipped": "magenta", "cancelled": "magenta"}
+console = Console()
+
+
+def _client() -> Any:
+    from app.client import Tideflow
+
+    return Tideflow.from_env()
+
+
+def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        render(data)
+
+
+def _styled(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TideflowError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:  # noqa: BLE001 - one clear line for operators, not a traceback
+            if isinstance(exc, click.exceptions.Exit | click.ClickException | click.Abort | SystemExit):
+                raise
+            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Tideflow: durable DAG workflows on Celery."""
+
+
+# -- db ---------------------------------------------------------------------------------------------
+@main.group(cls=_Group)
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema to the latest version."""
+    from app.db.migrate import upgrade
+
+    settings = load_settings()
+    upgrade(settings.database_url)
+    click.echo(f"database at {settings.database_url.split('@')[-1]} is up to date")
+
+
+# -- workflows --------------------------------------------------------------------------------------
+@main.group(cls=_Group)
+def workflow() -> None:
+    """Workflow definitions."""
+
+
+@workflow.command("register")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def workflow_register(path: str, as_json: bool) -> None:
+    """Validate and store a YAML/JSON definition (a changed definition becomes a new version)."""
+    name, version, created = _client().register(path)
+    data = {"name": name, "version": version, "created": created}
+    _emit(data, as_json, lambda d: click.echo(
+        f"registered {d['name']} version {d['version']}" if d["created"]
+        else f"{d['name']} version {d['version']} is unchanged"))
+
+
+@workflow.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def workflow_list(as_json: bool) -> None:
+    from app.services import views
+
+    tf = _client()
+    with tf.runtime.db.read() as s:
+        rows = views.list_workflows(s)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        t = Table("name", "version", "tasks", "registered")
+        for r in rows:
+            t.add_row(r["name"], str(r["version"]), str(r["tasks"]), r["created_at"])
+        console.print(t)
+
+    _emit(rows, as_json, render)
+
+
+@workflow.command("show")
+@click.argument("name")
+@click.option("--version", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def workflow_show(name: str, version: int | None, as_json: bool) -> None:
+    from app.services import views
+
+    tf = _client()
+    with tf.runtime.db.read() as s:
+        data = views.show_workflow(s, name, version)
+
+    def render(d: dict[str, Any]) -> None:
+        console.print(f"[bold]{d['name']}[/] version {d['version']} (versions: {d['versions']})")
+        t = Table("task", "type", "depends on", "retries", "timeout", "queue")
+        for task in d["definition"]["tasks"]:
+            t.add_row(task["name"], task["type"], ", ".join(task.get("depends_on", [])), str(task.get("retries", 0)),
+                      str(task.get("timeout", "")), task.get("queue", ""))
+        console.print(t)
+
+    _emit(data, as_json, render)
+
+
+# -- runs -------------------------------------------------------------------------------------------
+@main.group(cls=_Group)
+def run() -> None:
+    """Workflow runs."""
+
+
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"'{pair}' is not key=value", param_hint="-p")
+        key, raw = pair.split("=", 1)
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def _tasks_table(data: dict[str, Any]) -> Table:
+    t = Table("task", "state", "attempt", "duration", "worker", "error", title=(
+        f"run {data['id']} · {data['workflow']} · {_styled(data['state'])}"))
+    for task in data["tasks"]:
+        dur = f"{task['duration']:.2f}s" if task["duration"] is not None else ""
+        t.add_row(task["name"], _styled(task["state"]), str(task["attempt"]), dur, task["worker"] or "",
+                  (task["error"] or "")[:60])
+    return t
+
+
+@run.command("start")
+@click.argument("name")
+@click.option("-p", "--param", "params", multiple=True, help="key=value (value parsed as JSON if it can be)")
+@click.option("--priority", type=click.IntRange(0, 9))
+@click.option("--wait", is_flag=True, help="show live progress; exit 0 only if the run succeeded")
+@click.option("--timeout", type=float, default=3600.0, show_default=True, help="with --wait")
+@click.option("--json", "as_json", is_flag=True)
+def run_start(name: str, params: tuple[str, ...], priority: int | None, wait: bool, timeout: float,
+              as_json: bool) -> None:
+    tf = _client()
+    run_id = tf.start_run(name, _parse_params(params), priority=priority)
+    if not wait:
+        _emit({"id": run_id}, as_json, lambda d: click.echo(f"started run {d['id']}"))
+        return
+    state = _watch(tf, run_id, timeout, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(tf.run(run_id), indent=2, sort_keys=True, default=str))
+    sys.exit(0 if state == "succeeded" else 1)
+
+
+def _watch(tf: Any, run_id: int, timeout: float, quiet: bool = False) -> str:
+    deadline = time.monotonic() + timeout
+    data = tf.run(run_id)
+    with Live(_tasks_table(data), console=console, refresh_per_second=4, transient=False,
+              auto_refresh=False) as live:
+        while data["state"] not in RUN_TERMINAL and time.monotonic() < deadline:
+            time.sleep(0.25)
+            data = tf.run(run_id)
+            if not quiet:
+                live.update(_tasks_table(data), refresh=True)
+    if data["state"] not in RUN_TERMINAL:
+        click.echo(f"run {run_id} still {data['state']} after {timeout:g}s", err=True)
+    return str(data["state"])
+
+
+@run.command("show")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def run_show(run_id: int, as_json: bool) -> None:
+    _emit(_client().run(run_id), as_json, lambda d: console.print(_tasks_table(d)))
+
+
+@run.command("list")
+@click.option("--state")
+@click.option("--workflow")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def run_list(state: str | None, workflow: str | None, limit: int, as_json: bool) -> None:
+    from app.services import views
+
+    tf = _client()
+    with tf.runtime.db.read() as s:
+        rows = views.list_runs(s, state=state, workflow=workflow, limit=limit)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        t = Table("id", "workflow", "state", "priority", "created", "duration")
+        for r in rows:
+            t.add_row(str(r["id"]), r["workflow"], _styled(r["state"]), str(r["priority"]), r["created_at"],
+                      f"{r['duration']:.2f}s" if r["duration"] is not None else "")
+        console.print(t)
+
+    _emit(rows, as_json, render)
+
+
+@run.command("history")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def run_history(run_id: int, as_json: bool) -> None:
+    from app.services import views
+
+    tf = _client()
+    with tf.runtime.db.read() as s:
+        rows = views.run_history(s, run_id)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        t = Table("at", "task", "attempt", "from", "to", "by", "why")
+        for r in rows:
+            t.add_row(r["at"][11:23], r["task"] or "(run)", str(r["attempt"] or ""), r["from"] or "",
+                      _styled(r["to"]), r["actor"], r["reason"])
+        console.print(t)
+
+    _emit(rows, as_json, render)
+
+
+@run.command("cancel")
+@click.argument("run_id", type=int)
+def run_cancel(run_id: int) -> None:
+    _client().cancel(run_id)
+    click.echo(f"cancelled run {run_id}")
+
+
+@run.command("retry")
+@click.argument("run_id", type=int)
+def run_retry(run_id: int) -> None:
+    n = _client().retry(run_id)
+    click.echo(f"retrying run {run_id} ({n} task(s) reset)")
+
+
+# -- tasks ------------------------------------------------------------------------------------------
+@main.group(cls=_Group)
+def task() -> None:
+    """Task runs."""
+
+
+@task.command("logs")
+@click.argument("task_run_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def task_logs(task_run_id: int, as_json: bool) -> None:
+    from app.services import views
+
+    tf = _client()
+    with tf.runtime.db.read() as s:
+        data = views.task_logs(s, task_run_id)
+
+    def render(d: dict[str, Any]) -> None:
+        for a in d["attempts"]:
+            console.rule(f"{d['name']} attempt {a['attempt']} · {a['outcome']} · {a['worker']}")
+            click.echo(a["log"].rstrip())
+            if a["error"]:
+                click.echo(f"error: {a['error']}")
+
+    _emit(data, as_json, render)
+
+
+# -- operations -------------------------------------------------------------------------------------
+@main.command("reconcile")
+@click.option("--json", "as_json", is_flag=True)
+def reconcile(as_json: bool) -> None:
+    """Run one reconciler pass now (beat runs it every TIDEFLOW_RECONCILE_INTERVAL_SECONDS)."""
+    from app.services.reconciler import reconcile_once
+
+    report = reconcile_once(_client().runtime)
+    _emit(report.__dict__, as_json, lambda _d: click.echo(str(report)))
+
+
+@main.command("demo")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".tideflow/demo", show_default=True)
+def demo(workdir: str) -> None:
+    """Run the example workflow end to end on embedded defaults (SQLite + an embedded Redis)."""
+    from app.demo import run_demo
+
+    sys.exit(run_demo(workdir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The Python API, for application code::
+
+    from app.client import Tideflow
+
+    tf = Tideflow.from_env()
+    run_id = tf.start_run("nightly-etl", {"day": "2026-01-01"})
+
+    # or inside your own SQLAlchemy transaction: the run exists, and is dispatched, only if you commit
+    with Session(engine) as session, session.begin():
+        session.add(order)
+        tf.start_run("fulfil-order", {"order": order_id}, session=session)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.config import Settings, load_settings
+from app.definitions import WorkflowSpec, load_definition_file
+from app.runtime import Runtime
+from app.services import control, master, views
+from app.states import RUN_TERMINAL
+
+
+class Tideflow:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    @classmethod
+    def from_env(cls, settings: Settings | None = None) -> Tideflow:
+        from tasks.celery_app import app, create_app
+        from tasks.dispatcher import CeleryDispatcher
+
+        celery = app if settings is None else create_app(settings)
+        settings = settings or celery.conf.tideflow_settings or load_settings()
+        return cls(Runtime.create(settings, CeleryDispatcher(celery)))
+
+    def register(self, definition: WorkflowSpec | dict[str, Any] | str | Path) -> tuple[str, int, bool]:
+        if isinstance(definition, str | Path):
+            definition = load_definition_file(definition)
+        with self.runtime.db.transaction() as s:
+            row, created = control.register_workflow(s, definition)
+            return row.name, row.version, created
+
+    def start_run(
+        self, workflow: str, params: dict[str, Any] | None = None, *, priority: int | None = None,
+        session: Session | None = None,
+    ) -> int:
+        if session is not None:
+            return master.start_run(session, self.runtime, workflow, params, priority=priority, actor="api")
+        with self.runtime.db.transaction() as s:
+            return master.start_run(s, self.runtime, workflow, params, priority=priority, actor="api")
+
+    def cancel(self, run_id: int) -> None:
+        control.cancel_run(self.runtime, run_id, actor="api")
+
+    def retry(self, run_id: int) -> int:
+        return control.retry_run(self.runtime, run_id, actor="api")
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        with self.runtime.db.read() as s:
+            return views.show_run(s, run_id)
+
+    def wait(self, run_id: int, timeout: float = 300.0, interval: float = 0.2) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.run(run_id)["state"]
+            if state in RUN_TERMINAL or time.monotonic() > deadline:
+                return str(state)
+            time.sleep(interval)
+
+    def close(self) -> None:
+        self.runtime.close()
