@@ -274,8 +274,8 @@ def check_run_params(spec: WorkflowSpec, params: dict[str, Any]) -> dict[str, An
     """Merge run parameters over the declared defaults; an undeclared name is an error."""
     unknown = sorted(set(params) - set(spec.params))
     if unknown:
+        declared = ", ".join(sorted(spec.params)) or "none"
         raise DefinitionError(
-            [f"unknown parameter '{u}' for workflow '{spec.name}' (declared: {', '.join(sorted(spec.params)) or 'none'})"
-             for u in unknown]
+            [f"unknown parameter '{u}' for workflow '{spec.name}' (declared: {declared})" for u in unknown]
         )
     return {**spec.params, **params}

@@ -8,7 +8,6 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
 from sqlalchemy.orm import Session
 

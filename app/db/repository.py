@@ -9,18 +9,18 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, insert, select, update
+from sqlalchemy import Row, Table, and_, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
 from app.db.schema import Event, TaskAttempt, TaskRun, Workflow, WorkflowRun
 from app.states import RunState, TaskState, check_run_transition, check_task_transition
 
-W = Workflow.__table__
-R = WorkflowRun.__table__
-T = TaskRun.__table__
-A = TaskAttempt.__table__
-E = Event.__table__
+W: Table = Workflow.__table__  # type: ignore[assignment]
+R: Table = WorkflowRun.__table__  # type: ignore[assignment]
+T: Table = TaskRun.__table__  # type: ignore[assignment]
+A: Table = TaskAttempt.__table__  # type: ignore[assignment]
+E: Table = Event.__table__  # type: ignore[assignment]
 
 TaskRow = Row[Any]
 RunRow = Row[Any]

@@ -1,0 +1,63 @@
+"""What an executor gets (:class:`ExecutionContext`) and what it must do (:class:`Executor`).
+
+An executor runs one attempt of one task body. It returns a JSON-serialisable result, raises
+:class:`~app.errors.TaskFailure` when the body failed and :class:`~app.errors.TaskStopped` when it stopped
+the body because ``ctx.stop`` was set (the caller knows why it was set: lease lost, cancel or timeout).
+Everything the body prints goes to ``ctx.log``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from app.definitions import TaskSpec
+from app.errors import TaskFailure
+from app.executors.logbuffer import LogBuffer
+
+
+@dataclass
+class ExecutionContext:
+    run_id: int
+    task_run_id: int
+    task_name: str
+    attempt: int
+    workflow: str
+    priority: int
+    #: the run's parameters (declared defaults merged with the run's own)
+    params: dict[str, Any]
+    #: results of the succeeded upstream tasks, by task name
+    upstream: dict[str, Any]
+    #: set (by the lease keeper) when the body must stop: lease lost, cancel or timeout
+    stop: threading.Event
+    log: LogBuffer
+    #: module prefixes a python task may name; empty means any module
+    allowed_python_modules: tuple[str, ...] = ()
+
+    def template_context(self) -> dict[str, Any]:
+        return {
+            "params": self.params,
+            "upstream": self.upstream,
+            "run": {"id": self.run_id, "priority": self.priority, "workflow": self.workflow},
+        }
+
+    def should_stop(self) -> bool:
+        return self.stop.is_set()
+
+
+class Executor(Protocol):
+    def run(self, spec: TaskSpec, ctx: ExecutionContext) -> Any: ...
+
+
+def executor_for(task_type: str) -> Executor:
+    """The executor for a task type; :class:`TaskFailure` for a type that has none (e.g. subworkflow)."""
+    # imported here: the executor modules import this one
+    from app.executors.python import PythonExecutor
+    from app.executors.shell import ShellExecutor
+
+    executors: dict[str, Executor] = {"shell": ShellExecutor(), "python": PythonExecutor()}
+    try:
+        return executors[task_type]
+    except KeyError:
+        raise TaskFailure(f"no executor for task type '{task_type}'") from None
