@@ -45,7 +45,7 @@ def evaluate(
     skip: list[str] = []
     # Skipping propagates down the DAG in one pass: walk in dependency order.
     effective = dict(states)
-    for name in _order(deps):
+    for name in topological_order(deps):
         if effective[name] != TaskState.PENDING:
             continue
         ups = [effective[d] for d in deps[name]]
@@ -67,7 +67,8 @@ def evaluate(
     return Decision(submit=submit, skip=skip, outcome=outcome, reason=reason)
 
 
-def _order(deps: Mapping[str, Sequence[str]]) -> list[str]:
+def topological_order(deps: Mapping[str, Sequence[str]]) -> list[str]:
+    """Dependencies first; iterative, so deep DAGs do not hit the recursion limit."""
     done: set[str] = set()
     order: list[str] = []
     for root in deps:

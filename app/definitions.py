@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app import templating
+from app.dag import topological_order as dag_order
 from app.errors import DefinitionError
 
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$"
@@ -170,31 +171,8 @@ def find_cycle(spec: WorkflowSpec) -> list[str] | None:
     return None
 
 
-def ancestors(spec: WorkflowSpec) -> dict[str, set[str]]:
-    deps = {t.name: t.depends_on for t in spec.tasks}
-    memo: dict[str, set[str]] = {}
-    for t in topological_order(spec):
-        memo[t] = set(deps[t]).union(*(memo[d] for d in deps[t])) if deps[t] else set()
-    return memo
-
-
 def topological_order(spec: WorkflowSpec) -> list[str]:
-    deps = {t.name: t.depends_on for t in spec.tasks}
-    done: set[str] = set()
-    order: list[str] = []
-    for root in deps:
-        stack = [(root, False)]
-        while stack:
-            node, expanded = stack.pop()
-            if node in done:
-                continue
-            if expanded:
-                done.add(node)
-                order.append(node)
-                continue
-            stack.append((node, True))
-            stack.extend((d, False) for d in deps[node] if d not in done)
-    return order
+    return dag_order({t.name: t.depends_on for t in spec.tasks})
 
 
 def _template_problems(spec: WorkflowSpec) -> list[str]:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import repository as repo
 from app.db.engine import Database
-from app.definitions import WorkflowSpec, ancestors
+from app.definitions import WorkflowSpec
 from app.dispatch import Dispatcher
 from app.errors import NotFound
 
@@ -32,9 +32,16 @@ class LoadedWorkflow:
     def deps(self) -> dict[str, list[str]]:
         return {t.name: list(t.depends_on) for t in self.spec.tasks}
 
-    @cached_property
-    def ancestors(self) -> dict[str, set[str]]:
-        return ancestors(self.spec)
+    def ancestors_of(self, name: str) -> set[str]:
+        """Every task upstream of ``name`` (walked on demand: a whole-DAG table is quadratic on long chains)."""
+        seen: set[str] = set()
+        stack = list(self.deps[name])
+        while stack:
+            dep = stack.pop()
+            if dep not in seen:
+                seen.add(dep)
+                stack.extend(self.deps[dep])
+        return seen
 
 
 @dataclass

@@ -18,8 +18,12 @@ from typing import Any
 
 from celery import Celery
 from kombu import Queue
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.config import Settings, load_settings
+
+#: a database outage delays a message (Celery retries it with back-off), it never drops it
+DB_UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:

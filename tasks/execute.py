@@ -10,12 +10,13 @@ from celery import Task
 
 from app.scheduling import missing_row_backoff
 from app.services import worker
-from tasks.celery_app import app, runtime
+from tasks.celery_app import DB_UNAVAILABLE, app, runtime
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name="tideflow.execute", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@app.task(name="tideflow.execute", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
+          autoretry_for=DB_UNAVAILABLE, retry_backoff=True, retry_backoff_max=30, retry_jitter=True)
 def execute(self: Task, task_run_id: int, attempt: int, published_at: float | None = None) -> str:
     rt = runtime()
     in_pool_child = current_process().name != "MainProcess"

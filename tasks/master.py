@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from app.services.master import advance_run
 from app.services.reconciler import reconcile_once
-from tasks.celery_app import app, runtime
+from tasks.celery_app import DB_UNAVAILABLE, app, runtime
 
 
-@app.task(name="tideflow.advance", acks_late=True, reject_on_worker_lost=True)
+@app.task(name="tideflow.advance", acks_late=True, reject_on_worker_lost=True, max_retries=None,
+          autoretry_for=DB_UNAVAILABLE, retry_backoff=True, retry_backoff_max=30, retry_jitter=True)
 def advance(run_id: int) -> bool:
     return advance_run(runtime(), int(run_id), actor="master")
 

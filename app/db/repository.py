@@ -273,11 +273,13 @@ def run_events(s: Session, run_id: int) -> Sequence[Row[Any]]:
 
 
 def _locked(s: Session, q: Any) -> Any:
-    return q.with_for_update(skip_locked=True) if _is_pg(s) else q
+    return q.with_for_update(skip_locked=True, of=T) if _is_pg(s) else q
 
 
 def due_orphans(s: Session, now: datetime, limit: int) -> Sequence[TaskRow]:
-    q = (select(T).where(T.c.state == TaskState.SUBMITTED, T.c.next_publish_at <= now)
+    """Submitted tasks due for a re-publish, with their run's workflow name (for the message's label)."""
+    q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
+         .where(T.c.state == TaskState.SUBMITTED, T.c.next_publish_at <= now)
          .order_by(T.c.next_publish_at).limit(limit))
     return s.execute(_locked(s, q)).all()
 

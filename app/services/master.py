@@ -124,7 +124,7 @@ def _start_child(
     try:
         if _depth(s, run) >= MAX_SUBWORKFLOW_DEPTH:
             raise TideflowError(f"subworkflows nested deeper than {MAX_SUBWORKFLOW_DEPTH}")
-        upstream = repo.task_results(s, run.id, wf.ancestors[task.name])
+        upstream = repo.task_results(s, run.id, wf.ancestors_of(task.name))
         ctx = {"params": run.params, "upstream": upstream,
                "run": {"id": run.id, "priority": run.priority, "workflow": run.workflow_name}}
         child_params = templating.render(spec.params or {}, ctx)

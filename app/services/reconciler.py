@@ -67,7 +67,7 @@ def _republish_orphans(rt: Runtime) -> int:
                        f"next check in {delay:g}s)",
             ):
                 messages.append(ExecuteMessage(task.id, task.attempt, task.queue, task.priority,
-                                               label=f"run{task.run_id}/{task.name}"))
+                                               label=f"{task.workflow_name}/{task.name}"))
                 count += 1
         publish_after_commit(s, rt.dispatcher, execute=messages)
     return count

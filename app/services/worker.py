@@ -13,9 +13,12 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.clock import after, utcnow
 from app.db import repository as repo
@@ -70,7 +73,7 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
             repo.insert_attempt(s, task, attempt=attempt, worker=rt.worker_id, pid=os.getpid(), now=now)
         run = repo.get_run(s, task.run_id)
         wf = rt.workflow(s, run.workflow_id) if run is not None else None
-        upstream = repo.task_results(s, task.run_id, wf.ancestors[task.name]) if wf is not None else {}
+        upstream = repo.task_results(s, task.run_id, wf.ancestors_of(task.name)) if wf is not None else {}
     if not claimed:
         return Result(Outcome.IGNORED, detail=f"task run {task_run_id} attempt {attempt} was claimed elsewhere")
     assert run is not None and wf is not None
@@ -102,8 +105,24 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
         return Result(Outcome.STOPPED, detail=keeper.reason)
     log.info("task run %s attempt %s finished in %.3fs: %s", task.id, attempt, time.monotonic() - started,
              error or "ok")
-    return finish(rt, task_run_id, attempt, token, result=result, error=error, log_text=ctx.log.getvalue(),
-                  timed_out=keeper.timed_out)
+    return _durably(rt, lambda: finish(rt, task_run_id, attempt, token, result=result, error=error,
+                                       log_text=ctx.log.getvalue(), timed_out=keeper.timed_out))
+
+
+def _durably(rt: Runtime, fn: Callable[[], Result]) -> Result:
+    """Retry recording an outcome through a database outage, for as long as the lease could still be ours
+    (after that the reconciler has declared the attempt lost and the fence would refuse it anyway)."""
+    deadline = time.monotonic() + rt.settings.lease_seconds
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable while recording an outcome (%s); retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def finish(

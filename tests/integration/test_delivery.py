@@ -40,7 +40,7 @@ def execs(cluster, run_id: int | None = None) -> Counter:
 
 def queue_len(broker, queue: str = "tideflow.default") -> int:
     client = broker.client()
-    keys = [k if isinstance(k, str) else k.decode() for k in broker]
+    keys = [k if isinstance(k, str) else k.decode() for k in broker.keys()]  # noqa: SIM118 - not a dict
     return sum(client.llen(k) for k in keys
                if k[len(broker.key_prefix):].startswith(queue) and client.type(k) in (b"list", "list"))
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from app.definitions import (
-    ancestors,
     check_run_params,
     find_cycle,
     load_definition_file,
@@ -94,7 +93,9 @@ def test_valid_definition_parses() -> None:
     assert spec.task("extract").retries == 0 and spec.task("extract").priority is None
     assert spec.on_failure == "stop"
     assert topological_order(spec) == ["extract", "transform", "load", "report"]
-    assert ancestors(spec)["report"] == {"extract", "transform", "load"}
+    from app.runtime import LoadedWorkflow
+
+    assert LoadedWorkflow(1, spec.name, 1, spec).ancestors_of("report") == {"extract", "transform", "load"}
     assert find_cycle(spec) is None
     # a spec parses again to the same thing
     assert parse_definition(spec) == spec
