@@ -44,12 +44,12 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except TideflowError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
             sys.exit(1)
         except Exception as exc:  # noqa: BLE001 - one clear line for operators, not a traceback
             if isinstance(exc, click.exceptions.Exit | click.ClickException | click.Abort | SystemExit):
                 raise
-            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            click.echo(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", err=True)
             sys.exit(1)
 
 

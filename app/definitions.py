@@ -243,8 +243,13 @@ def load_definition_file(path: str | Path) -> WorkflowSpec:
         raise DefinitionError([f"{p}: cannot read: {exc.strerror}"]) from None
     try:
         raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise DefinitionError([f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"]) from None
+    except json.JSONDecodeError as exc:
+        raise DefinitionError([f"{p}: not valid JSON: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise DefinitionError([f"{p}: not valid YAML{where}: {problem}"]) from None
     return parse_definition(raw)
 
 

@@ -15,10 +15,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from app.clock import after, utcnow
 from app.db import repository as repo
@@ -155,7 +157,7 @@ def finish(
 
 
 def fail_attempt(
-    s: Any, rt: Runtime, task: repo.TaskRow, error: str, *, actor: str, fence: str | None, now: Any,
+    s: Session, rt: Runtime, task: repo.TaskRow, error: str, *, actor: str, fence: str | None, now: datetime,
     attempt_outcome: str,
 ) -> tuple[bool, Outcome]:
     """A running attempt failed (or was lost): retry per the task's policy, or fail the task."""

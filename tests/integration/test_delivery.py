@@ -264,3 +264,36 @@ def test_subworkflow_completion_reaches_parent_when_every_advance_message_is_los
     assert sub_done["actor"] == "reconciler"
     assert execs(cluster) == {(run_id + 1, "t0"): 1, (run_id, "after"): 1}
     tf.close()
+
+
+def test_paused_worker_that_lost_its_lease_stops_its_body_and_cannot_write(cluster):
+    """A worker frozen past its lease (SIGSTOP: a long GC pause, a partition) is failed over; when it wakes
+    up it notices the lost lease, stops the body instead of running on beside attempt 2, and writes nothing."""
+    import os
+    import signal
+
+    tf = client_for(cluster)
+    tf.register({"name": "pause", "tasks": [
+        {"name": "slow", "type": "python", "function": "tests.support.jobs:sleep_on_first_attempt",
+         "args": {"seconds": 120}, "retries": 1}]})
+    cluster.start_worker("master", queues=("tideflow.master",), concurrency=1)
+    cluster.start_beat()
+    w1 = cluster.start_worker("w1", queues=("tideflow.default",), concurrency=1)
+    run_id = tf.start_run("pause")
+    wait_until(lambda: execs(cluster, run_id)[(run_id, "slow")] == 1, timeout=30)
+    os.killpg(w1.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: tf.run(run_id)["tasks"][0]["attempt"] == 2, timeout=30,
+                   message="the reconciler should fail the frozen attempt over")
+        cluster.start_worker("w2", queues=("tideflow.default",), concurrency=1)
+        run = wait_run(tf, run_id, "succeeded", timeout=30)
+    finally:
+        os.killpg(w1.pid, signal.SIGCONT)
+    wait_until(lambda: "stopping the body: lease lost" in w1.log(), timeout=30)
+    wait_until(lambda: "'stopped'" in w1.log(), timeout=30, message="attempt 1's body should end as stopped")
+    assert [a["outcome"] for a in run["tasks"][0]["attempts"]] == ["lost", "succeeded"]
+    assert tf.run(run_id)["tasks"][0]["result"] == "attempt 2"
+    ledger = [(e["event"], e["attempt"]) for e in read_ledger(cluster.ledger) if e["run"] == run_id]
+    assert ledger == [("start", 1), ("start", 2), ("end", 2)]
+    assert w1.is_alive()  # the worker itself carries on
+    tf.close()
