@@ -15,7 +15,7 @@ from rich.table import Table
 
 from app.config import load_settings
 from app.errors import TideflowError
-from app.states import RUN_TERMINAL
+from app.states import RUN_TERMINAL, RunState
 
 STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "submitted": "yellow",
                "pending": "dim", "skipped": "magenta", "cancelled": "magenta"}
@@ -54,12 +54,24 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-def main() -> None:
+def cli() -> None:
     """Tideflow: durable DAG workflows on Celery."""
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: like Click's standalone mode, but a usage error is one line too (exit 2)."""
+    try:
+        cli.main(args=argv, prog_name="tideflow", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(exc.exit_code)
+
+
 # -- db ---------------------------------------------------------------------------------------------
-@main.group(cls=_Group)
+@cli.group(cls=_Group)
 def db() -> None:
     """Database schema."""
 
@@ -75,7 +87,7 @@ def db_upgrade() -> None:
 
 
 # -- workflows --------------------------------------------------------------------------------------
-@main.group(cls=_Group)
+@cli.group(cls=_Group)
 def workflow() -> None:
     """Workflow definitions."""
 
@@ -133,7 +145,7 @@ def workflow_show(name: str, version: int | None, as_json: bool) -> None:
 
 
 # -- runs -------------------------------------------------------------------------------------------
-@main.group(cls=_Group)
+@cli.group(cls=_Group)
 def run() -> None:
     """Workflow runs."""
 
@@ -204,7 +216,7 @@ def run_show(run_id: int, as_json: bool) -> None:
 
 
 @run.command("list")
-@click.option("--state")
+@click.option("--state", type=click.Choice([str(st) for st in RunState]))
 @click.option("--workflow")
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -260,7 +272,7 @@ def run_retry(run_id: int) -> None:
 
 
 # -- tasks ------------------------------------------------------------------------------------------
-@main.group(cls=_Group)
+@cli.group(cls=_Group)
 def task() -> None:
     """Task runs."""
 
@@ -286,7 +298,7 @@ def task_logs(task_run_id: int, as_json: bool) -> None:
 
 
 # -- operations -------------------------------------------------------------------------------------
-@main.command("reconcile")
+@cli.command("reconcile")
 @click.option("--json", "as_json", is_flag=True)
 def reconcile(as_json: bool) -> None:
     """Run one reconciler pass now (beat runs it every TIDEFLOW_RECONCILE_INTERVAL_SECONDS)."""
@@ -296,7 +308,7 @@ def reconcile(as_json: bool) -> None:
     _emit(report.__dict__, as_json, lambda _d: click.echo(str(report)))
 
 
-@main.command("demo")
+@cli.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False), default=".tideflow/demo", show_default=True)
 def demo(workdir: str) -> None:
     """Run the example workflow end to end on embedded defaults (SQLite + an embedded Redis)."""

@@ -33,10 +33,6 @@ def _is_pg(s: Session) -> bool:
 # -- workflows --------------------------------------------------------------------------------------
 
 
-def workflow_by_digest(s: Session, name: str, digest: str) -> Row[Any] | None:
-    return s.execute(select(W).where(W.c.name == name, W.c.digest == digest)).first()
-
-
 def workflow(s: Session, name: str, version: int | None = None) -> Row[Any] | None:
     q = select(W).where(W.c.name == name)
     q = q.where(W.c.version == version) if version is not None else q.order_by(W.c.version.desc()).limit(1)
@@ -197,6 +193,13 @@ def transition_task(
         reason=reason, now=now,
     )
     return True
+
+
+def keep_attempt_log(s: Session, task_run_id: int, attempt: int, log: str) -> None:
+    """Store the output of an attempt that was stopped (its outcome was already written by whoever stopped
+    it). Not a transition: the outcome is untouched."""
+    s.execute(update(A).where(A.c.task_run_id == task_run_id, A.c.attempt == attempt, A.c.log.is_(None))
+              .values(log=log))
 
 
 def renew_lease(s: Session, task_run_id: int, lease_token: str, expires_at: datetime) -> bool:

@@ -66,10 +66,11 @@ class Base(DeclarativeBase):
 
 
 class Workflow(Base):
-    """One version of a workflow definition. A changed definition is a new row; runs point at theirs."""
+    """One version of a workflow definition. Registering content that differs from the latest version adds a
+    row (even if an older version had that content: the newest registration is what runs); runs keep theirs."""
 
     __tablename__ = "workflows"
-    __table_args__ = (UniqueConstraint("name", "version"), UniqueConstraint("name", "digest"))
+    __table_args__ = (UniqueConstraint("name", "version"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(100))

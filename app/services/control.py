@@ -15,8 +15,8 @@ from app.states import RUN_TERMINAL, RunState, TaskState
 
 
 def register_workflow(s: Session, definition: WorkflowSpec | dict[str, Any]) -> tuple[Any, bool]:
-    """Store a definition. Same content as an existing version: returns it (created=False); changed content:
-    a new version. Invalid: :class:`DefinitionError` and nothing is stored."""
+    """Store a definition. Same content as the latest version: returns it (created=False); anything else
+    becomes the new latest version. Invalid: :class:`DefinitionError` and nothing is stored."""
     spec = parse_definition(definition)
     missing = sorted({
         t.workflow for t in spec.tasks
@@ -28,9 +28,9 @@ def register_workflow(s: Session, definition: WorkflowSpec | dict[str, Any]) -> 
             for t in spec.tasks if t.workflow in missing
         ])
     digest = spec.digest()
-    existing = repo.workflow_by_digest(s, spec.name, digest)
-    if existing is not None:
-        return existing, False
+    latest = repo.workflow(s, spec.name)
+    if latest is not None and latest.digest == digest:
+        return latest, False
     return repo.insert_workflow(s, spec.name, digest, spec.canonical()), True
 
 

@@ -104,6 +104,8 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
         log.exception("task run %s: unexpected error", task.id)
         error = f"{type(exc).__name__}: {exc}"
     if keeper.reason and not keeper.timed_out:
+        with rt.db.transaction() as s:
+            repo.keep_attempt_log(s, task.id, attempt, ctx.log.getvalue())
         return Result(Outcome.STOPPED, detail=keeper.reason)
     log.info("task run %s attempt %s finished in %.3fs: %s", task.id, attempt, time.monotonic() - started,
              error or "ok")

@@ -31,7 +31,6 @@ def upgrade() -> None:
     sa.Column('definition', sa.JSON(), nullable=False),
     sa.Column('created_at', app.db.schema.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_workflows')),
-    sa.UniqueConstraint('name', 'digest', name=op.f('uq_workflows_name_digest')),
     sa.UniqueConstraint('name', 'version', name=op.f('uq_workflows_name_version'))
     )
     op.create_table('workflow_runs',
