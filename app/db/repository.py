@@ -88,10 +88,13 @@ def get_run(s: Session, run_id: int) -> RunRow | None:
 def lock_run(s: Session, run_id: int, *, skip_locked: bool = False) -> RunRow | None:
     """The run row, locked for this transaction: advances of one run are serialised (fan-in safety).
 
-    On SQLite the IMMEDIATE transaction already holds the database's write lock."""
+    ``FOR NO KEY UPDATE``, not ``FOR UPDATE``: workers insert event rows referencing the run while holding
+    their task row's lock, and the foreign-key check's ``KEY SHARE`` lock must not wait on us (it would
+    deadlock with an advance or cancel that updates that task). On SQLite the IMMEDIATE transaction already
+    holds the database's write lock."""
     q = select(R).where(R.c.id == run_id)
     if _is_pg(s):
-        q = q.with_for_update(skip_locked=skip_locked)
+        q = q.with_for_update(skip_locked=skip_locked, key_share=True)
     return s.execute(q).first()
 
 
@@ -276,7 +279,7 @@ def run_events(s: Session, run_id: int) -> Sequence[Row[Any]]:
 
 
 def _locked(s: Session, q: Any) -> Any:
-    return q.with_for_update(skip_locked=True, of=T) if _is_pg(s) else q
+    return q.with_for_update(skip_locked=True, of=T, key_share=True) if _is_pg(s) else q
 
 
 def due_orphans(s: Session, now: datetime, limit: int) -> Sequence[TaskRow]:

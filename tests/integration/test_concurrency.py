@@ -92,3 +92,39 @@ def test_two_reconcilers_at_once_republish_each_orphan_once(rt):
     assert Counter(m.task_run_id for m in d.executed).most_common(1)[0][1] == 1
     with rt.db.read() as s:
         assert {repo.run_tasks(s, r)[0].publish_count for r in runs} == {2}
+
+
+def test_cancel_racing_a_finishing_worker_neither_deadlocks_nor_overwrites(rt):
+    """cancel locks the run and stops its running task while the worker records that task's success (which
+    references the run from its event row): one of them wins, cleanly, every time."""
+    import uuid
+
+    from app.clock import after
+    from app.services.control import cancel_run
+    from app.states import TaskState
+
+    d: RecordingDispatcher = rt.dispatcher  # type: ignore[assignment]
+    with rt.db.transaction() as s:
+        register_workflow(s, {"name": "c", "tasks": [
+            {"name": "t", "type": "python", "function": "tests.support.jobs:record"},
+            {"name": "u", "type": "python", "function": "tests.support.jobs:record", "depends_on": ["t"]}]})
+    outcomes: Counter = Counter()
+    for _ in range(40):
+        with rt.db.transaction() as s:
+            run_id = master.start_run(s, rt, "c")
+            task = repo.run_tasks(s, run_id)[0]
+            token = str(uuid.uuid4())
+            assert repo.transition_task(s, task, TaskState.RUNNING, actor="test", reason="claimed",
+                                        lease_token=token, lease_expires_at=after(60), worker="test")
+            repo.insert_attempt(s, task, attempt=1, worker="test", pid=0, now=utcnow())
+        finished, _ = together(partial(worker.finish, rt, task.id, 1, token, result="done"),
+                               partial(cancel_run, rt, run_id, actor="test"))
+        with rt.db.read() as s:
+            t = repo.get_task(s, task.id)
+            r = repo.get_run(s, run_id)
+        assert r.state == "cancelled"
+        assert (t.state, finished.outcome) in {("succeeded", worker.Outcome.SUCCEEDED),  # type: ignore[union-attr]
+                                               ("cancelled", worker.Outcome.FENCED)}
+        outcomes[t.state] += 1
+    d.executed.clear()
+    assert sum(outcomes.values()) == 40
