@@ -3,6 +3,7 @@ processes over real Redis, on PostgreSQL and on SQLite."""
 
 from tests.support.harness import client_for, history, live_tasks, wait_run
 from tests.support.jobs import read_ledger
+from tests.support.wait import wait_until
 
 CHILD = {
     "name": "child",
@@ -57,4 +58,21 @@ def test_workflow_runs_to_completion(cluster):
     assert events[-1]["to"] == "succeeded" and events[-1]["task"] is None
     assert all(t["attempts"][0]["duration"] is not None for t in run["tasks"] if t["type"] != "subworkflow")
     assert live_tasks(tf) == {}
+    tf.close()
+
+
+def test_tasks_run_only_on_workers_serving_their_queue(cluster):
+    tf = client_for(cluster)
+    tf.register({"name": "routed", "tasks": [
+        {"name": "anywhere", "type": "python", "function": "tests.support.jobs:record"},
+        {"name": "special", "type": "python", "function": "tests.support.jobs:record", "queue": "gpu",
+         "depends_on": ["anywhere"]},
+    ]})
+    cluster.start_worker("w1", concurrency=1)  # master + default queues only
+    run_id = tf.start_run("routed")
+    wait_until(lambda: tf.run(run_id)["tasks"][1]["state"] == "submitted", timeout=30)
+    assert tf.run(run_id)["tasks"][1]["queue"] == "gpu"
+    gpu = cluster.start_worker("gpu", queues=("gpu",), concurrency=1)
+    wait_run(tf, run_id, "succeeded", timeout=30)
+    assert "[routed/special]" in gpu.log() and "[routed/special]" not in cluster.workers["w1"].log()
     tf.close()
