@@ -33,8 +33,12 @@ def run_state(tf: Tideflow, run_id: int) -> str:
 
 def wait_run(tf: Tideflow, run_id: int, state: str = "succeeded", timeout: float = 60.0) -> dict[str, Any]:
     """Poll until the run is terminal; assert it ended in ``state``."""
-    final = wait_until(lambda: (d := tf.run(run_id))["state"] in ("succeeded", "failed", "cancelled") and d,
-                       timeout=timeout, message=f"run {run_id} did not finish")
+    def finished() -> dict[str, Any] | None:
+        data = tf.run(run_id)
+        return data if data["state"] in ("succeeded", "failed", "cancelled") else None
+
+    final = wait_until(finished, timeout=timeout, message=f"run {run_id} did not finish")
+    assert final is not None
     assert final["state"] == state, f"run {run_id} ended {final['state']}, expected {state}: {final}"
     return final
 
