@@ -494,7 +494,10 @@ def test_load_file_syntax_error(tmp_path: Path, name: str, text: str, kind: str)
     with pytest.raises(DefinitionError) as info:
         load_definition_file(path)
     assert len(info.value.problems) == 1
-    assert info.value.problems[0].startswith(f"{path}: not valid {kind}: ")
+    problem = info.value.problems[0]
+    assert problem.startswith(f"{path}: not valid {kind}")
+    assert "\n" not in problem  # one line, with the position
+    assert ("line 2, column 1" if kind == "YAML" else "line 1 column 14") in problem
 
 
 def test_load_file_missing(tmp_path: Path) -> None:
