@@ -87,3 +87,27 @@ def test_runs_complete_while_database_connections_are_killed(cluster, pg_url):
     assert ends == {(r, f"t{i}"): 1 for r in runs for i in range(8)}  # each body completed once
     assert live_tasks(tf) == {}
     tf.close()
+
+
+def test_starting_a_run_while_the_broker_is_down_succeeds_and_the_run_completes_later(pg_url, own_redis, tmp_path):
+    """The publish after commit fails (Redis is down): not an error for the caller; the committed run is
+    re-published by the reconciler once the broker is back."""
+    import time
+
+    cluster = Cluster(pg_url, own_redis.url(0), "", tmp_path / "cluster")
+    try:
+        cluster.start_worker("w1", concurrency=2)
+        cluster.start_beat()
+        tf = client_for(cluster)
+        tf.register(CHAIN)
+        own_redis.stop()
+        t0 = time.monotonic()
+        run_id = tf.start_run("steady")  # must not raise
+        assert time.monotonic() - t0 < 30
+        assert tf.run(run_id)["tasks"][0]["state"] == "submitted"
+        own_redis.start()
+        wait_run(tf, run_id, "succeeded", timeout=120)
+        assert _ends(cluster, [run_id]) == {(run_id, f"t{i}"): 1 for i in range(8)}
+        tf.close()
+    finally:
+        cluster.stop()
