@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import psycopg
@@ -27,29 +28,35 @@ def own_redis():
     server.cleanup()
 
 
+@pytest.fixture
+def redis_cluster(pg_url, own_redis, tmp_path):
+    """Worker and beat on PostgreSQL and this test's own Redis (which the test may stop and restart)."""
+    cluster = Cluster(pg_url, own_redis.url(0), "", tmp_path / "cluster")
+    try:
+        cluster.start_worker("w1", concurrency=2)
+        cluster.start_beat()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def _ends(cluster: Cluster, run_ids: list[int]) -> Counter:
     return Counter((e["run"], e["task"]) for e in read_ledger(cluster.ledger)
                    if e["event"] == "end" and e["run"] in run_ids)
 
 
-def test_runs_complete_across_a_redis_restart(pg_url, own_redis, tmp_path):
-    cluster = Cluster(pg_url, own_redis.url(0), "", tmp_path / "cluster")
-    try:
-        cluster.start_worker("w1", concurrency=2)
-        cluster.start_beat()
-        tf = client_for(cluster)
-        tf.register(CHAIN)
-        runs = [tf.start_run("steady") for _ in range(3)]
-        wait_until(lambda: len(_ends(cluster, runs)) >= 3, timeout=30)
-        own_redis.restart()  # every message in the broker is gone; workers and beat reconnect
-        for r in runs:
-            wait_run(tf, r, "succeeded", timeout=90)
-        # nothing lost, and no body ran to completion twice
-        assert _ends(cluster, runs) == {(r, f"t{i}"): 1 for r in runs for i in range(8)}
-        assert live_tasks(tf) == {}
-        tf.close()
-    finally:
-        cluster.stop()
+def test_runs_complete_across_a_redis_restart(redis_cluster, own_redis):
+    tf = client_for(redis_cluster)
+    tf.register(CHAIN)
+    runs = [tf.start_run("steady") for _ in range(3)]
+    wait_until(lambda: len(_ends(redis_cluster, runs)) >= 3, timeout=30)
+    own_redis.restart()  # every message in the broker is gone; workers and beat reconnect
+    for r in runs:
+        wait_run(tf, r, "succeeded", timeout=90)
+    # nothing lost, and no body ran to completion twice
+    assert _ends(redis_cluster, runs) == {(r, f"t{i}"): 1 for r in runs for i in range(8)}
+    assert live_tasks(tf) == {}
+    tf.close()
 
 
 @pytest.fixture
@@ -89,25 +96,17 @@ def test_runs_complete_while_database_connections_are_killed(cluster, pg_url):
     tf.close()
 
 
-def test_starting_a_run_while_the_broker_is_down_succeeds_and_the_run_completes_later(pg_url, own_redis, tmp_path):
+def test_starting_a_run_while_the_broker_is_down_succeeds_and_the_run_completes_later(redis_cluster, own_redis):
     """The publish after commit fails (Redis is down): not an error for the caller; the committed run is
     re-published by the reconciler once the broker is back."""
-    import time
-
-    cluster = Cluster(pg_url, own_redis.url(0), "", tmp_path / "cluster")
-    try:
-        cluster.start_worker("w1", concurrency=2)
-        cluster.start_beat()
-        tf = client_for(cluster)
-        tf.register(CHAIN)
-        own_redis.stop()
-        t0 = time.monotonic()
-        run_id = tf.start_run("steady")  # must not raise
-        assert time.monotonic() - t0 < 30
-        assert tf.run(run_id)["tasks"][0]["state"] == "submitted"
-        own_redis.start()
-        wait_run(tf, run_id, "succeeded", timeout=120)
-        assert _ends(cluster, [run_id]) == {(run_id, f"t{i}"): 1 for i in range(8)}
-        tf.close()
-    finally:
-        cluster.stop()
+    tf = client_for(redis_cluster)
+    tf.register(CHAIN)
+    own_redis.stop()
+    t0 = time.monotonic()
+    run_id = tf.start_run("steady")  # must not raise
+    assert time.monotonic() - t0 < 30
+    assert tf.run(run_id)["tasks"][0]["state"] == "submitted"
+    own_redis.start()
+    wait_run(tf, run_id, "succeeded", timeout=120)
+    assert _ends(redis_cluster, [run_id]) == {(run_id, f"t{i}"): 1 for i in range(8)}
+    tf.close()
