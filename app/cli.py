@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import click
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from app.config import load_settings
 from app.errors import TideflowError
+from app.services import views
 from app.states import RUN_TERMINAL, RunState
 
 STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "submitted": "yellow",
@@ -26,6 +28,13 @@ def _client() -> Any:
     from app.client import Tideflow
 
     return Tideflow.from_env()
+
+
+def _read(view: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a read view (``app.services.views``) in a read-only session."""
+    tf = _client()
+    with tf.runtime.db.read() as s:
+        return view(s, *args, **kwargs)
 
 
 def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
@@ -107,11 +116,7 @@ def workflow_register(path: str, as_json: bool) -> None:
 @workflow.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def workflow_list(as_json: bool) -> None:
-    from app.services import views
-
-    tf = _client()
-    with tf.runtime.db.read() as s:
-        rows = views.list_workflows(s)
+    rows = _read(views.list_workflows)
 
     def render(rows: list[dict[str, Any]]) -> None:
         t = Table("name", "version", "tasks", "registered")
@@ -127,11 +132,7 @@ def workflow_list(as_json: bool) -> None:
 @click.option("--version", type=int)
 @click.option("--json", "as_json", is_flag=True)
 def workflow_show(name: str, version: int | None, as_json: bool) -> None:
-    from app.services import views
-
-    tf = _client()
-    with tf.runtime.db.read() as s:
-        data = views.show_workflow(s, name, version)
+    data = _read(views.show_workflow, name, version)
 
     def render(d: dict[str, Any]) -> None:
         console.print(f"[bold]{d['name']}[/] version {d['version']} (versions: {d['versions']})")
@@ -194,14 +195,14 @@ def run_start(name: str, params: tuple[str, ...], priority: int | None, wait: bo
 
 
 def _watch(tf: Any, run_id: int, timeout: float, quiet: bool = False) -> str:
+    """Poll the run until it is terminal, with a live table unless ``quiet`` (``--json`` keeps stdout JSON)."""
     deadline = time.monotonic() + timeout
     data = tf.run(run_id)
-    with Live(_tasks_table(data), console=console, refresh_per_second=4, transient=False,
-              auto_refresh=False) as live:
+    with Live(_tasks_table(data), console=console, auto_refresh=False) if not quiet else nullcontext() as live:
         while data["state"] not in RUN_TERMINAL and time.monotonic() < deadline:
             time.sleep(0.25)
             data = tf.run(run_id)
-            if not quiet:
+            if live is not None:
                 live.update(_tasks_table(data), refresh=True)
     if data["state"] not in RUN_TERMINAL:
         click.echo(f"run {run_id} still {data['state']} after {timeout:g}s", err=True)
@@ -221,11 +222,7 @@ def run_show(run_id: int, as_json: bool) -> None:
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def run_list(state: str | None, workflow: str | None, limit: int, as_json: bool) -> None:
-    from app.services import views
-
-    tf = _client()
-    with tf.runtime.db.read() as s:
-        rows = views.list_runs(s, state=state, workflow=workflow, limit=limit)
+    rows = _read(views.list_runs, state=state, workflow=workflow, limit=limit)
 
     def render(rows: list[dict[str, Any]]) -> None:
         t = Table("id", "workflow", "state", "priority", "created", "duration")
@@ -241,11 +238,7 @@ def run_list(state: str | None, workflow: str | None, limit: int, as_json: bool)
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
 def run_history(run_id: int, as_json: bool) -> None:
-    from app.services import views
-
-    tf = _client()
-    with tf.runtime.db.read() as s:
-        rows = views.run_history(s, run_id)
+    rows = _read(views.run_history, run_id)
 
     def render(rows: list[dict[str, Any]]) -> None:
         t = Table("at", "task", "attempt", "from", "to", "by", "why")
@@ -281,11 +274,7 @@ def task() -> None:
 @click.argument("task_run_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
 def task_logs(task_run_id: int, as_json: bool) -> None:
-    from app.services import views
-
-    tf = _client()
-    with tf.runtime.db.read() as s:
-        data = views.task_logs(s, task_run_id)
+    data = _read(views.task_logs, task_run_id)
 
     def render(d: dict[str, Any]) -> None:
         for a in d["attempts"]:

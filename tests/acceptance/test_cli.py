@@ -257,6 +257,11 @@ def test_run_start_wait_and_read_commands(cluster, tmp_path):
     assert "status 3" in boom_logs["attempts"][0]["error"]
     assert "going down" in cluster.run_cli("task", "logs", boom_id, check=True).stdout
 
+    # --wait --json: stdout is only the final JSON (no live table in it)
+    waited = cluster.run_cli("run", "start", "hello", "--wait", "--json")
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert json.loads(waited.stdout)["state"] == "succeeded"
+
 
 def test_errors_are_one_line(cluster, tmp_path):
     cluster.run_cli("workflow", "register", _write(tmp_path, "hello.yaml", HELLO), check=True)
