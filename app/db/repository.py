@@ -159,13 +159,14 @@ def run_tasks(s: Session, run_id: int) -> Sequence[TaskRow]:
     return s.execute(select(T).where(T.c.run_id == run_id).order_by(T.c.id)).all()
 
 
-def task_results(s: Session, run_id: int, names: Iterable[str]) -> dict[str, Any]:
-    wanted = list(names)
-    if not wanted:
-        return {}
-    q = select(T.c.name, T.c.result).where(
-        T.c.run_id == run_id, T.c.name.in_(wanted), T.c.state == TaskState.SUCCEEDED
-    )
+def task_results(s: Session, run_id: int, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """Results of the run's succeeded tasks, by name (all of them, or only ``names``)."""
+    q = select(T.c.name, T.c.result).where(T.c.run_id == run_id, T.c.state == TaskState.SUCCEEDED)
+    if names is not None:
+        wanted = list(names)
+        if not wanted:
+            return {}
+        q = q.where(T.c.name.in_(wanted))
     return {name: result for name, result in s.execute(q)}
 
 

@@ -163,7 +163,7 @@ def finish_run(s: Session, rt: Runtime, run: repo.RunRow, outcome: RunState, *, 
         if parent_task is not None and parent_task.state == TaskState.RUNNING and parent_task.child_run_id == run.id:
             now = utcnow()
             ok = outcome == RunState.SUCCEEDED
-            results = repo.task_results(s, run.id, [t.name for t in repo.run_tasks(s, run.id)]) if ok else None
+            results = repo.task_results(s, run.id) if ok else None
             if repo.transition_task(
                 s, parent_task, TaskState.SUCCEEDED if ok else TaskState.FAILED, actor=actor, now=now,
                 reason=f"child run {run.id} {outcome}", finished_at=now, handled=False, result=results,

@@ -24,7 +24,7 @@ import psutil
 import psycopg
 from sqlalchemy.engine import make_url
 
-from tests.support.procs import _kill_and_wait, _make_base_dir, _tail, free_port, reap_orphans
+from tests.support.procs import LocalServer, _kill_and_wait, _tail, free_port, reap_orphans
 from tests.support.wait import wait_until
 
 DATABASE_URL_ENV = "TIDEFLOW_TEST_DATABASE_URL"
@@ -96,8 +96,11 @@ def _pg_bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-class PostgresServer:
+class PostgresServer(LocalServer):
     """A private PostgreSQL cluster (initdb'd on first :meth:`start`), trust auth, superuser ``postgres``."""
+
+    kind = "pg"
+    log_name = "postgres.log"
 
     external = False
     #: Speed over durability against *machine* crashes: fsync/full_page_writes off. synchronous_commit
@@ -129,24 +132,8 @@ class PostgresServer:
 
     # -- paths / urls
     @property
-    def base_dir(self) -> Path:
-        if self._base_dir is None:
-            self._base_dir = _make_base_dir("pg")
-        return self._base_dir
-
-    @property
     def data_dir(self) -> Path:
         return self.base_dir / "data"
-
-    @property
-    def log_path(self) -> Path:
-        return self.base_dir / "postgres.log"
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("PostgresServer has not been started")
-        return self._port
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"

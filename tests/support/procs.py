@@ -107,3 +107,29 @@ def reap_orphans() -> None:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+class LocalServer:
+    """What our own PostgreSQL and Redis share: a private base dir (made on first use), a log file in it,
+    and a port known once started."""
+
+    kind = "server"  # base-dir prefix
+    log_name = "server.log"
+    _port: int | None = None
+    _base_dir: Path | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        if self._base_dir is None:
+            self._base_dir = _make_base_dir(self.kind)
+        return self._base_dir
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / self.log_name
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError(f"{type(self).__name__} has not been started")
+        return self._port

