@@ -54,6 +54,10 @@ class Settings(BaseSettings):
 
     worker_concurrency: int | None = None
 
+    #: fault injection for the chaos campaign (tests/chaos): probability that a process SIGKILLs itself
+    #: after a commit and before publishing its messages. Always 0 in production.
+    fault_crash_before_publish: float = Field(0.0, ge=0, le=1)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         hb = self.heartbeat_seconds

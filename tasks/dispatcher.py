@@ -9,16 +9,19 @@ from collections.abc import Sequence
 from celery import Celery
 
 from app.dispatch import ExecuteMessage
+from app.faults import crash_point
 from app.scheduling import celery_priority
 
 
 class CeleryDispatcher:
     def __init__(self, celery: Celery):
         self.celery = celery
+        self._crash = celery.conf.tideflow_settings.fault_crash_before_publish
 
     def execute(self, messages: Sequence[ExecuteMessage]) -> None:
         if not messages:
             return
+        crash_point(self._crash, "after commit, before publishing execute messages")
         with self.celery.producer_or_acquire() as producer:
             for m in messages:
                 self.celery.send_task(
@@ -30,6 +33,7 @@ class CeleryDispatcher:
     def advance(self, run_ids: Sequence[int]) -> None:
         if not run_ids:
             return
+        crash_point(self._crash, "after commit, before publishing advance messages")
         settings = self.celery.conf.tideflow_settings
         with self.celery.producer_or_acquire() as producer:
             for run_id in run_ids:
