@@ -7,12 +7,13 @@ code-workflow decider can later stand beside this with the same output type.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.states import RunState, TaskState
 
 FAILED_LIKE = frozenset({TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED})
+LIVE = frozenset({TaskState.PENDING, TaskState.SUBMITTED, TaskState.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,47 @@ def evaluate(
             submit.append(name)
             effective[name] = TaskState.SUBMITTED
 
-    outcome = None
-    reason = ""
-    if all(st not in (TaskState.PENDING, TaskState.SUBMITTED, TaskState.RUNNING) for st in effective.values()):
-        if all(st == TaskState.SUCCEEDED for st in effective.values()):
-            outcome, reason = RunState.SUCCEEDED, "all tasks succeeded"
-        else:
-            bad = sorted(n for n, st in effective.items() if st != TaskState.SUCCEEDED)
-            outcome, reason = RunState.FAILED, f"task '{(failed or bad)[0]}' did not succeed"
+    outcome, reason = run_outcome(effective) or (None, "")
     return Decision(submit=submit, skip=skip, outcome=outcome, reason=reason)
+
+
+def step(
+    deps: Mapping[str, Sequence[str]], children: Mapping[str, Sequence[str]], states: Mapping[str, TaskState],
+    changed: Iterable[str],
+) -> Decision:
+    """The incremental form of :func:`evaluate`, for the master's common path (cost independent of the DAG's
+    size): only the children of tasks that ``changed`` (finished or were skipped since the last step) can
+    become ready or be skipped. ``states`` must hold those children and their dependencies. It decides
+    submit/skip only; a run whose failure stops it, and the run's outcome once nothing is live, are decided
+    by :func:`evaluate` and :func:`run_outcome`. Skips propagate one level per step (the caller loops with
+    the skipped tasks as the next ``changed``). Property-tested against :func:`evaluate`."""
+    submit: list[str] = []
+    skip: list[str] = []
+    for name in sorted({c for n in changed for c in children[n]}):
+        if states[name] != TaskState.PENDING:
+            continue
+        ups = [states[d] for d in deps[name]]
+        if any(u in FAILED_LIKE for u in ups):
+            skip.append(name)
+        elif all(u == TaskState.SUCCEEDED for u in ups):
+            submit.append(name)
+    return Decision(submit=submit, skip=skip)
+
+
+def stops_run(states: Mapping[str, TaskState], on_failure: str) -> bool:
+    """Does a failure among ``states`` stop the run (``on_failure: stop``)?"""
+    return on_failure == "stop" and any(st == TaskState.FAILED for st in states.values())
+
+
+def run_outcome(states: Mapping[str, TaskState]) -> tuple[RunState, str] | None:
+    """The run's outcome once no task is live (None while one is)."""
+    if any(st in LIVE for st in states.values()):
+        return None
+    if all(st == TaskState.SUCCEEDED for st in states.values()):
+        return RunState.SUCCEEDED, "all tasks succeeded"
+    failed = sorted(n for n, st in states.items() if st == TaskState.FAILED)
+    bad = failed or sorted(n for n, st in states.items() if st != TaskState.SUCCEEDED)
+    return RunState.FAILED, f"task '{bad[0]}' did not succeed"
 
 
 def topological_order(deps: Mapping[str, Sequence[str]]) -> list[str]:

@@ -8,9 +8,11 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import templating
 from app.config import Settings
 from app.db import repository as repo
 from app.db.engine import Database
@@ -32,6 +34,31 @@ class LoadedWorkflow:
     def deps(self) -> dict[str, list[str]]:
         return {t.name: list(t.depends_on) for t in self.spec.tasks}
 
+    @cached_property
+    def children(self) -> dict[str, list[str]]:
+        kids: dict[str, list[str]] = {t.name: [] for t in self.spec.tasks}
+        for t in self.spec.tasks:
+            for dep in t.depends_on:
+                kids[dep].append(t.name)
+        return kids
+
+    @cached_property
+    def _inputs(self) -> dict[str, frozenset[str]]:
+        inputs = {}
+        for spec in self.spec.tasks:
+            names = set(spec.depends_on)
+            for value in (spec.command, spec.env, spec.args, spec.params):
+                if value is not None:
+                    names.update(path[0] for scope, path in templating.references(value) if scope == "upstream")
+            inputs[spec.name] = frozenset(names)
+        return inputs
+
+    def inputs_of(self, name: str) -> frozenset[str]:
+        """The upstream tasks whose results a task receives (``context.upstream``): its direct dependencies
+        and any ancestor its placeholders name. Bounded by the task's own definition, not by the DAG's
+        size, so starting a task costs the same in a 10-task and a 10,000-task run."""
+        return self._inputs[name]
+
     def ancestors_of(self, name: str) -> set[str]:
         """Every task upstream of ``name`` (walked on demand: a whole-DAG table is quadratic on long chains)."""
         seen: set[str] = set()
@@ -44,6 +71,17 @@ class LoadedWorkflow:
         return seen
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """The immutable part of a run row (what a worker needs to execute one of its tasks)."""
+
+    id: int
+    workflow_id: int
+    workflow_name: str
+    params: dict[str, Any]
+    priority: int
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -51,6 +89,7 @@ class Runtime:
     dispatcher: Dispatcher
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     _workflows: dict[int, LoadedWorkflow] = field(default_factory=dict, repr=False)
+    _runs: dict[int, RunInfo] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -71,6 +110,22 @@ class Runtime:
                 self._workflows.clear()
             self._workflows[workflow_id] = loaded
         return loaded
+
+    def run_info(self, s: Session, run_id: int) -> RunInfo:
+        """A run's immutable fields, cached per process: the tasks of one run mostly land on the same few
+        workers, and these fields never change (state and timestamps are not part of it)."""
+        cached = self._runs.get(run_id)
+        if cached is not None:
+            return cached
+        row = repo.get_run(s, run_id)
+        if row is None:
+            raise NotFound(f"run {run_id} does not exist")
+        info = RunInfo(row.id, row.workflow_id, row.workflow_name, dict(row.params), row.priority)
+        with self._lock:
+            if len(self._runs) > 10_000:
+                self._runs.clear()
+            self._runs[run_id] = info
+        return info
 
     def close(self) -> None:
         self.db.dispose()

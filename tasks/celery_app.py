@@ -61,8 +61,12 @@ def create_app(settings: Settings | None = None) -> Celery:
             "tideflow.advance": {"queue": settings.master_queue},
             "tideflow.reconcile": {"queue": settings.master_queue},
         },
-        task_send_sent_event=True,
-        worker_send_task_events=True,
+        # Task events cost the worker several extra publishes per task (a third of its CPU in
+        # bench/throughput.py); they stay off until Flower asks for them: Flower broadcasts
+        # ``enable_events`` to the workers periodically while it runs (its ``--enable_events`` option,
+        # default on; mher/flower flower/events.py).
+        task_send_sent_event=False,
+        worker_send_task_events=False,
         worker_hijack_root_logger=True,
         beat_schedule={
             "tideflow-reconcile": {

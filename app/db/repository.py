@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, func, insert, select, update
+from sqlalchemy import Row, Table, and_, false, func, insert, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
@@ -21,6 +21,22 @@ R: Table = WorkflowRun.__table__  # type: ignore[assignment]
 T: Table = TaskRun.__table__  # type: ignore[assignment]
 A: Table = TaskAttempt.__table__  # type: ignore[assignment]
 E: Table = Event.__table__  # type: ignore[assignment]
+
+LIVE_TASK_STATES = (TaskState.PENDING, TaskState.SUBMITTED, TaskState.RUNNING)
+
+
+def _state_is(*states: str) -> Any:
+    """``task_runs.state IN ('a', ...)`` with literals, not bind parameters: the partial indexes' predicates
+    must be provable from the query text, or PostgreSQL's generic plans (psycopg prepares repeated
+    statements) cannot use them."""
+    return T.c.state.in_([literal_column(f"'{st}'") for st in states])
+
+
+# Statements built once (the hot path's inserts): building them per call costs more than running them.
+_INSERT_EVENT = insert(E)
+_INSERT_ATTEMPT = insert(A)
+
+UNHANDLED = T.c.handled == false()  # renders the literal, matching ix_task_runs_unhandled's predicate
 
 TaskRow = Row[Any]
 RunRow = Row[Any]
@@ -159,6 +175,33 @@ def run_tasks(s: Session, run_id: int) -> Sequence[TaskRow]:
     return s.execute(select(T).where(T.c.run_id == run_id).order_by(T.c.id)).all()
 
 
+def tasks_named(s: Session, run_id: int, names: Iterable[str]) -> Sequence[TaskRow]:
+    wanted = list(names)
+    if not wanted:
+        return []
+    return s.execute(select(T).where(T.c.run_id == run_id, T.c.name.in_(wanted))).all()
+
+
+def unhandled_tasks(s: Session, run_id: int) -> Sequence[TaskRow]:
+    """The run's finished tasks the master has not acted on (partial index ``ix_task_runs_unhandled``)."""
+    return s.execute(select(T).where(T.c.run_id == run_id, UNHANDLED)).all()
+
+
+def live_tasks(s: Session, run_id: int) -> Sequence[TaskRow]:
+    return s.execute(select(T).where(T.c.run_id == run_id, _state_is(*LIVE_TASK_STATES))).all()
+
+
+def has_live_tasks(s: Session, run_id: int) -> bool:
+    """Whether any task of the run is pending, submitted or running (partial index ``ix_task_runs_live``)."""
+    q = select(T.c.id).where(T.c.run_id == run_id, _state_is(*LIVE_TASK_STATES)).limit(1)
+    return s.execute(q).first() is not None
+
+
+def task_states(s: Session, run_id: int) -> dict[str, TaskState]:
+    return {name: TaskState(state) for name, state in s.execute(
+        select(T.c.name, T.c.state).where(T.c.run_id == run_id))}
+
+
 def task_results(s: Session, run_id: int, names: Iterable[str] | None = None) -> dict[str, Any]:
     """Results of the run's succeeded tasks, by name (all of them, or only ``names``)."""
     q = select(T.c.name, T.c.result).where(T.c.run_id == run_id, T.c.state == TaskState.SUCCEEDED)
@@ -199,6 +242,35 @@ def transition_task(
     return True
 
 
+def transition_by_id(
+    s: Session, task_run_id: int, src: TaskState, to: TaskState, *, attempt: int, actor: str, reason: str,
+    now: datetime, fence: str | None = None, where: Sequence[Any] = (), **values: Any,
+) -> TaskRow | None:
+    """:func:`transition_task` for a caller that has not read the row: one guarded
+    ``UPDATE ... WHERE id = ? AND state = src AND attempt = ? [AND lease_token = fence] RETURNING *`` plus
+    its event. Returns the updated row, or None if it did not land. The worker's hot path (claim, finish)."""
+    check_task_transition(src, to)
+    cond = [T.c.id == task_run_id, T.c.state == src, T.c.attempt == attempt, *where]
+    if fence is not None:
+        cond.append(T.c.lease_token == fence)
+    row = s.execute(update(T).where(*cond).values(state=to, updated_at=now, **values).returning(*T.c)).first()
+    if row is not None:
+        add_event(s, run_id=row.run_id, task_run_id=row.id, task_name=row.name, attempt=attempt,
+                  from_state=src, to_state=to, actor=actor, reason=reason, now=now)
+    return row
+
+
+def claim_task(
+    s: Session, task_run_id: int, attempt: int, *, actor: str, reason: str, now: datetime, **values: Any,
+) -> TaskRow | None:
+    """The worker's claim, ``submitted -> running`` for exactly ``attempt`` once its retry delay has passed
+    (no read before it). None when there was nothing to claim (missing row, other state or attempt, early)."""
+    return transition_by_id(
+        s, task_run_id, TaskState.SUBMITTED, TaskState.RUNNING, attempt=attempt, actor=actor, reason=reason,
+        now=now, where=[or_(T.c.not_before.is_(None), T.c.not_before <= now)], **values,
+    )
+
+
 def keep_attempt_log(s: Session, task_run_id: int, attempt: int, log: str) -> None:
     """Store the output of an attempt that was stopped (its outcome was already written by whoever stopped
     it). Not a transition: the outcome is untouched."""
@@ -228,20 +300,22 @@ def mark_handled(s: Session, task_ids: Iterable[int]) -> int:
 
 
 def insert_attempt(s: Session, task: TaskRow, *, attempt: int, worker: str, pid: int, now: datetime) -> None:
-    s.execute(insert(A).values(task_run_id=task.id, attempt=attempt, worker=worker, pid=pid, outcome="running",
-                               started_at=now))
+    s.execute(_INSERT_ATTEMPT, {"task_run_id": task.id, "attempt": attempt, "worker": worker, "pid": pid,
+                                "outcome": "running", "started_at": now})
 
 
 def finish_attempt(
     s: Session, task_run_id: int, attempt: int, *, outcome: str, error: str | None = None,
-    log: str | None = None, now: datetime | None = None,
+    log: str | None = None, now: datetime | None = None, started_at: datetime | None = None,
 ) -> None:
     now = now or utcnow()
-    row = s.execute(select(A.c.started_at).where(A.c.task_run_id == task_run_id, A.c.attempt == attempt)).first()
-    if row is None:
-        return
+    if started_at is None:
+        row = s.execute(select(A.c.started_at).where(A.c.task_run_id == task_run_id, A.c.attempt == attempt)).first()
+        if row is None:
+            return
+        started_at = row.started_at
     values: dict[str, Any] = {"outcome": outcome, "finished_at": now,
-                              "duration": (now - row.started_at).total_seconds()}
+                              "duration": (now - started_at).total_seconds()}
     if error is not None:
         values["error"] = error
     if log is not None:
@@ -265,11 +339,11 @@ def add_event(
     task_run_id: int | None = None, task_name: str | None = None, attempt: int | None = None,
     now: datetime | None = None,
 ) -> None:
-    s.execute(insert(E).values(
-        run_id=run_id, task_run_id=task_run_id, task_name=task_name, attempt=attempt,
-        from_state=str(from_state) if from_state is not None else None, to_state=str(to_state),
-        actor=actor[:200], reason=reason, created_at=now or utcnow(),
-    ))
+    s.execute(_INSERT_EVENT, {
+        "run_id": run_id, "task_run_id": task_run_id, "task_name": task_name, "attempt": attempt,
+        "from_state": str(from_state) if from_state is not None else None, "to_state": str(to_state),
+        "actor": actor[:200], "reason": reason, "created_at": now or utcnow(),
+    })
 
 
 def run_events(s: Session, run_id: int) -> Sequence[Row[Any]]:
@@ -286,20 +360,20 @@ def _locked(s: Session, q: Any) -> Any:
 def due_orphans(s: Session, now: datetime, limit: int) -> Sequence[TaskRow]:
     """Submitted tasks due for a re-publish, with their run's workflow name (for the message's label)."""
     q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
-         .where(T.c.state == TaskState.SUBMITTED, T.c.next_publish_at <= now)
+         .where(_state_is(TaskState.SUBMITTED), T.c.next_publish_at <= now)
          .order_by(T.c.next_publish_at).limit(limit))
     return s.execute(_locked(s, q)).all()
 
 
 def expired_leases(s: Session, now: datetime, limit: int) -> Sequence[TaskRow]:
-    q = (select(T).where(T.c.state == TaskState.RUNNING, T.c.lease_expires_at.is_not(None),
+    q = (select(T).where(_state_is(TaskState.RUNNING), T.c.lease_expires_at.is_not(None),
                          T.c.lease_expires_at < now)
          .order_by(T.c.lease_expires_at).limit(limit))
     return s.execute(_locked(s, q)).all()
 
 
 def runs_with_unhandled_tasks(s: Session, older_than: datetime, limit: int) -> list[int]:
-    q = (select(T.c.run_id).where(T.c.handled.is_(False), T.c.finished_at <= older_than)
+    q = (select(T.c.run_id).where(UNHANDLED, T.c.finished_at <= older_than)
          .order_by(T.c.finished_at).limit(limit))
     seen: dict[int, None] = {}
     for (run_id,) in s.execute(q):

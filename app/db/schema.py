@@ -118,6 +118,10 @@ class TaskRun(Base):
         Index("ix_task_runs_leases", "lease_expires_at",
               postgresql_where=text("state = 'running' AND lease_expires_at IS NOT NULL"),
               sqlite_where=text("state = 'running' AND lease_expires_at IS NOT NULL")),
+        # master: does the run have anything left to do? (constant cost in the run's size)
+        Index("ix_task_runs_live", "run_id",
+              postgresql_where=text("state IN ('pending', 'submitted', 'running')"),
+              sqlite_where=text("state IN ('pending', 'submitted', 'running')")),
         # reconciler: finished tasks the master has not acted on yet
         Index("ix_task_runs_unhandled", "finished_at",
               postgresql_where=text("handled = false"), sqlite_where=text("handled = 0")),

@@ -66,5 +66,5 @@ def retry_run(rt: Runtime, run_id: int, *, actor: str = "api") -> int:
         repo.transition_run(s, run, RunState.RUNNING, actor=actor, reason=f"retried ({reset} tasks reset)")
         fresh = repo.get_run(s, run.id)
         assert fresh is not None
-        advance_locked(s, rt, fresh, actor=actor)
+        advance_locked(s, rt, fresh, actor=actor, full=True)
         return reset

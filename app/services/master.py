@@ -53,7 +53,7 @@ def start_run(
     ])
     run = repo.get_run(s, run_id)
     assert run is not None
-    advance_locked(s, rt, run, actor=actor)
+    advance_locked(s, rt, run, actor=actor, full=True)
     return run_id
 
 
@@ -67,13 +67,56 @@ def advance_run(rt: Runtime, run_id: int, *, actor: str, skip_locked: bool = Fal
         return True
 
 
-def advance_locked(s: Session, rt: Runtime, run: repo.RunRow, *, actor: str) -> None:
-    """Apply DAG decisions until there is nothing left to do. The caller holds the run's lock."""
-    tasks = {t.name: t for t in repo.run_tasks(s, run.id)}
-    repo.mark_handled(s, [t.id for t in tasks.values() if not t.handled])
+def advance_after_finish(
+    s: Session, rt: Runtime, run_id: int, *, actor: str, finished: repo.TaskRow | None = None, inline: bool = True,
+) -> None:
+    """Advance a run in the caller's transaction (the worker's, right after a task finished) when nobody else
+    is advancing it: no hop through the master queue on the common path. If the run is locked (a sibling's
+    advance, the master, the reconciler: ``SKIP LOCKED``, so this never waits or deadlocks) or ``inline`` is
+    off, hand it to the master queue after commit. The unhandled task row is the durable record either way."""
+    run = repo.lock_run(s, run_id, skip_locked=True) if inline else None
+    if run is None:
+        publish_after_commit(s, rt.dispatcher, advance=[run_id])
+        return
+    advance_locked(s, rt, run, actor=actor, finished=finished)
+
+
+def advance_locked(
+    s: Session, rt: Runtime, run: repo.RunRow, *, actor: str, full: bool = False,
+    finished: repo.TaskRow | None = None,
+) -> None:
+    """Apply DAG decisions until there is nothing left to do. The caller holds the run's lock.
+
+    Common path (incremental, cost independent of the DAG's size): look only at the tasks that finished
+    since the last advance (the unhandled ones, or ``finished``: the task the caller just finished) and at
+    their children. ``full`` re-evaluates the whole DAG: at start, after a retry, and when a failure stops
+    the run."""
+    changed_rows = [finished] if finished is not None else list(repo.unhandled_tasks(s, run.id))
+    repo.mark_handled(s, [t.id for t in changed_rows if not t.handled])
     if run.state != RunState.RUNNING:
         return
     wf = rt.workflow(s, run.workflow_id)
+    if full or dag.stops_run({t.name: TaskState(t.state) for t in changed_rows}, run.on_failure):
+        _advance_full(s, rt, run, wf, actor)
+        return
+    changed = {t.name for t in changed_rows}
+    submitted = False
+    while changed:
+        children = {c for n in changed for c in wf.children[n]}
+        needed = children | {d for c in children for d in wf.deps[c]}
+        tasks = {t.name: t for t in repo.tasks_named(s, run.id, needed)}
+        decision = dag.step(wf.deps, wf.children, {n: TaskState(t.state) for n, t in tasks.items()}, changed)
+        _apply(s, rt, run, wf, tasks, decision, actor)
+        submitted = submitted or bool(decision.submit)
+        changed = set(decision.skip)
+    if not submitted and not repo.has_live_tasks(s, run.id):
+        outcome = dag.run_outcome(repo.task_states(s, run.id))
+        if outcome is not None:
+            finish_run(s, rt, run, outcome[0], actor=actor, reason=outcome[1])
+
+
+def _advance_full(s: Session, rt: Runtime, run: repo.RunRow, wf: LoadedWorkflow, actor: str) -> None:
+    tasks = {t.name: t for t in repo.run_tasks(s, run.id)}
     for _ in range(len(tasks) + 2):
         decision = dag.evaluate(wf.deps, {n: TaskState(t.state) for n, t in tasks.items()}, run.on_failure)
         if decision.empty:
@@ -124,7 +167,7 @@ def _start_child(
     try:
         if _depth(s, run) >= MAX_SUBWORKFLOW_DEPTH:
             raise TideflowError(f"subworkflows nested deeper than {MAX_SUBWORKFLOW_DEPTH}")
-        upstream = repo.task_results(s, run.id, wf.ancestors_of(task.name))
+        upstream = repo.task_results(s, run.id, wf.inputs_of(task.name))
         ctx = {"params": run.params, "upstream": upstream,
                "run": {"id": run.id, "priority": run.priority, "workflow": run.workflow_name}}
         child_params = templating.render(spec.params or {}, ctx)

@@ -29,6 +29,7 @@ from app.errors import TaskFailure, TaskStopped
 from app.executors.base import ExecutionContext, executor_for
 from app.executors.logbuffer import LogBuffer
 from app.runtime import Runtime
+from app.services.master import advance_after_finish, advance_locked
 from app.states import TaskState
 
 log = logging.getLogger(__name__)
@@ -53,32 +54,20 @@ class Result:
 
 
 def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = False) -> Result:
-    with rt.db.read() as s:
-        task = repo.get_task(s, task_run_id)
-    if task is None:
-        return Result(Outcome.MISSING_ROW, detail=f"task run {task_run_id} is not visible")
-    if task.attempt != attempt or task.state != TaskState.SUBMITTED:
-        return Result(Outcome.IGNORED, detail=f"task run {task_run_id} is {task.state} at attempt {task.attempt}; "
-                                               f"message for attempt {attempt} ignored")
     now = utcnow()
-    if task.not_before is not None and task.not_before > now:
-        return Result(Outcome.TOO_EARLY, delay=(task.not_before - now).total_seconds())
-
     token = str(uuid.uuid4())
     with rt.db.transaction() as s:
-        claimed = repo.transition_task(
-            s, task, TaskState.RUNNING, actor=rt.worker_id, now=now, reason=f"claimed by {rt.worker_id}",
+        task = repo.claim_task(
+            s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=f"claimed by {rt.worker_id}",
             worker=rt.worker_id, lease_token=token, lease_expires_at=after(rt.settings.lease_seconds, now),
             started_at=now,
         )
-        if claimed:
-            repo.insert_attempt(s, task, attempt=attempt, worker=rt.worker_id, pid=os.getpid(), now=now)
-        run = repo.get_run(s, task.run_id)
-        wf = rt.workflow(s, run.workflow_id) if run is not None else None
-        upstream = repo.task_results(s, task.run_id, wf.ancestors_of(task.name)) if wf is not None else {}
-    if not claimed:
-        return Result(Outcome.IGNORED, detail=f"task run {task_run_id} attempt {attempt} was claimed elsewhere")
-    assert run is not None and wf is not None
+        if task is None:
+            return _not_claimed(repo.get_task(s, task_run_id), task_run_id, attempt, now)
+        repo.insert_attempt(s, task, attempt=attempt, worker=rt.worker_id, pid=os.getpid(), now=now)
+        run = rt.run_info(s, task.run_id)
+        wf = rt.workflow(s, run.workflow_id)
+        upstream = repo.task_results(s, task.run_id, wf.inputs_of(task.name))
     spec = wf.spec.task(task.name)
 
     ctx = ExecutionContext(
@@ -110,7 +99,20 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
     log.info("task run %s attempt %s finished in %.3fs: %s", task.id, attempt, time.monotonic() - started,
              error or "ok")
     return _durably(rt, lambda: finish(rt, task_run_id, attempt, token, result=result, error=error,
-                                       log_text=ctx.log.getvalue(), timed_out=keeper.timed_out))
+                                       log_text=ctx.log.getvalue(), timed_out=keeper.timed_out, started_at=now,
+                                       run_id=run.id))
+
+
+def _not_claimed(task: repo.TaskRow | None, task_run_id: int, attempt: int, now: datetime) -> Result:
+    """Why a claim did not land: the row is not visible (yet), the message is stale, or it came early."""
+    if task is None:
+        return Result(Outcome.MISSING_ROW, detail=f"task run {task_run_id} is not visible")
+    if task.attempt != attempt or task.state != TaskState.SUBMITTED:
+        return Result(Outcome.IGNORED, detail=f"task run {task_run_id} is {task.state} at attempt {task.attempt}; "
+                                               f"message for attempt {attempt} ignored")
+    if task.not_before is not None and task.not_before > now:
+        return Result(Outcome.TOO_EARLY, delay=(task.not_before - now).total_seconds())
+    return Result(Outcome.IGNORED, detail=f"task run {task_run_id} attempt {attempt} was claimed elsewhere")
 
 
 def _durably(rt: Runtime, fn: Callable[[], Result]) -> Result:
@@ -131,31 +133,71 @@ def _durably(rt: Runtime, fn: Callable[[], Result]) -> Result:
 
 def finish(
     rt: Runtime, task_run_id: int, attempt: int, token: str, *, result: Any = None, error: str | None = None,
-    log_text: str | None = None, timed_out: bool = False,
+    log_text: str | None = None, timed_out: bool = False, started_at: datetime | None = None,
+    run_id: int | None = None,
 ) -> Result:
-    """Record an attempt's end, fenced by its lease token. Does nothing (FENCED) if the attempt lost its lease."""
+    """Record an attempt's end, fenced by its lease token, and advance the run in the same transaction when
+    it is free (:func:`~app.services.master.advance_after_finish`). Does nothing (FENCED) if the attempt lost
+    its lease. Should the inline advance fail, the outcome is recorded alone and the master advances."""
+    kw: dict[str, Any] = dict(result=result, error=error, log_text=log_text, timed_out=timed_out,
+                              started_at=started_at, run_id=run_id)
+    try:
+        return _finish(rt, task_run_id, attempt, token, inline=True, **kw)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:  # noqa: BLE001 - the transaction rolled back: record the outcome without the advance
+        log.exception("task run %s: inline advance failed; recording the outcome alone", task_run_id)
+        return _finish(rt, task_run_id, attempt, token, inline=False, **kw)
+
+
+def _finish(
+    rt: Runtime, task_run_id: int, attempt: int, token: str, *, inline: bool, result: Any, error: str | None,
+    log_text: str | None, timed_out: bool, started_at: datetime | None, run_id: int | None,
+) -> Result:
     with rt.db.transaction() as s:
-        task = repo.get_task(s, task_run_id)
-        if task is None or task.state != TaskState.RUNNING or task.attempt != attempt or task.lease_token != token:
-            log.warning("task run %s attempt %s lost its lease; its result is discarded", task_run_id, attempt)
-            return Result(Outcome.FENCED)
         now = utcnow()
         if error is None:
-            landed = repo.transition_task(
-                s, task, TaskState.SUCCEEDED, actor=rt.worker_id, fence=token, now=now, reason="succeeded",
-                result=result, finished_at=now, handled=False, lease_expires_at=None,
+            # Take the run first (SKIP LOCKED: never waits): holding it, the advance below happens in this
+            # transaction and the task is born handled; without it, the master is asked to advance.
+            run = repo.lock_run(s, run_id, skip_locked=True) if inline and run_id is not None else None
+            finished = repo.transition_by_id(
+                s, task_run_id, TaskState.RUNNING, TaskState.SUCCEEDED, attempt=attempt, fence=token,
+                actor=rt.worker_id, now=now, reason="succeeded", result=result, finished_at=now,
+                handled=run is not None, lease_expires_at=None,
             )
-            outcome = Outcome.SUCCEEDED
-        else:
-            landed, outcome = fail_attempt(s, rt, task, error, actor=rt.worker_id, fence=token, now=now,
-                                           attempt_outcome="timed_out" if timed_out else "failed")
+            if finished is None:
+                return _fenced(task_run_id, attempt)
+            _record_attempt(s, task_run_id, attempt, "succeeded", None, log_text, now, started_at)
+            if run is not None:
+                advance_locked(s, rt, run, actor=rt.worker_id, finished=finished)
+            else:
+                publish_after_commit(s, rt.dispatcher, advance=[finished.run_id])
+            return Result(Outcome.SUCCEEDED)
+        task = repo.get_task(s, task_run_id)
+        if task is None or task.state != TaskState.RUNNING or task.attempt != attempt or task.lease_token != token:
+            return _fenced(task_run_id, attempt)
+        how = "timed_out" if timed_out else "failed"
+        landed, outcome = fail_attempt(s, rt, task, error, actor=rt.worker_id, fence=token, now=now,
+                                       attempt_outcome=how)
         if not landed:
-            return Result(Outcome.FENCED)
-        repo.finish_attempt(s, task.id, attempt, outcome="succeeded" if error is None else
-                            ("timed_out" if timed_out else "failed"), error=error, log=log_text, now=now)
+            return _fenced(task_run_id, attempt)
+        _record_attempt(s, task_run_id, attempt, how, error, log_text, now, started_at)
         if outcome != Outcome.RETRYING:
-            publish_after_commit(s, rt.dispatcher, advance=[task.run_id])
-    return Result(outcome, detail=error or "")
+            advance_after_finish(s, rt, task.run_id, actor=rt.worker_id, inline=inline)
+    return Result(outcome, detail=error)
+
+
+def _fenced(task_run_id: int, attempt: int) -> Result:
+    log.warning("task run %s attempt %s lost its lease; its result is discarded", task_run_id, attempt)
+    return Result(Outcome.FENCED)
+
+
+def _record_attempt(
+    s: Session, task_run_id: int, attempt: int, outcome: str, error: str | None, log_text: str | None,
+    now: datetime, started_at: datetime | None,
+) -> None:
+    repo.finish_attempt(s, task_run_id, attempt, outcome=outcome, error=error, log=log_text, now=now,
+                        started_at=started_at)
 
 
 def fail_attempt(

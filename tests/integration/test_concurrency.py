@@ -68,7 +68,8 @@ def test_two_branches_finishing_at_once_submit_the_join_exactly_once(rt):
         d.executed.clear()
         # both branches run and finish at the same instant, then both advances race
         together(partial(worker.execute, rt, a.task_run_id, 1), partial(worker.execute, rt, b.task_run_id, 1))
-        assert sorted(d.advanced) == [run_id, run_id]
+        # each finish advanced the run itself or, finding it locked by the other, asked the master to
+        assert set(d.advanced) <= {run_id} and len(d.advanced) <= 2
         together(*[partial(master.advance_run, rt, run_id, actor="master") for _ in range(3)])
         joins = [m for m in d.executed if m.label.endswith("/join")]
         assert len(joins) == 1

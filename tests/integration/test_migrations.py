@@ -27,7 +27,7 @@ def test_migrations_match_models(db_url):
 
 def test_upgrade_is_idempotent_and_recorded(db_url):
     upgrade(db_url)
-    assert current(db_url) == "0001"
+    assert current(db_url) == "0002"
 
 
 def test_downgrade_and_upgrade_round_trip(db_url):
@@ -35,7 +35,9 @@ def test_downgrade_and_upgrade_round_trip(db_url):
 
     from app.db.migrate import alembic_config
 
+    command.downgrade(alembic_config(db_url), "0001")
+    assert current(db_url) == "0001"
     command.downgrade(alembic_config(db_url), "base")
     assert current(db_url) is None
     upgrade(db_url)
-    assert current(db_url) == "0001"
+    assert current(db_url) == "0002"
