@@ -80,12 +80,9 @@ class LeaseKeeper:
                 self.timed_out = True
                 self._stop(f"timed out after {self.timeout:g}s")
                 return
-            try:
-                with self.rt.db.transaction() as s:
-                    held = repo.renew_lease(s, self.task_run_id, self.token, after(settings.lease_seconds))
-            except Exception as exc:  # noqa: BLE001 - an outage delays work; the lease decides
-                log.warning("task run %s: lease renewal failed: %s", self.task_run_id, exc)
-                if time.monotonic() - last_ok > settings.lease_seconds:
+            held = self._renew(timeout=max(0.0, last_ok + settings.lease_seconds - time.monotonic()))
+            if held is None:  # no answer: an outage delays work, the lease decides
+                if time.monotonic() - last_ok >= settings.lease_seconds:
                     self._stop(f"lease lost: database unreachable for {settings.lease_seconds:g}s")
                     return
                 continue
@@ -93,6 +90,29 @@ class LeaseKeeper:
                 self._stop("lease lost: the task was cancelled or its attempt was failed over")
                 return
             last_ok = time.monotonic()
+
+    def _renew(self, timeout: float) -> bool | None:
+        """Renew the lease; None if the database failed or did not answer within ``timeout`` (a black-holed
+        connection blocks without an error: the renewal runs in its own thread so that it cannot hold the
+        keeper past the lease; if it hangs, that thread and its connection are abandoned)."""
+        answer: list[bool | None] = []
+
+        def renew() -> None:
+            try:
+                with self.rt.db.transaction() as s:
+                    answer.append(repo.renew_lease(s, self.task_run_id, self.token,
+                                                   after(self.rt.settings.lease_seconds)))
+            except Exception as exc:  # noqa: BLE001 - reported as "no answer"
+                log.warning("task run %s: lease renewal failed: %s", self.task_run_id, exc)
+                answer.append(None)
+
+        thread = threading.Thread(target=renew, name=f"renew-{self.task_run_id}", daemon=True)
+        thread.start()
+        thread.join(max(timeout, 0.05))
+        if not answer:
+            log.warning("task run %s: lease renewal got no answer within %.1fs", self.task_run_id, timeout)
+            return None
+        return answer[0]
 
     def _stop(self, reason: str) -> None:
         self.reason = reason

@@ -1,0 +1,470 @@
+"""One campaign: own PostgreSQL + Redis, the Procfile's master(s), workers and beat under a supervisor, N
+runs of the mixed workflow started over the campaign, faults injected meanwhile; then stop injecting, wait
+for every run to finish, and check the invariants. :func:`run_campaign` returns a :class:`CampaignResult`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, select
+
+from app.client import Tideflow
+from app.config import Settings
+from app.db import repository as repo
+from app.db.engine import Database
+from app.db.migrate import upgrade
+from app.runtime import Runtime
+from tasks.celery_app import create_app
+from tasks.dispatcher import CeleryDispatcher
+from tests.chaos import invariants as inv
+from tests.chaos.evidence import collect_evidence
+from tests.chaos.faults import EXTRA_INTERVALS, FAULT_KINDS, FAULTS, FULL_INTERVALS, FaultContext, FaultRecord, Injector
+from tests.chaos.procs import REPO_ROOT, ManagedProcess, PidWatch, Supervisor, build_processes
+from tests.chaos.workload import LEDGER_ENV, MIXED, Workload, read_ledger
+from tests.support.cluster import TEST_TIMINGS
+from tests.support.postgres import PostgresServer, create_database
+from tests.support.procs import free_port
+from tests.support.redis_server import RedisServer
+from tests.support.wait import wait_until
+
+#: the test suite's fast timings; re-publish back-off capped at 10 s so a campaign drains in seconds
+CHAOS_TIMINGS = {**TEST_TIMINGS, "TIDEFLOW_ORPHAN_MAX_BACKOFF_SECONDS": "10"}
+CRASH_ENV = "TIDEFLOW_FAULT_CRASH_BEFORE_PUBLISH"
+#: faults during which no transaction on the task table can commit
+BLOCKS_COMMITS = frozenset({"table-lock", "pg-restart"})
+STEP_OVERHEAD = 1.0  # seconds per hop (publish, claim, advance) assumed by the drain bound on a loaded host
+
+
+@dataclass
+class CampaignConfig:
+    name: str
+    faults: tuple[str, ...]
+    runs: int = 20
+    rate: float = 1.0  # runs started per second
+    workers: int = 3
+    concurrency: int = 2
+    masters: int = 1
+    master_concurrency: int = 2
+    seed: int = 1
+    min_window: float = 0.0  # inject faults for at least this long
+    #: stop injecting after this long even if a fault never found anything to hit (default: the time it
+    #: takes to start the runs + 60 s); the campaign's test then fails on the missing evidence
+    max_window: float | None = None
+    intervals: dict[str, tuple[float, float]] = field(default_factory=lambda: {**FULL_INTERVALS, **EXTRA_INTERVALS})
+    first_delay: tuple[float, float] = (1.0, 2.0)
+    lock_seconds: float = 40.0
+    lock_runs: int = 3
+    crash_before_publish: float = 0.05
+    #: processes that get ``TIDEFLOW_FAULT_CRASH_BEFORE_PUBLISH`` in a master-kill campaign: the masters, and
+    #: the workers too, since a worker advances the run in its own transaction when it finishes a task
+    crash_roles: tuple[str, ...] = ("master", "worker")
+    restart_delay: tuple[float, float] = (0.3, 1.5)
+    workload: Workload = field(default_factory=Workload)
+    timings: dict[str, str] = field(default_factory=lambda: dict(CHAOS_TIMINGS))
+    workdir_root: Path | None = None
+    keep_workdir: bool = False
+
+
+@dataclass
+class DrainBound:
+    """How long after the last fault every run must be terminal: recovery + one run + the backlog."""
+
+    recovery: float  # lease + next re-publish + advance + 3 reconcile passes + heartbeat + stop grace
+    run: float  # the workflow's critical path on an idle cluster
+    backlog: float  # live work at that moment / pool slots
+    margin: float = 2.0
+
+    @property
+    def total(self) -> float:
+        return self.recovery + self.run + self.backlog + self.margin
+
+    def __str__(self) -> str:
+        return (f"{self.total:.1f}s = recovery {self.recovery:.1f} + run {self.run:.1f} + backlog "
+                f"{self.backlog:.1f} + margin {self.margin:.1f}")
+
+
+@dataclass
+class CampaignResult:
+    config: CampaignConfig
+    settings: Settings
+    workdir: Path
+    started: list[inv.StartedRun]
+    runs: list[inv.RunRow]
+    tasks: list[inv.TaskRow]
+    attempts: list[inv.AttemptRow]
+    events: list[inv.EventRow]
+    checked: inv.Checked
+    faults: list[FaultRecord]
+    fault_errors: list[str]
+    recovery: list[float]
+    bound: DrainBound
+    drain_seconds: float | None  # from the last fault to every run terminal (None: not within the hard limit)
+    restarts: list[tuple[str, float, float]]
+    evidence: dict[str, Any]
+    wall_seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def top_runs(self) -> list[inv.RunRow]:
+        return [r for r in self.runs if r.parent_task_run_id is None]
+
+    @property
+    def outcomes(self) -> Counter[str]:
+        return Counter(r.state for r in self.top_runs)
+
+    @property
+    def ok(self) -> bool:
+        return not self.checked.violations
+
+    def count(self, kind: str) -> int:
+        return len(self.checked.of(kind))
+
+    def fault_counts(self) -> Counter[str]:
+        return Counter(f.kind for f in self.faults)
+
+
+def settings_from_env(env: dict[str, str]) -> Settings:
+    fields = Settings.model_fields
+    kw: dict[str, Any] = {k[len("TIDEFLOW_"):].lower(): v for k, v in env.items()
+          if k.startswith("TIDEFLOW_") and k[len("TIDEFLOW_"):].lower() in fields}
+    return Settings(**kw)
+
+
+def _ts(value: Any) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+class Campaign:
+    def __init__(self, cfg: CampaignConfig, log: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.rng = random.Random(cfg.seed)
+        self.stop = threading.Event()  # set when the fault window ends
+        self._closing = threading.Event()  # set by the teardown
+        self.started: dict[str, inv.StartedRun] = {}
+        self._budget = 0
+        self._budget_lock = threading.Lock()
+        self._procs: list[ManagedProcess] = []
+        self._injectors: list[Injector] = []
+        self._pool = ThreadPoolExecutor(max_workers=48, thread_name_prefix="chaos-start")
+        self._futures: list[Any] = []
+        self.pg: PostgresServer | None = None
+        self.redis: RedisServer | None = None
+        self.supervisor: Supervisor | None = None
+        self.tf: Tideflow | None = None
+        self.engine: Engine | None = None
+        self._torn_down = False
+
+    # -- setup ------------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"tideflow-chaos-{cfg.name}-", dir=cfg.workdir_root))
+        self.ledger = self.workdir / "ledger.jsonl"
+        self.redis = RedisServer().start()
+        self.pg = PostgresServer(port=free_port())
+        pg_started = threading.Thread(target=self.pg.start, name="chaos-pg-start")
+        pg_started.start()
+        self.db_url = self.pg.url("chaos")
+        venv_bin = str(Path(sys.executable).parent)
+        env = {**os.environ, **cfg.timings,
+               "TIDEFLOW_DATABASE_URL": self.db_url, "TIDEFLOW_BROKER_URL": self.redis.url(0),
+               "TIDEFLOW_BROKER_KEY_PREFIX": "", LEDGER_ENV: str(self.ledger), "PYTHONUNBUFFERED": "1",
+               "TIDEFLOW_BEAT_SCHEDULE": str(self.workdir / "beat-schedule"),
+               "TIDEFLOW_MASTER_CONCURRENCY": str(cfg.master_concurrency),
+               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+               "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")])}
+        env.pop(CRASH_ENV, None)
+        self.settings = settings_from_env(env)
+        self._procs = build_processes(env, self.workdir, workers=cfg.workers, concurrency=cfg.concurrency,
+                                      masters=cfg.masters)
+        if "master-kill" in cfg.faults and cfg.crash_before_publish > 0:
+            for p in self._procs:
+                if p.role in cfg.crash_roles:
+                    p.env = {**p.env, CRASH_ENV: str(cfg.crash_before_publish)}
+        for p in self._procs:
+            p.spawn()
+        self.watch = PidWatch(self.ledger)
+        self.supervisor = Supervisor(self._procs, self.watch, cfg.restart_delay, random.Random(cfg.seed + 1))
+        self.supervisor.start()
+        pg_started.join()
+        if not self.pg.is_running():
+            raise RuntimeError(f"PostgreSQL did not start; see {self.pg.log_path}")
+        create_database(self.pg.maintenance_url, "chaos")
+        upgrade(self.db_url)
+        self.engine = create_engine(self.db_url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+        runtime = Runtime(settings=self.settings, db=Database(self.db_url, pool_size=40),
+                          dispatcher=CeleryDispatcher(create_app(self.settings)))
+        self.tf = Tideflow(runtime)
+        for definition in cfg.workload.definitions():
+            self.tf.register(definition)
+        wait_until(self.supervisor.all_ready, timeout=120, interval=0.1, message="processes did not start")
+        self.log(f"[{cfg.name}] {len(self._procs)} processes ready in {self.workdir}")
+
+    # -- starting runs ----------------------------------------------------------------------------------
+    def _find_run(self, key: str) -> int | None:
+        assert self.engine is not None
+        with self.engine.connect() as conn:
+            q = select(repo.R.c.id).where(repo.R.c.workflow_name == MIXED, repo.R.c.params["key"].as_string() == key)
+            found = conn.execute(q).scalar()
+        return int(found) if found is not None else None
+
+    def _start_one(self, key: str) -> None:
+        assert self.tf is not None
+        called, errors, run_id = time.time(), 0, None
+        while run_id is None and time.time() - called < 300:
+            try:
+                run_id = self.tf.start_run(MIXED, {"key": key})
+            except Exception:  # noqa: BLE001 - the database may be down or restarting: retry, idempotently
+                errors += 1
+                with contextlib.suppress(Exception):
+                    run_id = self._find_run(key)  # the commit may have landed before the error
+                if run_id is None and self._closing.wait(0.5):
+                    break
+        self.started[key] = inv.StartedRun(key, run_id, called, time.time(), errors)
+
+    def start_runs(self, k: int) -> list[str]:
+        """Start ``k`` runs now, each from its own thread (from the budget while it lasts, then extra ones)."""
+        with self._budget_lock:
+            first = self._budget
+            self._budget += k
+            keys = [f"{self.cfg.name}-{i}" for i in range(first, first + k)]
+            self._futures.extend(self._pool.submit(self._start_one, key) for key in keys)
+        return keys
+
+    def _starter(self) -> None:
+        t0 = time.monotonic()
+        while not self.stop.is_set():
+            with self._budget_lock:
+                if self._budget >= self.cfg.runs:
+                    return
+            due = t0 + self._budget / self.cfg.rate
+            if not self.stop.wait(max(0.0, due - time.monotonic())):
+                self.start_runs(1)
+
+    # -- the fault window -------------------------------------------------------------------------------
+    def _inject(self) -> None:
+        cfg = self.cfg
+        assert self.pg and self.redis and self.engine and self.tf
+        ctx = FaultContext(
+            procs=self._procs, pg=self.pg, redis=self.redis, database_url=self.db_url, engine=self.engine,
+            celery=create_app(self.settings), start_runs=self.start_runs, rng=random.Random(cfg.seed + 2),
+            lease_seconds=self.settings.lease_seconds, reconcile_seconds=self.settings.reconcile_interval_seconds,
+            stop_bound_seconds=self.settings.lease_seconds + self.settings.heartbeat_interval
+            + self.settings.stop_grace_seconds,
+            lock_seconds=cfg.lock_seconds, lock_runs=cfg.lock_runs, stop=self.stop)
+        # one fault alone: first injection soon; mixed: spread the first injections over the first 40% of the
+        # window (up to each fault's own interval), so they do not all land in the same second
+        spread = 0.4 * cfg.runs / cfg.rate if len(cfg.faults) > 1 else 0.0
+        intervals = {**FULL_INTERVALS, **EXTRA_INTERVALS, **cfg.intervals}
+        self._injectors = [
+            Injector(FAULTS[kind](ctx), intervals[kind],
+                     self.rng.uniform(cfg.first_delay[0], max(cfg.first_delay[1], min(intervals[kind][0], spread))),
+                     self.stop, random.Random(cfg.seed + 10 + i)) for i, kind in enumerate(cfg.faults)]
+        starter = threading.Thread(target=self._starter, name="chaos-starter", daemon=True)
+        self.t_window = time.time()
+        starter.start()
+        for injector in self._injectors:
+            injector.start()
+
+        max_window = cfg.max_window if cfg.max_window is not None else cfg.runs / cfg.rate + 60
+
+        def window_over() -> bool:
+            elapsed = time.time() - self.t_window
+            done = (not starter.is_alive() and elapsed >= cfg.min_window
+                    and all(i.records for i in self._injectors))
+            return done or elapsed > max(max_window, cfg.min_window)
+
+        wait_until(window_over, timeout=max(max_window, cfg.min_window) + 60, interval=0.2,
+                   message="fault window never ended")
+        self.stop.set()
+        for injector in self._injectors:
+            injector.join(cfg.lock_seconds + 120)
+        for injector in self._injectors:
+            injector.fault.lift()
+        self._disarm()
+        self.t_faults_end = time.time()
+        wait_until(lambda: all(f.done() for f in self._futures), timeout=330, interval=0.1,
+                   message="start_run calls did not return")
+        assert self.supervisor is not None
+        wait_until(self.supervisor.all_ready, timeout=120, interval=0.1, message="processes did not come back")
+        self.t_quiet = time.time()
+        self.log(f"[{cfg.name}] faults stopped after {self.t_faults_end - self.t_window:.1f}s: "
+                 f"{dict(Counter(r.kind for i in self._injectors for r in i.records))}")
+
+    def _disarm(self) -> None:
+        """Crash-before-publish is a fault too: at the end of the window, restart the armed processes without
+        it (warm shutdown: running bodies finish, reserved messages go back to the queue)."""
+        armed = {p.name: p for p in self._procs if CRASH_ENV in p.env}
+        generation = {name: p.generation for name, p in armed.items()}
+        for p in armed.values():
+            p.env = {k: v for k, v in p.env.items() if k != CRASH_ENV}
+            main = p.main()
+            if main is not None:
+                with contextlib.suppress(Exception):
+                    main.terminate()
+
+        def replaced() -> bool:  # exited (the supervisor restarts it, without the setting) or already restarted
+            return all(not p.alive() or p.generation > generation[n] for n, p in armed.items())
+
+        try:
+            wait_until(replaced, timeout=30, interval=0.05)
+        except AssertionError:
+            for n, p in armed.items():
+                if p.generation == generation[n]:
+                    p.kill_all()
+
+    # -- drain ------------------------------------------------------------------------------------------
+    def _drain_bound(self) -> DrainBound:
+        s, w = self.settings, self.cfg.workload
+        assert self.engine is not None
+        with self.engine.connect() as conn:
+            live = conn.execute(select(repo.T.c.name, repo.T.c.state, repo.T.c.next_publish_at, repo.T.c.type)
+                                .where(repo.T.c.state.in_(["pending", "submitted", "running"]))).all()
+        next_publish = [(_ts(r.next_publish_at) or 0) - self.t_quiet for r in live if r.state == "submitted"]
+        orphan_wait = max([s.orphan_timeout_seconds, *next_publish])
+        recovery = (s.lease_seconds + orphan_wait + s.advance_timeout_seconds + 3 * s.reconcile_interval_seconds
+                    + s.heartbeat_interval + s.stop_grace_seconds)
+        seconds = {t["name"]: t["args"]["seconds"] for d in w.definitions() for t in d["tasks"] if "args" in t}
+        work = sum(seconds.get(r.name, 0.0) + STEP_OVERHEAD for r in live if r.type == "python")
+        return DrainBound(recovery, w.critical_path(STEP_OVERHEAD), work / (self.cfg.workers * self.cfg.concurrency))
+
+    def _not_terminal(self) -> int:
+        assert self.engine is not None
+        with self.engine.connect() as conn:
+            return len(conn.execute(select(repo.R.c.id).where(repo.R.c.state == "running")).all())
+
+    def _drain(self) -> None:
+        self.bound = self._drain_bound()
+        hard = max(2 * self.bound.total, self.bound.total + 60)
+        self.drain_seconds: float | None = None
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: self._not_terminal() == 0, timeout=hard, interval=0.2)
+            self.drain_seconds = time.time() - self.t_quiet
+        # bodies that lost their lease may still be stopping: wait until every execution has ended
+        with contextlib.suppress(AssertionError):
+            wait_until(self._executions_ended, timeout=30, interval=0.2)
+        self.log(f"[{self.cfg.name}] drained in {self.drain_seconds}s (bound {self.bound})")
+
+    def _executions_ended(self) -> bool:
+        assert self.supervisor is not None
+        self.supervisor.tick()
+        execs = inv.executions(read_ledger(self.ledger), self.watch.first_dead)
+        return all(x.status != "open" for x in execs)
+
+    # -- check ------------------------------------------------------------------------------------------
+    def _snapshot(self) -> inv.Snapshot:
+        assert self.engine is not None
+        with self.engine.connect() as conn:
+            runs = [inv.RunRow(r.id, r.workflow_name, r.state, r.parent_task_run_id, (r.params or {}).get("key"),
+                               _ts(r.created_at) or 0, _ts(r.finished_at)) for r in conn.execute(select(repo.R))]
+            tasks = [inv.TaskRow(t.id, t.run_id, t.name, t.state, t.attempt, t.type, t.child_run_id, t.publish_count)
+                     for t in conn.execute(select(repo.T))]
+            attempts = [inv.AttemptRow(a.task_run_id, a.attempt, a.outcome, a.pid, _ts(a.started_at) or 0,
+                                       _ts(a.finished_at)) for a in conn.execute(select(repo.A))]
+            events = [inv.EventRow(e.id, e.run_id, e.to_state, e.from_state, e.task_run_id, e.attempt,
+                                   _ts(e.created_at) or 0, e.actor, e.reason)
+                      for e in conn.execute(select(repo.E).order_by(repo.E.c.id))]
+        resumed: dict[int, float] = {}
+        for r in self.records:
+            if r.kind == "pause":
+                resumed[int(r.data["pid"])] = max(resumed.get(int(r.data["pid"]), 0.0), r.ended)
+        return inv.Snapshot(runs, tasks, attempts, events, read_ledger(self.ledger), list(self.started.values()),
+                            dict(self.watch.first_dead), resumed)
+
+    def _check(self, t0: float) -> CampaignResult:
+        s = self.settings
+        self.records = sorted((r for i in self._injectors for r in i.records), key=lambda r: r.started)
+        snap = self._snapshot()
+        timing = inv.Timing(s.lease_seconds, s.heartbeat_interval, s.stop_grace_seconds)
+        checked = inv.check_all(snap, timing)
+        if self.drain_seconds is None or self.drain_seconds > self.bound.total:
+            checked.violations.append(inv.Violation(
+                "terminal", f"runs drained in {self.drain_seconds}s after the last fault, bound {self.bound}"))
+        recovery = inv.recovery_times([(r.started, r.ended, r.kind in BLOCKS_COMMITS) for r in self.records],
+                                      snap.tasks, snap.events)
+        evidence = collect_evidence(self.records, snap, checked, self._procs)
+        assert self.supervisor is not None
+        return CampaignResult(
+            self.cfg, s, self.workdir, snap.started, snap.runs, snap.tasks, snap.attempts, snap.events, checked,
+            self.records, [e for i in self._injectors for e in i.errors], recovery, self.bound,
+            self.drain_seconds, list(self.supervisor.restarts), evidence, time.time() - t0)
+
+    # -- teardown ---------------------------------------------------------------------------------------
+    def teardown(self, keep: bool) -> None:
+        """Stop everything this campaign started, whatever state it is in (each step on its own, so one that
+        fails cannot leave processes or servers behind)."""
+        if self._torn_down:
+            return
+        self._torn_down = True
+        self.stop.set()
+        self._closing.set()
+        steps: list[Callable[[], object]] = [injector.fault.lift for injector in self._injectors]
+        if self.supervisor is not None:
+            steps += [self.supervisor.hold, self.supervisor.stop]
+        steps += [p.kill_all for p in self._procs]
+        steps.append(lambda: self._pool.shutdown(wait=False, cancel_futures=True))
+        steps += [s for s in (self.tf and self.tf.close, self.engine and self.engine.dispose,
+                              self.pg and self.pg.cleanup, self.redis and self.redis.cleanup) if s]
+        workdir = getattr(self, "workdir", None)
+        if workdir is not None and not keep:
+            steps.append(lambda: shutil.rmtree(workdir, ignore_errors=True))
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - carry on tearing down
+                self.log(f"[{self.cfg.name}] teardown step {step!r} failed: {exc!r}")
+
+    def run(self) -> CampaignResult:
+        t0 = time.time()
+        ok = False
+        atexit.register(self.teardown, True)
+        try:
+            self._setup()
+            self._inject()
+            self._drain()
+            result = self._check(t0)
+            ok = result.ok
+            return result
+        finally:
+            self.teardown(keep=self.cfg.keep_workdir or not ok)
+            atexit.unregister(self.teardown)
+
+
+def run_campaign(cfg: CampaignConfig, log: Callable[[str], None] | None = None) -> CampaignResult:
+    return Campaign(cfg, log).run()
+
+
+def campaigns_for(spec: str, base: CampaignConfig) -> list[CampaignConfig]:
+    """``mixed`` (all faults at once), ``all-each`` (each alone, then mixed) or a comma-separated list
+    (those faults together in one campaign)."""
+    if spec == "all-each":
+        return [replace(base, name=kind, faults=(kind,), seed=base.seed + i) for i, kind in enumerate(FAULT_KINDS)] \
+            + [replace(base, name="mixed", faults=FAULT_KINDS, seed=base.seed + len(FAULT_KINDS))]
+    if spec == "mixed":
+        return [replace(base, name="mixed", faults=FAULT_KINDS)]
+    kinds = tuple(k.strip() for k in spec.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FAULTS]
+    if unknown:
+        raise ValueError(f"unknown fault(s) {unknown}; choose from {', '.join(FAULTS)}, mixed, all-each")
+    # a campaign with a long-body fault needs the slow task to outlast the failover and the stop bound
+    if "pg-partition" in kinds and base.workload.slow_seconds < 16:
+        base = replace(base, workload=replace(base.workload, slow_seconds=16.0))
+    return [replace(base, name="+".join(kinds), faults=kinds)]

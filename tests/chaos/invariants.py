@@ -1,0 +1,403 @@
+"""The campaign's invariants: pure functions over a :class:`Snapshot` of the database (runs, tasks, attempts,
+events) and the side-effect ledger, each returning the :class:`Violation` s it found. No I/O here, so every
+check can be fed a hand-made history (``tests/chaos/test_invariants.py``).
+
+Times are POSIX seconds (``time.time()``; the database's timestamps converted).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.states import RUN_TRANSITIONS, TASK_TRANSITIONS, RunState, TaskState
+
+RUN_TERMINAL = {"succeeded", "failed", "cancelled"}
+TASK_LIVE = {"pending", "submitted", "running"}
+#: attempt outcomes written when an attempt is taken away from a worker that may still be running it
+STOPPED_OUTCOMES = {"lost", "cancelled"}
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    workflow: str
+    state: str
+    parent_task_run_id: int | None = None
+    key: str | None = None
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    id: int
+    run_id: int
+    name: str
+    state: str
+    attempt: int
+    type: str = "python"
+    child_run_id: int | None = None
+    publish_count: int = 0
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    task_run_id: int
+    attempt: int
+    outcome: str
+    pid: int | None = None
+    started_at: float = 0.0
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    run_id: int
+    to_state: str
+    from_state: str | None = None
+    task_run_id: int | None = None
+    attempt: int | None = None
+    at: float = 0.0
+    actor: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """One ``start_run`` call of the campaign: ``run_id`` is None if it never returned an id (and no run with
+    its ``key`` was found: the start failed, visibly, for the caller)."""
+
+    key: str
+    run_id: int | None
+    called_at: float = 0.0
+    returned_at: float = 0.0
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One body execution, from the ledger. ``end`` comes from its ``end`` line, else from the pid watch (the
+    first time its process was seen dead: status ``killed``); None if neither (status ``open``)."""
+
+    task_run: int
+    attempt: int
+    pid: int
+    run: int
+    task: str
+    start: float
+    end: float | None
+    status: str  # ok | error | stopped | killed | open
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The settings the stop bound is computed from, plus ``slack`` for sampling granularity."""
+
+    lease: float
+    heartbeat: float
+    stop_grace: float
+    slack: float = 0.5
+
+    @property
+    def stop_bound(self) -> float:
+        """How long after losing its lease (or waking up) a body may still run."""
+        return self.lease + self.heartbeat + self.stop_grace + self.slack
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str
+    detail: str
+    run_id: int | None = None
+    task_run_id: int | None = None
+
+    def __str__(self) -> str:
+        where = f"run {self.run_id}" if self.run_id is not None else ""
+        if self.task_run_id is not None:
+            where += f"{' ' if where else ''}task run {self.task_run_id}"
+        return f"[{self.kind}] {where}: {self.detail}" if where else f"[{self.kind}] {self.detail}"
+
+
+@dataclass
+class Snapshot:
+    runs: list[RunRow]
+    tasks: list[TaskRow]
+    attempts: list[AttemptRow]
+    events: list[EventRow]
+    ledger: list[dict[str, Any]]
+    started: list[StartedRun] = field(default_factory=list)
+    first_dead: dict[int, float] = field(default_factory=dict)  # pid -> first seen dead
+    resumed: dict[int, float] = field(default_factory=dict)  # pid -> last SIGCONT after a pause
+
+
+# -- ledger -> executions -------------------------------------------------------------------------------
+
+
+def executions(ledger: Iterable[dict[str, Any]], first_dead: dict[int, float]) -> list[Execution]:
+    starts: dict[tuple[int, int, int], dict[str, Any]] = {}
+    ends: dict[tuple[int, int, int], dict[str, Any]] = {}
+    for line in ledger:
+        key = (int(line["task_run"]), int(line["attempt"]), int(line["pid"]))
+        target = starts if line["ev"] == "start" else ends
+        target.setdefault(key, line)  # the first one (an end line may be written twice, see workload)
+    out = []
+    for key, s in starts.items():
+        e = ends.get(key)
+        if e is not None:
+            end, status = float(e["t"]), str(e.get("status", "ok"))
+        elif key[2] in first_dead:
+            end, status = first_dead[key[2]], "killed"
+        else:
+            end, status = None, "open"
+        out.append(Execution(key[0], key[1], key[2], int(s["run"]), str(s["task"]), float(s["t"]), end, status))
+    return sorted(out, key=lambda x: (x.task_run, x.start))
+
+
+# -- the checks -------------------------------------------------------------------------------------------
+
+
+def check_terminal(runs: Sequence[RunRow]) -> list[Violation]:
+    return [Violation("terminal", f"{r.workflow} run is still {r.state}", r.id) for r in runs
+            if r.state not in RUN_TERMINAL]
+
+
+def check_stuck(tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow]) -> list[Violation]:
+    out = [Violation("stuck", f"task {t.name} left {t.state} (attempt {t.attempt})", t.run_id, t.id)
+           for t in tasks if t.state in TASK_LIVE]
+    out += [Violation("stuck", f"attempt {a.attempt} left running (pid {a.pid})", None, a.task_run_id)
+            for a in attempts if a.outcome == "running"]
+    return out
+
+
+def check_completions(tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow],
+                      events: Sequence[EventRow]) -> list[Violation]:
+    """A succeeded task has exactly one succeeded attempt (python) and one ``-> succeeded`` event; others none."""
+    ok_attempts: dict[int, int] = defaultdict(int)
+    for a in attempts:
+        ok_attempts[a.task_run_id] += a.outcome == "succeeded"
+    ok_events: dict[int, int] = defaultdict(int)
+    for e in events:
+        if e.task_run_id is not None and e.to_state == "succeeded":
+            ok_events[e.task_run_id] += 1
+    out = []
+    for t in tasks:
+        want = 1 if t.state == "succeeded" else 0
+        want_attempts = want if t.type != "subworkflow" else 0
+        if ok_attempts[t.id] != want_attempts or ok_events[t.id] != want:
+            out.append(Violation("double-completion", f"task {t.name} is {t.state} with {ok_attempts[t.id]} "
+                                 f"succeeded attempt(s) and {ok_events[t.id]} succeeded event(s)", t.run_id, t.id))
+    return out
+
+
+def check_overlaps(execs: Sequence[Execution], attempts: Sequence[AttemptRow], timing: Timing,
+                   resumed: dict[int, float] | None = None) -> tuple[int, list[Violation]]:
+    """Two executions of one task may overlap only if the earlier attempt was taken away (outcome lost or
+    cancelled) and its body ended within ``timing.stop_bound`` of that (or of its process waking up from a
+    pause). The same attempt may never run twice. Returns (legal overlaps, violations)."""
+    resumed = resumed or {}
+    by_attempt = {(a.task_run_id, a.attempt): a for a in attempts}
+    by_task: dict[int, list[Execution]] = defaultdict(list)
+    for x in execs:
+        by_task[x.task_run].append(x)
+    legal, out = 0, []
+    for task_run, xs in by_task.items():
+        xs.sort(key=lambda x: x.start)
+        per_attempt: dict[int, int] = defaultdict(int)
+        for x in xs:
+            per_attempt[x.attempt] += 1
+        for attempt, n in per_attempt.items():
+            if n > 1:
+                out.append(Violation("double-execution", f"attempt {attempt} of {xs[0].task} ran {n} times",
+                                     xs[0].run, task_run))
+        for i, early in enumerate(xs):
+            for late in xs[i + 1:]:
+                if early.attempt == late.attempt or (early.end is not None and early.end <= late.start):
+                    continue
+                a = by_attempt.get((task_run, early.attempt))
+                since = max(a.finished_at or math.inf, resumed.get(early.pid, 0.0)) if a else math.inf
+                if (a is not None and a.outcome in STOPPED_OUTCOMES and early.end is not None
+                        and early.end <= since + timing.stop_bound):
+                    legal += 1
+                    continue
+                end = f"ended {early.end - late.start:+.2f}s after" if early.end is not None else "never ended after"
+                out.append(Violation(
+                    "overlap", f"{early.task}: attempt {early.attempt} (pid {early.pid}, outcome "
+                    f"{a.outcome if a else 'none'}, {early.status}) {end} attempt {late.attempt} started",
+                    early.run, task_run))
+    return legal, out
+
+
+def _chain(events: Sequence[EventRow], first: str | None, allowed: dict[Any, frozenset[Any]], final: str,
+           what: str, run_id: int, task_run_id: int | None, attempt: int | None) -> list[Violation]:
+    out, state, last_attempt = [], first, 0
+    for e in events:
+        if e.from_state != state:
+            out.append(Violation("history", f"{what}: event {e.id} goes {e.from_state} -> {e.to_state}, but the "
+                                 f"previous state was {state}", run_id, task_run_id))
+        elif e.from_state is not None and e.to_state not in {str(s) for s in allowed.get(e.from_state, ())}:
+            out.append(Violation("history", f"{what}: event {e.id} {e.from_state} -> {e.to_state} is not an allowed "
+                                 "transition", run_id, task_run_id))
+        if e.attempt is not None:
+            if e.attempt < last_attempt:
+                out.append(Violation("history", f"{what}: event {e.id} attempt {e.attempt} after attempt "
+                                     f"{last_attempt}", run_id, task_run_id))
+            last_attempt = e.attempt
+        state = e.to_state
+    if state != final:
+        out.append(Violation("history", f"{what}: history ends {state} but the row is {final}", run_id, task_run_id))
+    if attempt is not None and events and last_attempt != attempt:
+        out.append(Violation("history", f"{what}: history ends at attempt {last_attempt} but the row is at "
+                             f"attempt {attempt}", run_id, task_run_id))
+    return out
+
+
+def check_history(runs: Sequence[RunRow], tasks: Sequence[TaskRow], events: Sequence[EventRow],
+                  attempts: Sequence[AttemptRow] = ()) -> list[Violation]:
+    """Each task's and run's events link up (from = previous to), use allowed transitions, never go back in
+    attempts and end in the row's state; a run's final state agrees with its tasks and child runs."""
+    task_events: dict[int, list[EventRow]] = defaultdict(list)
+    run_events: dict[int, list[EventRow]] = defaultdict(list)
+    for e in sorted(events, key=lambda e: e.id):
+        (task_events[e.task_run_id] if e.task_run_id is not None else run_events[e.run_id]).append(e)
+    task_allowed = {str(k): v for k, v in TASK_TRANSITIONS.items()}
+    run_allowed = {str(k): v for k, v in RUN_TRANSITIONS.items()}
+    out: list[Violation] = []
+    for t in tasks:
+        out += _chain(task_events[t.id], str(TaskState.PENDING), task_allowed, t.state, f"task {t.name}",
+                      t.run_id, t.id, t.attempt)
+    runs_by_id = {r.id: r for r in runs}
+    tasks_by_run: dict[int, list[TaskRow]] = defaultdict(list)
+    for t in tasks:
+        tasks_by_run[t.run_id].append(t)
+    for r in runs:
+        out += _chain(run_events[r.id], None, run_allowed, r.state, "run", r.id, None, None)
+        if r.state == str(RunState.SUCCEEDED):
+            for t in tasks_by_run[r.id]:
+                if t.state != "succeeded":
+                    out.append(Violation("history", f"run succeeded but task {t.name} is {t.state}", r.id, t.id))
+        if r.state == str(RunState.FAILED) and not any(t.state == "failed" for t in tasks_by_run[r.id]):
+            out.append(Violation("history", "run failed but none of its tasks failed", r.id))
+    for t in tasks:
+        if t.type != "subworkflow" or t.child_run_id is None:
+            continue
+        child = runs_by_id.get(t.child_run_id)
+        ok = {"succeeded": {"succeeded"}, "failed": {"failed", "cancelled"}, "running": {"running"},
+              "cancelled": {"cancelled", "running", "failed", "succeeded"}}.get(t.state, RUN_TERMINAL)
+        if child is None or child.state not in ok or child.parent_task_run_id != t.id:
+            out.append(Violation("history", f"subworkflow task {t.name} is {t.state} but its child run "
+                                 f"{t.child_run_id} is {child.state if child else 'missing'}", t.run_id, t.id))
+    state_of = {t.id: t for t in tasks}
+    for a in attempts:
+        owner = state_of.get(a.task_run_id)
+        if a.outcome == "succeeded" and owner is not None and (owner.state != "succeeded"
+                                                              or owner.attempt != a.attempt):
+            out.append(Violation("history", f"attempt {a.attempt} succeeded but the task is {owner.state} at "
+                                 f"attempt {owner.attempt}", owner.run_id, owner.id))
+    return out
+
+
+def check_ledger_in_db(execs: Sequence[Execution], tasks: Sequence[TaskRow],
+                       attempts: Sequence[AttemptRow]) -> list[Violation]:
+    """Nothing ran that the database does not know: every execution is a claimed attempt of a known task."""
+    by_id = {t.id: t for t in tasks}
+    claimed = {(a.task_run_id, a.attempt) for a in attempts}
+    out = []
+    for x in execs:
+        t = by_id.get(x.task_run)
+        if t is None or t.run_id != x.run or t.name != x.task:
+            out.append(Violation("ledger", f"execution of {x.task} (run {x.run}, pid {x.pid}) has no such task row",
+                                 x.run, x.task_run))
+        elif (x.task_run, x.attempt) not in claimed:
+            out.append(Violation("ledger", f"{x.task} attempt {x.attempt} ran (pid {x.pid}) without an attempt row",
+                                 x.run, x.task_run))
+    return out
+
+
+def check_lost(started: Sequence[StartedRun], runs: Sequence[RunRow], tasks: Sequence[TaskRow],
+               attempts: Sequence[AttemptRow], execs: Sequence[Execution]) -> list[Violation]:
+    """A run whose start returned an id exists; a succeeded python task's succeeded attempt really ran to
+    the end (its body's ``end ok`` line is in the ledger)."""
+    run_ids = {r.id for r in runs}
+    out = [Violation("lost", f"start_run returned run {s.run_id} (key {s.key}) but it is not in the database",
+                     s.run_id) for s in started if s.run_id is not None and s.run_id not in run_ids]
+    completed = {(x.task_run, x.attempt) for x in execs if x.status == "ok"}
+    by_id = {t.id: t for t in tasks}
+    for a in attempts:
+        t = by_id.get(a.task_run_id)
+        if a.outcome == "succeeded" and t is not None and t.type != "subworkflow" \
+                and (a.task_run_id, a.attempt) not in completed:
+            out.append(Violation("lost", f"{t.name} attempt {a.attempt} succeeded without a completed body "
+                                 "execution in the ledger", t.run_id, t.id))
+    return out
+
+
+def check_unended(execs: Sequence[Execution]) -> list[Violation]:
+    return [Violation("unended", f"{x.task} attempt {x.attempt} (pid {x.pid}) is still running", x.run, x.task_run)
+            for x in execs if x.status == "open"]
+
+
+@dataclass
+class Checked:
+    violations: list[Violation]
+    executions: list[Execution]
+    legal_overlaps: int
+
+    def of(self, kind: str) -> list[Violation]:
+        return [v for v in self.violations if v.kind == kind]
+
+
+def check_all(snap: Snapshot, timing: Timing) -> Checked:
+    execs = executions(snap.ledger, snap.first_dead)
+    legal, overlaps = check_overlaps(execs, snap.attempts, timing, snap.resumed)
+    violations = (check_terminal(snap.runs) + check_stuck(snap.tasks, snap.attempts)
+                  + check_completions(snap.tasks, snap.attempts, snap.events) + overlaps
+                  + check_history(snap.runs, snap.tasks, snap.events, snap.attempts)
+                  + check_ledger_in_db(execs, snap.tasks, snap.attempts)
+                  + check_lost(snap.started, snap.runs, snap.tasks, snap.attempts, execs) + check_unended(execs))
+    return Checked(violations, execs, legal)
+
+
+# -- time to recover ------------------------------------------------------------------------------------
+
+
+def recovery_times(faults: Sequence[tuple[float, float, bool]], tasks: Sequence[TaskRow],
+                   events: Sequence[EventRow]) -> list[float]:
+    """For each fault ``(started, ended, blocks_commits)``: the tasks submitted or running when it was
+    injected (subworkflow tasks excepted: they wait for their child), and for each its first later event.
+    The fault's recovery time is the latest of those, measured from the injection (0 if nothing was live;
+    ``inf`` if a task never moved again). An event's time is taken before the statement that may block, so
+    for a fault during which nothing can commit (``blocks_commits``: table lock, database down) an event
+    counts at the fault's end at the earliest."""
+    kinds = {t.id: t.type for t in tasks}
+    times: dict[int, list[float]] = defaultdict(list)
+    states: dict[int, list[str]] = defaultdict(list)
+    for e in sorted(events, key=lambda e: (e.at, e.id)):
+        if e.task_run_id is not None and kinds.get(e.task_run_id, "python") != "subworkflow":
+            times[e.task_run_id].append(e.at)
+            states[e.task_run_id].append(e.to_state)
+    out = []
+    for started, ended, blocks_commits in faults:
+        worst = 0.0
+        for tid, ts in times.items():
+            i = bisect.bisect_right(ts, started)
+            if i == 0 or states[tid][i - 1] not in ("submitted", "running"):
+                continue
+            progress = (max(ts[i], ended) if blocks_commits else ts[i]) if i < len(ts) else math.inf
+            worst = max(worst, progress - started)
+        out.append(worst)
+    return out
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]

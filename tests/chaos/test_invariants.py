@@ -1,0 +1,150 @@
+"""The checker itself can fail: hand-made histories that break each invariant are reported, and a clean
+one is not. Pure (no servers)."""
+
+from __future__ import annotations
+
+import math
+
+from tests.chaos import invariants as inv
+
+TIMING = inv.Timing(lease=3.0, heartbeat=0.5, stop_grace=2.0, slack=0.5)  # stop bound 6 s
+
+
+def ev(i: int, task: int | None, frm: str | None, to: str, attempt: int | None = None, at: float = 0.0,
+       run: int = 1) -> inv.EventRow:
+    return inv.EventRow(i, run, to, frm, task, attempt, at)
+
+
+def start(task_run: int, attempt: int, pid: int, t: float, task: str = "a", run: int = 1) -> dict:
+    return {"ev": "start", "run": run, "task_run": task_run, "task": task, "attempt": attempt, "pid": pid, "t": t}
+
+
+def end(task_run: int, attempt: int, pid: int, t: float, status: str = "ok", task: str = "a", run: int = 1) -> dict:
+    return {**start(task_run, attempt, pid, t, task, run), "ev": "end", "status": status}
+
+
+def clean() -> inv.Snapshot:
+    """Run 1, task 10 ``a``: attempt 1 lost (worker killed at t=2), attempt 2 succeeded."""
+    return inv.Snapshot(
+        runs=[inv.RunRow(1, "wf", "succeeded", key="k1")],
+        tasks=[inv.TaskRow(10, 1, "a", "succeeded", 2)],
+        attempts=[inv.AttemptRow(10, 1, "lost", 100, 1.0, 5.0), inv.AttemptRow(10, 2, "succeeded", 101, 5.5, 7.0)],
+        events=[ev(1, None, None, "running"), ev(2, 10, "pending", "submitted", 1, 0.5),
+                ev(3, 10, "submitted", "running", 1, 1.0), ev(4, 10, "running", "submitted", 2, 5.0),
+                ev(5, 10, "submitted", "running", 2, 5.5), ev(6, 10, "running", "succeeded", 2, 7.0),
+                ev(7, None, "running", "succeeded", None, 7.1)],
+        ledger=[start(10, 1, 100, 1.0), start(10, 2, 101, 5.5), end(10, 2, 101, 6.9)],
+        started=[inv.StartedRun("k1", 1)],
+        first_dead={100: 2.1},
+    )
+
+
+def kinds(snap: inv.Snapshot) -> list[str]:
+    return sorted(v.kind for v in inv.check_all(snap, TIMING).violations)
+
+
+def test_a_clean_history_has_no_violations() -> None:
+    checked = inv.check_all(clean(), TIMING)
+    assert checked.violations == []
+    assert [x.status for x in checked.executions] == ["killed", "ok"]  # attempt 1 ended when its pid died
+
+
+def test_two_successful_completions_are_reported() -> None:
+    snap = clean()
+    snap.attempts[0] = inv.AttemptRow(10, 1, "succeeded", 100, 1.0, 5.0)
+    snap.events.append(ev(8, 10, "running", "succeeded", 2, 7.2))
+    found = kinds(snap)
+    assert "double-completion" in found
+    assert "history" in found  # the second "running -> succeeded" does not follow "succeeded"
+
+
+def test_overlap_is_legal_only_for_a_lost_attempt_that_stops_in_time() -> None:
+    snap = clean()
+    # attempt 1 still running when attempt 2 started, and ended within the stop bound of losing its lease
+    snap.ledger.append(end(10, 1, 100, 6.0, "stopped"))
+    checked = inv.check_all(snap, TIMING)
+    assert checked.violations == [] and checked.legal_overlaps == 1
+    # ... but a lost attempt whose body runs on for long after losing its lease is an illegal overlap
+    snap.ledger[-1] = end(10, 1, 100, 5.0 + TIMING.stop_bound + 1)
+    assert kinds(snap) == ["overlap"]
+    # ... and an attempt that was not taken away (failed normally) may never overlap its successor
+    snap.attempts[0] = inv.AttemptRow(10, 1, "failed", 100, 1.0, 5.0)
+    snap.ledger[-1] = end(10, 1, 100, 6.0, "error")
+    assert kinds(snap) == ["overlap"]
+
+
+def test_a_pause_extends_the_stop_bound_from_when_the_process_woke_up() -> None:
+    snap = clean()
+    snap.ledger.append(end(10, 1, 100, 12.0, "stopped"))  # lease lost at 5, body ended at 12 (> 5 + 6)
+    assert kinds(snap) == ["overlap"]
+    snap.resumed = {100: 9.0}  # SIGCONT at 9: stopped 3 s after waking up
+    assert kinds(snap) == []
+
+
+def test_the_same_attempt_running_twice_is_reported() -> None:
+    snap = clean()
+    snap.ledger += [start(10, 2, 102, 6.0), end(10, 2, 102, 6.5)]
+    assert "double-execution" in kinds(snap)
+
+
+def test_broken_history_chains_and_final_states_are_reported() -> None:
+    snap = clean()
+    snap.events[4] = ev(5, 10, "pending", "running", 2, 5.5)  # does not follow "submitted"
+    assert kinds(snap) == ["history"]
+    snap = clean()
+    snap.tasks[0] = inv.TaskRow(10, 1, "a", "failed", 2)  # row disagrees with its history (and run)
+    assert "history" in kinds(snap)
+    snap = clean()
+    snap.events.append(ev(8, 10, "succeeded", "running", 2, 8.0))  # succeeded is final
+    snap.tasks[0] = inv.TaskRow(10, 1, "a", "running", 2)
+    found = kinds(snap)
+    assert "history" in found and "stuck" in found
+
+
+def test_a_run_whose_events_end_in_another_state_is_reported() -> None:
+    snap = clean()
+    snap.events.pop()  # the run's "-> succeeded" event is missing
+    assert kinds(snap) == ["history"]
+
+
+def test_ledger_entries_the_database_does_not_know_are_reported() -> None:
+    snap = clean()
+    snap.ledger += [start(10, 3, 103, 8.0), end(10, 3, 103, 8.1)]  # attempt 3 has no attempt row
+    snap.ledger += [start(99, 1, 104, 8.0, task="ghost"), end(99, 1, 104, 8.1, task="ghost")]  # no such task
+    violations = [v for v in inv.check_all(snap, TIMING).violations if v.kind == "ledger"]
+    assert {v.task_run_id for v in violations} == {10, 99}
+
+
+def test_success_without_a_completed_execution_and_missing_runs_are_lost() -> None:
+    snap = clean()
+    snap.ledger = [line for line in snap.ledger if line["attempt"] != 2]
+    assert kinds(snap) == ["lost"]
+    snap = clean()
+    snap.started.append(inv.StartedRun("k2", 2))  # start_run returned 2, but there is no run 2
+    assert kinds(snap) == ["lost"]
+
+
+def test_live_tasks_running_attempts_and_unended_bodies_are_reported() -> None:
+    snap = clean()
+    snap.runs[0] = inv.RunRow(1, "wf", "running")
+    snap.events.pop()
+    snap.tasks.append(inv.TaskRow(11, 1, "b", "submitted", 1))
+    snap.events.append(ev(9, 11, "pending", "submitted", 1, 7.0))
+    snap.attempts.append(inv.AttemptRow(11, 1, "running", 105, 7.5))
+    snap.ledger.append(start(11, 1, 105, 7.5, task="b"))
+    found = kinds(snap)
+    assert found.count("stuck") == 2 and "terminal" in found and "unended" in found
+
+
+def test_recovery_time_is_measured_from_the_injection() -> None:
+    tasks = [inv.TaskRow(10, 1, "a", "succeeded", 2), inv.TaskRow(11, 1, "b", "submitted", 1)]
+    events = [ev(1, 10, "pending", "submitted", 1, 1.0), ev(2, 10, "submitted", "running", 1, 2.0),
+              ev(3, 10, "running", "succeeded", 1, 9.0), ev(4, 11, "pending", "submitted", 1, 1.0)]
+    # fault at 3: task 10 (running) moves at 9 -> 6 s; task 11 never moves again -> inf
+    assert inv.recovery_times([(3.0, 3.0, False)], tasks[:1], events[:3]) == [6.0]
+    assert inv.recovery_times([(3.0, 3.0, False)], tasks, events) == [math.inf]
+    assert inv.recovery_times([(0.5, 0.5, False)], tasks[:1], events[:3]) == [0.0]  # nothing was live yet
+    # during a lock nothing commits: an event stamped during it counts at the lock's end
+    assert inv.recovery_times([(3.0, 12.0, True)], tasks[:1], events[:3]) == [9.0]
+    assert inv.recovery_times([(3.0, 12.0, False)], tasks[:1], events[:3]) == [6.0]
+    assert inv.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0 and inv.percentile([], 99) is None

@@ -1,0 +1,161 @@
+"""The mixed workflow a campaign runs, and the task bodies. Every body execution appends a ``start`` line
+and (unless its process dies first) an ``end`` line to a JSON-lines ledger (``TIDEFLOW_CHAOS_LEDGER``):
+``{"ev", "run", "task_run", "task", "attempt", "pid", "t" (time.time()), "status" (end only)}``.
+
+Workers import this module by name (``tests.chaos.workload:step``), so it must stay cheap to import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LEDGER_ENV = "TIDEFLOW_CHAOS_LEDGER"
+MIXED = "chaos-mixed"
+CHILD = "chaos-child"
+_MODULE = "tests.chaos.workload"
+
+
+# -- the ledger ---------------------------------------------------------------------------------------
+
+
+def _append(record: dict[str, Any]) -> None:
+    path = os.environ.get(LEDGER_ENV)
+    if not path:
+        return
+    data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    # one write() on an O_APPEND descriptor: lines of concurrent processes never interleave
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _line(context: Any, ev: str, **extra: Any) -> dict[str, Any]:
+    return {"ev": ev, "run": context.run_id, "task_run": context.task_run_id, "task": context.task_name,
+            "attempt": context.attempt, "pid": os.getpid(), "t": time.time(), **extra}
+
+
+@contextmanager
+def execution(context: Any) -> Iterator[None]:
+    """Ledger lines around one body execution; the end line says how it ended (ok, error, stopped)."""
+    _append(_line(context, "start"))
+    status = "error"
+    try:
+        yield
+        status = "ok"
+    except BaseException as exc:
+        status = "stopped" if type(exc).__name__ == "TaskStopped" else "error"
+        raise
+    finally:
+        end = _line(context, "end", status=status)
+        for _ in range(3):  # the lease keeper's stop signal may land inside this write: write it again
+            try:
+                _append(end)
+                break
+            except BaseException as exc:  # noqa: BLE001 - TaskStopped raised by the stop signal handler
+                if type(exc).__name__ != "TaskStopped":
+                    raise
+
+
+def read_ledger(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete line of the ledger (a line still being written is skipped)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for raw in text.split("\n")[:-1]:
+        if raw.strip():
+            out.append(json.loads(raw))
+    return out
+
+
+# -- task bodies ----------------------------------------------------------------------------------------
+
+
+def work(seconds: float, slice_seconds: float = 0.05) -> None:
+    """``seconds`` of "work" in short sleeps: like CPU work, it makes no progress while the process is stopped
+    (SIGSTOP), so a paused body still has work left when it wakes up. Interruptible by the stop signal."""
+    for _ in range(max(0, round(seconds / slice_seconds))):
+        time.sleep(slice_seconds)
+
+
+def step(context: Any, seconds: float = 0.0) -> dict[str, Any]:
+    """Work ``seconds``; return who ran it."""
+    with execution(context):
+        work(seconds)
+    return {"task": context.task_name, "attempt": context.attempt, "pid": os.getpid()}
+
+
+def flaky(context: Any, seconds: float = 0.0) -> dict[str, Any]:
+    """Fails its first attempt, then succeeds."""
+    with execution(context):
+        work(seconds)
+        if context.attempt == 1:
+            raise RuntimeError("planned failure on attempt 1")
+    return {"task": context.task_name, "attempt": context.attempt, "pid": os.getpid()}
+
+
+# -- the workflows ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """chaos-mixed: ``start`` -> fan-out (``fan0..``, ``slow``, ``flaky``, ``sub`` = chaos-child) -> ``join``
+    (fan-in) -> ``tail``; chaos-child: ``c1`` -> ``c2``. Python tasks get ``retries``: a lost attempt (worker
+    killed, lease lost) counts as a failed attempt."""
+
+    slow_seconds: float = 3.0
+    fan_out: int = 3
+    retries: int = 5
+    retry_delay: float = 0.2
+    quick_seconds: float = 0.05
+
+    def _task(self, name: str, fn: str = "step", seconds: float | None = None, deps: list[str] | None = None,
+              ) -> dict[str, Any]:
+        return {"name": name, "type": "python", "function": f"{_MODULE}:{fn}",
+                "args": {"seconds": self.quick_seconds if seconds is None else seconds},
+                "depends_on": deps or [], "retries": self.retries, "retry_delay": self.retry_delay,
+                "retry_backoff": 1.5}
+
+    def definitions(self) -> list[dict[str, Any]]:
+        """Child first (a subworkflow must be registered before its parent)."""
+        child = {"name": CHILD, "params": {"parent": ""}, "tasks": [
+            self._task("c1"), self._task("c2", deps=["c1"])]}
+        fans = [f"fan{i}" for i in range(self.fan_out)]
+        mixed = {"name": MIXED, "params": {"key": ""}, "on_failure": "stop", "tasks": [
+            self._task("start"),
+            *[self._task(f, seconds=0.1, deps=["start"]) for f in fans],
+            self._task("slow", seconds=self.slow_seconds, deps=["start"]),
+            self._task("flaky", fn="flaky", deps=["start"]),
+            {"name": "sub", "type": "subworkflow", "workflow": CHILD, "params": {"parent": "{{ run.id }}"},
+             "depends_on": ["start"]},
+            self._task("join", deps=[*fans, "slow", "flaky", "sub"]),
+            self._task("tail", deps=["join"]),
+        ]}
+        return [child, mixed]
+
+    @property
+    def tasks_per_run(self) -> int:
+        return sum(len(d["tasks"]) for d in self.definitions())
+
+    @property
+    def body_seconds(self) -> float:
+        """Body time of one run (all its python tasks, one attempt each, plus flaky's second attempt)."""
+        return sum(t["args"]["seconds"] for d in self.definitions() for t in d["tasks"] if t["type"] == "python") \
+            + self.quick_seconds
+
+    def critical_path(self, step_overhead: float) -> float:
+        """Seconds one run needs on an idle cluster: the longest chain of bodies, ``step_overhead`` per hop
+        (dispatch, claim, advance), flaky's planned failure and retry delay."""
+        fan_branch = max(0.1, self.slow_seconds, 2 * self.quick_seconds + self.retry_delay + step_overhead,
+                         2 * self.quick_seconds + step_overhead)
+        return 3 * self.quick_seconds + fan_branch + 4 * step_overhead
