@@ -122,6 +122,9 @@ class TaskRun(Base):
         Index("ix_task_runs_live", "run_id",
               postgresql_where=text("state IN ('pending', 'submitted', 'running')"),
               sqlite_where=text("state IN ('pending', 'submitted', 'running')")),
+        # master: what finished in this run since its last advance?
+        Index("ix_task_runs_unhandled_run", "run_id",
+              postgresql_where=text("handled = false"), sqlite_where=text("handled = 0")),
         # reconciler: finished tasks the master has not acted on yet
         Index("ix_task_runs_unhandled", "finished_at",
               postgresql_where=text("handled = false"), sqlite_where=text("handled = 0")),
