@@ -12,7 +12,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_clean():
-    result = _run("ruff", "check", "app", "tasks", "tests", "examples", "scripts/test", "scripts/demo")
+    result = _run("ruff", "check", "app", "tasks", "tests", "bench", "examples", "scripts/test", "scripts/demo")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

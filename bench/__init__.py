@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each script measures Tideflow and its baseline in the same run. See README.md."""
