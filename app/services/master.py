@@ -141,7 +141,7 @@ def _apply(
     messages: list[ExecuteMessage] = []
     for name in decision.submit:
         task = tasks[name]
-        spec = wf.spec.task(name)
+        spec = wf.task(name)
         if spec.type == "subworkflow":
             _start_child(s, rt, run, wf, task, actor)
             continue
@@ -161,7 +161,7 @@ def _apply(
 def _start_child(
     s: Session, rt: Runtime, run: repo.RunRow, wf: LoadedWorkflow, task: repo.TaskRow, actor: str,
 ) -> None:
-    spec = wf.spec.task(task.name)
+    spec = wf.task(task.name)
     assert spec.workflow is not None
     now = utcnow()
     try:

@@ -68,7 +68,7 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
         run = rt.run_info(s, task.run_id)
         wf = rt.workflow(s, run.workflow_id)
         upstream = repo.task_results(s, task.run_id, wf.inputs_of(task.name))
-    spec = wf.spec.task(task.name)
+    spec = wf.task(task.name)
 
     ctx = ExecutionContext(
         run_id=run.id, task_run_id=task.id, task_name=task.name, attempt=attempt, workflow=run.workflow_name,
@@ -207,7 +207,7 @@ def fail_attempt(
     """A running attempt failed (or was lost): retry per the task's policy, or fail the task."""
     run = repo.get_run(s, task.run_id)
     assert run is not None
-    spec = rt.workflow(s, run.workflow_id).spec.task(task.name)
+    spec = rt.workflow(s, run.workflow_id).task(task.name)
     failures = task.failures + 1
     if failures <= spec.retries:
         delay = spec.retry_delay_for(failures)

@@ -95,7 +95,10 @@ def test_valid_definition_parses() -> None:
     assert topological_order(spec) == ["extract", "transform", "load", "report"]
     from app.runtime import LoadedWorkflow
 
-    assert LoadedWorkflow(1, spec.name, 1, spec).ancestors_of("report") == {"extract", "transform", "load"}
+    wf = LoadedWorkflow(1, spec.name, 1, spec)
+    assert wf.inputs_of("report") == {"load"}  # its direct upstream
+    assert wf.inputs_of("load") == {"transform", "extract"}  # + an ancestor its placeholders name
+    assert wf.children["extract"] == ["transform"]
     assert find_cycle(spec) is None
     # a spec parses again to the same thing
     assert parse_definition(spec) == spec
@@ -514,3 +517,15 @@ def test_load_file_invalid_definition(tmp_path: Path) -> None:
     empty.write_text("")
     with pytest.raises(DefinitionError, match="must be a mapping"):
         load_definition_file(empty)
+
+
+
+def test_task_lookup_is_built_once():
+    """The worker and the master look a task up on every completion: it must not rebuild an O(tasks) map."""
+    spec = parse_definition({"name": "big", "tasks": [{"name": f"t{i}", "type": "shell", "command": "true"}
+                                                      for i in range(1000)]})
+    from app.runtime import LoadedWorkflow
+
+    wf = LoadedWorkflow(1, spec.name, 1, spec)
+    assert wf.task("t999") is wf.task("t999") is spec.task("t999")
+    assert wf._tasks is wf._tasks
