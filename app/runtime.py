@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -19,6 +20,8 @@ from app.db.engine import Database
 from app.definitions import TaskSpec, WorkflowSpec
 from app.dispatch import Dispatcher
 from app.errors import NotFound
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,27 @@ class LoadedWorkflow:
         return self._inputs[name]
 
 
+class Cache(Generic[V]):
+    """A per-process map of immutable rows by id, emptied when it reaches ``size`` (thread-safe)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: dict[int, V] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: int, load: Callable[[], V]) -> V:
+        with self._lock:
+            cached = self._items.get(key)
+        if cached is not None:
+            return cached
+        value = load()
+        with self._lock:
+            if len(self._items) >= self.size:
+                self._items.clear()
+            self._items[key] = value
+        return value
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """The immutable part of a run row (what a worker needs to execute one of its tasks)."""
@@ -85,44 +109,34 @@ class Runtime:
     db: Database
     dispatcher: Dispatcher
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    _workflows: dict[int, LoadedWorkflow] = field(default_factory=dict, repr=False)
-    _runs: dict[int, RunInfo] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _workflows: Cache[LoadedWorkflow] = field(default_factory=lambda: Cache(1000), repr=False)
+    _runs: Cache[RunInfo] = field(default_factory=lambda: Cache(10_000), repr=False)
 
     @classmethod
     def create(cls, settings: Settings, dispatcher: Dispatcher) -> Runtime:
         return cls(settings=settings, db=Database(settings.database_url), dispatcher=dispatcher)
 
     def workflow(self, s: Session, workflow_id: int) -> LoadedWorkflow:
-        with self._lock:
-            cached = self._workflows.get(workflow_id)
-        if cached is not None:
-            return cached
-        row = repo.workflow_by_id(s, workflow_id)
-        if row is None:
-            raise NotFound(f"workflow id {workflow_id} does not exist")
-        loaded = LoadedWorkflow(row.id, row.name, row.version, WorkflowSpec.model_validate(row.definition))
-        with self._lock:
-            if len(self._workflows) > 1000:
-                self._workflows.clear()
-            self._workflows[workflow_id] = loaded
-        return loaded
+        return self._workflows.get(workflow_id, lambda: self._load_workflow(s, workflow_id))
 
     def run_info(self, s: Session, run_id: int) -> RunInfo:
         """A run's immutable fields, cached per process: the tasks of one run mostly land on the same few
         workers, and these fields never change (state and timestamps are not part of it)."""
-        cached = self._runs.get(run_id)
-        if cached is not None:
-            return cached
+        return self._runs.get(run_id, lambda: self._load_run(s, run_id))
+
+    @staticmethod
+    def _load_workflow(s: Session, workflow_id: int) -> LoadedWorkflow:
+        row = repo.workflow_by_id(s, workflow_id)
+        if row is None:
+            raise NotFound(f"workflow id {workflow_id} does not exist")
+        return LoadedWorkflow(row.id, row.name, row.version, WorkflowSpec.model_validate(row.definition))
+
+    @staticmethod
+    def _load_run(s: Session, run_id: int) -> RunInfo:
         row = repo.get_run(s, run_id)
         if row is None:
             raise NotFound(f"run {run_id} does not exist")
-        info = RunInfo(row.id, row.workflow_id, row.workflow_name, dict(row.params), row.priority)
-        with self._lock:
-            if len(self._runs) > 10_000:
-                self._runs.clear()
-            self._runs[run_id] = info
-        return info
+        return RunInfo(row.id, row.workflow_id, row.workflow_name, dict(row.params), row.priority)
 
     def close(self) -> None:
         self.db.dispose()
