@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from app.states import RunState, TaskState
+from app.states import TASK_LIVE, RunState, TaskState
 
 FAILED_LIKE = frozenset({TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED})
-LIVE = frozenset({TaskState.PENDING, TaskState.SUBMITTED, TaskState.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ def stops_run(states: Mapping[str, TaskState], on_failure: str) -> bool:
 
 def run_outcome(states: Mapping[str, TaskState]) -> tuple[RunState, str] | None:
     """The run's outcome once no task is live (None while one is)."""
-    if any(st in LIVE for st in states.values()):
+    if any(st in TASK_LIVE for st in states.values()):
         return None
     if all(st == TaskState.SUCCEEDED for st in states.values()):
         return RunState.SUCCEEDED, "all tasks succeeded"

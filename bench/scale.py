@@ -9,7 +9,7 @@ Each part compares a large case with a small one measured in the same invocation
     completion in the steady state (between 10% and 90% of the tasks finished, from ``finished_at``). Then
     in-process, without a broker (``app.services.worker.execute`` with a RecordingDispatcher, one
     completion at a time on a fresh run of each size): the cost of one completion, and of the advance inside
-    it (``advance_after_finish``, timed by wrapping it). Requirement: flat in the DAG's size.
+    it (``advance_locked`` in the worker module, timed by wrapping it). Requirement: flat in the DAG's size.
 (b) ``--runs`` runs of a 5-task chain started in one transaction (all in flight at once) against batches
     of ``--small-runs``: tasks/s.
 (c) one reconciler pass (``app.services.reconciler.reconcile_once``, in-process) over ``--rows`` live task
@@ -122,7 +122,7 @@ def submitted_by_master(dep: TideflowDeployment, run_id: int) -> float:
     return counts.get("master", 0) / total if total else float("nan")
 
 
-ADVANCE_ENTRY_POINTS = ("advance_after_finish", "advance_locked")
+ADVANCE_ENTRY_POINTS = ("advance_locked",)
 
 
 @contextmanager

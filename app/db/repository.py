@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.clock import utcnow
 from app.db.schema import Event, TaskAttempt, TaskRun, Workflow, WorkflowRun
-from app.states import RunState, TaskState, check_run_transition, check_task_transition
+from app.states import TASK_LIVE, RunState, TaskState, check_run_transition, check_task_transition
 
 W: Table = Workflow.__table__  # type: ignore[assignment]
 R: Table = WorkflowRun.__table__  # type: ignore[assignment]
@@ -22,7 +22,8 @@ T: Table = TaskRun.__table__  # type: ignore[assignment]
 A: Table = TaskAttempt.__table__  # type: ignore[assignment]
 E: Table = Event.__table__  # type: ignore[assignment]
 
-LIVE_TASK_STATES = (TaskState.PENDING, TaskState.SUBMITTED, TaskState.RUNNING)
+#: in the enum's (and ``ix_task_runs_live``'s) order, so the SQL text is the same in every process
+LIVE_TASK_STATES = tuple(st for st in TaskState if st in TASK_LIVE)
 
 
 def _state_is(*states: str) -> Any:
@@ -185,10 +186,6 @@ def tasks_named(s: Session, run_id: int, names: Iterable[str]) -> Sequence[TaskR
 def unhandled_tasks(s: Session, run_id: int) -> Sequence[TaskRow]:
     """The run's finished tasks the master has not acted on (partial index ``ix_task_runs_unhandled``)."""
     return s.execute(select(T).where(T.c.run_id == run_id, UNHANDLED)).all()
-
-
-def live_tasks(s: Session, run_id: int) -> Sequence[TaskRow]:
-    return s.execute(select(T).where(T.c.run_id == run_id, _state_is(*LIVE_TASK_STATES))).all()
 
 
 def has_live_tasks(s: Session, run_id: int) -> bool:

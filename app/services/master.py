@@ -67,20 +67,6 @@ def advance_run(rt: Runtime, run_id: int, *, actor: str, skip_locked: bool = Fal
         return True
 
 
-def advance_after_finish(
-    s: Session, rt: Runtime, run_id: int, *, actor: str, finished: repo.TaskRow | None = None, inline: bool = True,
-) -> None:
-    """Advance a run in the caller's transaction (the worker's, right after a task finished) when nobody else
-    is advancing it: no hop through the master queue on the common path. If the run is locked (a sibling's
-    advance, the master, the reconciler: ``SKIP LOCKED``, so this never waits or deadlocks) or ``inline`` is
-    off, hand it to the master queue after commit. The unhandled task row is the durable record either way."""
-    run = repo.lock_run(s, run_id, skip_locked=True) if inline else None
-    if run is None:
-        publish_after_commit(s, rt.dispatcher, advance=[run_id])
-        return
-    advance_locked(s, rt, run, actor=actor, finished=finished)
-
-
 def advance_locked(
     s: Session, rt: Runtime, run: repo.RunRow, *, actor: str, full: bool = False,
     finished: repo.TaskRow | None = None,

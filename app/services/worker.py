@@ -29,7 +29,7 @@ from app.errors import TaskFailure, TaskStopped
 from app.executors.base import ExecutionContext, executor_for
 from app.executors.logbuffer import LogBuffer
 from app.runtime import Runtime
-from app.services.master import advance_after_finish, advance_locked
+from app.services.master import advance_locked
 from app.states import TaskState
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def finish(
     run_id: int | None = None,
 ) -> Result:
     """Record an attempt's end, fenced by its lease token, and advance the run in the same transaction when
-    it is free (:func:`~app.services.master.advance_after_finish`). Does nothing (FENCED) if the attempt lost
+    it is free (no hop through the master queue). Does nothing (FENCED) if the attempt lost
     its lease. Should the inline advance fail, the outcome is recorded alone and the master advances."""
     kw: dict[str, Any] = dict(result=result, error=error, log_text=log_text, timed_out=timed_out,
                               started_at=started_at, run_id=run_id)
@@ -156,48 +156,38 @@ def _finish(
 ) -> Result:
     with rt.db.transaction() as s:
         now = utcnow()
+        # Take the run first (SKIP LOCKED: never waits, so never deadlocks): holding it, the run is advanced
+        # in this transaction (no hop through the master queue) and a succeeded task is born handled; when a
+        # sibling's advance, the master or the reconciler holds it, the master is asked after commit.
+        run = repo.lock_run(s, run_id, skip_locked=True) if inline and run_id is not None else None
+        how = "succeeded" if error is None else "timed_out" if timed_out else "failed"
+        finished: repo.TaskRow | None = None
         if error is None:
-            # Take the run first (SKIP LOCKED: never waits): holding it, the advance below happens in this
-            # transaction and the task is born handled; without it, the master is asked to advance.
-            run = repo.lock_run(s, run_id, skip_locked=True) if inline and run_id is not None else None
             finished = repo.transition_by_id(
                 s, task_run_id, TaskState.RUNNING, TaskState.SUCCEEDED, attempt=attempt, fence=token,
                 actor=rt.worker_id, now=now, reason="succeeded", result=result, finished_at=now,
                 handled=run is not None, lease_expires_at=None,
             )
-            if finished is None:
-                return _fenced(task_run_id, attempt)
-            _record_attempt(s, task_run_id, attempt, "succeeded", None, log_text, now, started_at)
+            landed, outcome = finished is not None, Outcome.SUCCEEDED
+            owner = finished.run_id if finished is not None else run_id
+        else:
+            task = repo.get_task(s, task_run_id)
+            landed, outcome, owner = False, Outcome.FENCED, task.run_id if task is not None else run_id
+            if task is not None and task.state == TaskState.RUNNING and task.attempt == attempt \
+                    and task.lease_token == token:
+                landed, outcome = fail_attempt(s, rt, task, error, actor=rt.worker_id, fence=token, now=now,
+                                               attempt_outcome=how)
+        if not landed:
+            log.warning("task run %s attempt %s lost its lease; its result is discarded", task_run_id, attempt)
+            return Result(Outcome.FENCED)
+        repo.finish_attempt(s, task_run_id, attempt, outcome=how, error=error, log=log_text, now=now,
+                            started_at=started_at)
+        if outcome != Outcome.RETRYING:
             if run is not None:
                 advance_locked(s, rt, run, actor=rt.worker_id, finished=finished)
-            else:
-                publish_after_commit(s, rt.dispatcher, advance=[finished.run_id])
-            return Result(Outcome.SUCCEEDED)
-        task = repo.get_task(s, task_run_id)
-        if task is None or task.state != TaskState.RUNNING or task.attempt != attempt or task.lease_token != token:
-            return _fenced(task_run_id, attempt)
-        how = "timed_out" if timed_out else "failed"
-        landed, outcome = fail_attempt(s, rt, task, error, actor=rt.worker_id, fence=token, now=now,
-                                       attempt_outcome=how)
-        if not landed:
-            return _fenced(task_run_id, attempt)
-        _record_attempt(s, task_run_id, attempt, how, error, log_text, now, started_at)
-        if outcome != Outcome.RETRYING:
-            advance_after_finish(s, rt, task.run_id, actor=rt.worker_id, inline=inline)
-    return Result(outcome, detail=error)
-
-
-def _fenced(task_run_id: int, attempt: int) -> Result:
-    log.warning("task run %s attempt %s lost its lease; its result is discarded", task_run_id, attempt)
-    return Result(Outcome.FENCED)
-
-
-def _record_attempt(
-    s: Session, task_run_id: int, attempt: int, outcome: str, error: str | None, log_text: str | None,
-    now: datetime, started_at: datetime | None,
-) -> None:
-    repo.finish_attempt(s, task_run_id, attempt, outcome=outcome, error=error, log=log_text, now=now,
-                        started_at=started_at)
+            elif owner is not None:
+                publish_after_commit(s, rt.dispatcher, advance=[owner])
+    return Result(outcome, detail=error or "")
 
 
 def fail_attempt(
