@@ -297,6 +297,20 @@ def reconcile(as_json: bool) -> None:
     _emit(report.__dict__, as_json, lambda _d: click.echo(str(report)))
 
 
+@cli.command("web")
+@click.option("--host", help="default: TIDEFLOW_WEB_HOST (127.0.0.1)")
+@click.option("--port", type=int, help="default: TIDEFLOW_WEB_PORT (8000)")
+def web(host: str | None, port: int | None) -> None:
+    """Serve the REST API, the web UI and /metrics (uvicorn; stops cleanly on SIGTERM)."""
+    import uvicorn
+
+    from app.api.app import create_app
+
+    settings = load_settings()
+    uvicorn.run(create_app(settings), host=host or settings.web_host, port=port or settings.web_port,
+                log_level="info", proxy_headers=True, server_header=False)
+
+
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False), default=".tideflow/demo", show_default=True)
 def demo(workdir: str) -> None:

@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.config import Settings, load_settings
@@ -24,6 +26,8 @@ from app.definitions import WorkflowSpec, load_definition_file
 from app.runtime import Runtime
 from app.services import control, master, views
 from app.states import RUN_TERMINAL
+
+V = TypeVar("V")
 
 
 class Tideflow:
@@ -48,22 +52,40 @@ class Tideflow:
 
     def start_run(
         self, workflow: str, params: dict[str, Any] | None = None, *, priority: int | None = None,
-        session: Session | None = None,
+        version: int | None = None, session: Session | None = None, actor: str = "api",
     ) -> int:
         if session is not None:
-            return master.start_run(session, self.runtime, workflow, params, priority=priority, actor="api")
+            return master.start_run(session, self.runtime, workflow, params, priority=priority, version=version,
+                                    actor=actor)
         with self.runtime.db.transaction() as s:
-            return master.start_run(s, self.runtime, workflow, params, priority=priority, actor="api")
+            return master.start_run(s, self.runtime, workflow, params, priority=priority, version=version,
+                                    actor=actor)
 
-    def cancel(self, run_id: int) -> None:
-        control.cancel_run(self.runtime, run_id, actor="api")
+    def cancel(self, run_id: int, *, actor: str = "api") -> None:
+        control.cancel_run(self.runtime, run_id, actor=actor)
 
-    def retry(self, run_id: int) -> int:
-        return control.retry_run(self.runtime, run_id, actor="api")
+    def retry(self, run_id: int, *, actor: str = "api") -> int:
+        return control.retry_run(self.runtime, run_id, actor=actor)
+
+    def read(self, view: Callable[..., V], *args: Any, **kwargs: Any) -> V:
+        """Call a read view of :mod:`app.services.views` in a read-only session."""
+        with self.runtime.db.read() as s:
+            return view(s, *args, **kwargs)
 
     def run(self, run_id: int) -> dict[str, Any]:
-        with self.runtime.db.read() as s:
-            return views.show_run(s, run_id)
+        return self.read(views.show_run, run_id)
+
+    def health(self) -> dict[str, Any]:
+        """Can this process reach the database and the broker? Never raises."""
+        database = True
+        try:
+            with self.runtime.db.read() as s:
+                s.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - any failure means "down"
+            database = False
+        ping = getattr(self.runtime.dispatcher, "ping", None)
+        broker = bool(ping()) if ping is not None else True
+        return {"status": "ok" if database and broker else "degraded", "database": database, "broker": broker}
 
     def wait(self, run_id: int, timeout: float = 300.0, interval: float = 0.2) -> str:
         deadline = time.monotonic() + timeout

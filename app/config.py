@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MASTER_QUEUE = "tideflow.master"
@@ -54,6 +54,14 @@ class Settings(BaseSettings):
 
     worker_concurrency: int | None = None
 
+    # -- the web process (REST API, UI, /metrics) ------------------------------------------------
+    #: bearer token(s) the API accepts (comma separated, for rotation). Required unless ``api_auth`` is off.
+    api_token: SecretStr | None = None
+    #: ``TIDEFLOW_API_AUTH=off`` turns authentication off, for local use only; the default is on.
+    api_auth: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8000, gt=0, lt=65536)
+
     #: fault injection for the chaos campaign (tests/chaos): probability that a process SIGKILLs itself
     #: after a commit and before publishing its messages. Always 0 in production.
     fault_crash_before_publish: float = Field(0.0, ge=0, le=1)
@@ -64,6 +72,11 @@ class Settings(BaseSettings):
         if hb is not None and hb >= self.lease_seconds:
             raise ValueError("TIDEFLOW_HEARTBEAT_SECONDS must be smaller than TIDEFLOW_LEASE_SECONDS")
         return self
+
+    @cached_property
+    def api_tokens(self) -> tuple[str, ...]:
+        raw = self.api_token.get_secret_value() if self.api_token is not None else ""
+        return tuple(t.strip() for t in raw.split(",") if t.strip())
 
     @cached_property
     def heartbeat_interval(self) -> float:

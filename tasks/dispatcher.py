@@ -39,3 +39,12 @@ class CeleryDispatcher:
             for run_id in run_ids:
                 self.celery.send_task("tideflow.advance", args=[run_id], queue=settings.master_queue,
                                       priority=0, producer=producer)
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        """Can we reach the broker right now? (For health checks; never raises.)"""
+        try:
+            with self.celery.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=timeout)
+            return True
+        except Exception:  # noqa: BLE001 - any failure to connect means "down"
+            return False

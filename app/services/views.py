@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.db import repository as repo
 from app.errors import NotFound
+from app.graph import layout
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -46,8 +47,13 @@ def run_summary(run: Any) -> dict[str, Any]:
     }
 
 
-def list_runs(s: Session, *, state: str | None = None, workflow: str | None = None, limit: int = 50) -> list[dict]:
-    return [run_summary(r) for r in repo.list_runs(s, state=state, workflow_name=workflow, limit=limit)]
+def list_runs(
+    s: Session, *, state: str | None = None, workflow: str | None = None, limit: int = 50,
+    before: int | None = None,
+) -> list[dict[str, Any]]:
+    """Newest first; ``before`` (a run id) pages backwards (keyset paging: stable while runs are added)."""
+    rows = repo.list_runs(s, state=state, workflow_name=workflow, limit=limit, before_id=before)
+    return [run_summary(r) for r in rows]
 
 
 def show_run(s: Session, run_id: int) -> dict[str, Any]:
@@ -55,6 +61,9 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
     if run is None:
         raise NotFound(f"run {run_id} does not exist")
     tasks = repo.run_tasks(s, run_id)
+    wf = repo.workflow_by_id(s, run.workflow_id)
+    deps = {t["name"]: list(t.get("depends_on", [])) for t in (wf.definition["tasks"] if wf else [])}
+    pos = layout(deps)
     by_task: dict[int, list[dict[str, Any]]] = {}
     for a in repo.attempts(s, [t.id for t in tasks]):
         by_task.setdefault(a.task_run_id, []).append({
@@ -63,8 +72,10 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
         })
     return {
         **run_summary(run),
+        "workflow_version": wf.version if wf else None,
         "tasks": [{
             "id": t.id, "name": t.name, "type": t.type, "state": t.state, "attempt": t.attempt,
+            "depends_on": deps.get(t.name, []), "layer": pos.get(t.name, (0, 0))[0], "row": pos.get(t.name, (0, 0))[1],
             "failures": t.failures, "queue": t.queue, "priority": t.priority, "worker": t.worker,
             "child_run_id": t.child_run_id, "result": t.result, "error": t.error,
             "started_at": _ts(t.started_at), "finished_at": _ts(t.finished_at),

@@ -260,6 +260,22 @@ class Cluster:
             raise
         return proc
 
+    def start_web(self, token: str | None = "test-token", timeout: float = 30.0) -> tuple[Proc, str]:
+        """Start ``tideflow web`` (REST API, UI, /metrics) on a free port; returns it and its base URL.
+        ``token=None`` runs it with authentication off."""
+        from tests.support.procs import free_port
+
+        port = free_port()
+        auth = {"TIDEFLOW_API_TOKEN": token} if token else {"TIDEFLOW_API_AUTH": "off"}
+        self.env.update({**auth, "TIDEFLOW_WEB_PORT": str(port)})
+        proc = self._spawn("web", [sys.executable, "-m", "app.cli", "web"])
+        try:
+            proc.wait_for_log("Uvicorn running on", timeout=timeout)
+        except AssertionError:
+            proc.kill()
+            raise
+        return proc, f"http://127.0.0.1:{port}"
+
     def run_cli(
         self, *args: str, check: bool = False, timeout: float = 120, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:

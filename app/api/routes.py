@@ -1,0 +1,146 @@
+"""The REST API's routes: each one parses its input, calls the client (:mod:`app.client`, which calls the
+services) and returns a read model. No rules live here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.api import auth
+from app.api.schemas import (
+    MAX_ID,
+    Error,
+    EventView,
+    Health,
+    Registered,
+    Retried,
+    RunDetail,
+    RunPage,
+    StartRun,
+    TaskLogs,
+    WorkflowDetail,
+    WorkflowSummary,
+)
+from app.client import Tideflow
+from app.definitions import NAME_RE, WorkflowSpec
+from app.services import views
+from app.states import RunState
+
+
+def client(request: Request) -> Tideflow:
+    tf: Tideflow = request.app.state.tideflow
+    return tf
+
+
+TF = Annotated[Tideflow, Depends(client)]
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="run id")]
+Name = Annotated[str, Path(pattern=NAME_RE, description="workflow name")]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Error, "description": "missing or invalid token"},
+    403: {"model": Error, "description": "browser session without the CSRF header"},
+    422: {"model": Error, "description": "invalid request or definition; nothing was stored"},
+    503: {"model": Error, "description": "database unavailable; nothing was changed"},
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "no such object"}}
+_CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Error, "description": "not allowed in this state"}}
+
+public = APIRouter(prefix="/api", tags=["health"])
+api = APIRouter(prefix="/api", dependencies=[Depends(auth.require)], responses=_ERRORS)
+
+
+@public.get("/health", response_model=Health, responses={503: {"model": Health}})
+def health(tf: TF) -> Any:
+    """Liveness and readiness: 200 when the database and the broker answer, 503 otherwise (no token)."""
+    data = tf.health()
+    return data if data["status"] == "ok" else JSONResponse(data, status_code=503)
+
+
+# -- workflows --------------------------------------------------------------------------------------
+@api.get("/workflows", response_model=list[WorkflowSummary], tags=["workflows"])
+def list_workflows(tf: TF) -> Any:
+    """The latest version of every registered workflow."""
+    return tf.read(views.list_workflows)
+
+
+@api.post("/workflows", response_model=Registered, status_code=201, tags=["workflows"],
+          responses={200: {"model": Registered, "description": "same content as the latest version"}})
+def register_workflow(definition: WorkflowSpec, tf: TF, response: Response) -> Any:
+    """Validate and store a definition. Changed content becomes a new version (201); the same content as
+    the latest version returns it (200). An invalid definition is rejected (422) and nothing is stored."""
+    name, version, created = tf.register(definition)
+    if not created:
+        response.status_code = 200
+    return {"name": name, "version": version, "created": created}
+
+
+@api.get("/workflows/{name}", response_model=WorkflowDetail, tags=["workflows"], responses=_NOT_FOUND)
+def show_workflow(name: Name, tf: TF,
+                  version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Any:
+    """One version (default: the latest) with its definition and the list of all versions."""
+    return tf.read(views.show_workflow, name, version)
+
+
+# -- runs -------------------------------------------------------------------------------------------
+@api.post("/runs", response_model=RunDetail, status_code=201, tags=["runs"], responses=_NOT_FOUND)
+def start_run(body: StartRun, tf: TF, request: Request) -> Any:
+    """Start a run. Its root tasks are published once the run is committed."""
+    run_id = tf.start_run(body.workflow, body.params, priority=body.priority, version=body.version,
+                          actor=_actor(request))
+    return tf.run(run_id)
+
+
+@api.get("/runs", response_model=RunPage, tags=["runs"])
+def list_runs(
+    tf: TF,
+    state: Annotated[RunState | None, Query()] = None,
+    workflow: Annotated[str | None, Query(pattern=NAME_RE)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="only runs with a smaller id")] = None,
+) -> Any:
+    """Runs, newest first, filtered by state and workflow; page with ``before``."""
+    items = tf.read(views.list_runs, state=state.value if state else None, workflow=workflow, limit=limit,
+                    before=before)
+    return {"items": items, "next_before": items[-1]["id"] if len(items) == limit else None}
+
+
+@api.get("/runs/{run_id}", response_model=RunDetail, tags=["runs"], responses=_NOT_FOUND)
+def show_run(run_id: RunId, tf: TF) -> Any:
+    """A run with its tasks (state, graph position, attempts)."""
+    return tf.run(run_id)
+
+
+@api.get("/runs/{run_id}/history", response_model=list[EventView], tags=["runs"], responses=_NOT_FOUND)
+def run_history(run_id: RunId, tf: TF) -> Any:
+    """The run's append-only event history, oldest first."""
+    return tf.read(views.run_history, run_id)
+
+
+@api.post("/runs/{run_id}/cancel", response_model=RunDetail, tags=["runs"], responses={**_NOT_FOUND, **_CONFLICT})
+def cancel_run(run_id: RunId, tf: TF, request: Request) -> Any:
+    """Cancel a running run: pending tasks never start, running ones are stopped (409 if already finished)."""
+    tf.cancel(run_id, actor=_actor(request))
+    return tf.run(run_id)
+
+
+@api.post("/runs/{run_id}/retry", response_model=Retried, tags=["runs"], responses={**_NOT_FOUND, **_CONFLICT})
+def retry_run(run_id: RunId, tf: TF, request: Request) -> Any:
+    """Re-run a failed or cancelled run from its unfinished tasks (409 otherwise)."""
+    reset = tf.retry(run_id, actor=_actor(request))
+    return {"id": run_id, "state": tf.run(run_id)["state"], "reset": reset}
+
+
+# -- tasks ------------------------------------------------------------------------------------------
+@api.get("/tasks/{task_run_id}/logs", response_model=TaskLogs, tags=["tasks"], responses=_NOT_FOUND)
+def task_logs(task_run_id: Annotated[int, Path(ge=1, le=MAX_ID)], tf: TF) -> Any:
+    """Each attempt's captured output (capped at TIDEFLOW_LOG_MAX_BYTES) and error."""
+    return tf.read(views.task_logs, task_run_id)
+
+
+def _actor(request: Request) -> str:
+    """Who did it, for the event history."""
+    via = "ui" if request.headers.get(auth.CSRF_HEADER) else "api"
+    host = request.client.host if request.client else "?"
+    return f"{via}@{host}"

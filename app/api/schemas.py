@@ -1,0 +1,149 @@
+"""Request bodies and the response shapes of the REST API (published in its OpenAPI document).
+
+Responses are the read models of :mod:`app.services.views` (the CLI's ``--json`` prints the same dicts);
+``tests/unit/test_api_schemas.py`` keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.definitions import NAME_RE
+
+MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and the database would reject them
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StartRun(_Strict):
+    workflow: str = Field(pattern=NAME_RE, description="registered workflow name")
+    params: dict[str, Any] = Field(default_factory=dict, description="run parameters (declared by the workflow)")
+    priority: int | None = Field(None, ge=0, le=9, description="0..9, 9 most urgent; default: the workflow's")
+    version: int | None = Field(None, ge=1, le=2**31 - 1, description="workflow version; default: the latest")
+
+
+class Error(_Strict):
+    error: str = Field(description="machine-readable code, e.g. not_found, invalid_definition, conflict")
+    message: str = Field(description="one line for a person")
+    details: list[Any] = Field(default_factory=list, description="per-field problems, when there are several")
+
+
+class Registered(_Strict):
+    name: str
+    version: int
+    created: bool
+
+
+class WorkflowSummary(_Strict):
+    name: str
+    version: int
+    id: int
+    digest: str
+    tasks: int
+    created_at: str | None
+
+
+class WorkflowDetail(WorkflowSummary):
+    versions: list[int]
+    definition: dict[str, Any]
+
+
+class RunSummary(_Strict):
+    id: int
+    workflow: str
+    state: str
+    priority: int
+    params: dict[str, Any]
+    parent_task_run_id: int | None
+    error: str | None
+    created_at: str | None
+    finished_at: str | None
+    duration: float | None
+
+
+class RunPage(_Strict):
+    items: list[RunSummary]
+    next_before: int | None = Field(description="pass as ?before= for the next (older) page; null at the end")
+
+
+class AttemptView(_Strict):
+    attempt: int
+    worker: str | None
+    pid: int | None
+    outcome: str
+    error: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration: float | None
+
+
+class TaskView(_Strict):
+    id: int
+    name: str
+    type: str
+    state: str
+    attempt: int
+    depends_on: list[str]
+    layer: int = Field(description="graph column: longest distance from a root task")
+    row: int = Field(description="graph row within its column")
+    failures: int
+    queue: str
+    priority: int
+    worker: str | None
+    child_run_id: int | None
+    result: Any
+    error: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration: float | None
+    attempts: list[AttemptView]
+
+
+class RunDetail(RunSummary):
+    workflow_version: int | None
+    tasks: list[TaskView]
+
+
+class EventView(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: int
+    at: str | None
+    task: str | None
+    attempt: int | None
+    from_: str | None = Field(alias="from")
+    to: str
+    actor: str
+    reason: str
+
+
+class AttemptLog(_Strict):
+    attempt: int
+    outcome: str
+    worker: str | None
+    error: str | None
+    log: str
+
+
+class TaskLogs(_Strict):
+    task_run_id: int
+    run_id: int
+    name: str
+    state: str
+    attempts: list[AttemptLog]
+
+
+class Retried(_Strict):
+    id: int
+    state: str
+    reset: int = Field(description="tasks reset to pending")
+
+
+class Health(_Strict):
+    status: str = Field(description="ok, or degraded when a dependency is down")
+    database: bool
+    broker: bool
