@@ -11,19 +11,28 @@ def layout(deps: Mapping[str, Sequence[str]]) -> dict[str, tuple[int, int]]:
 
     Tasks keep their definition order within a layer unless their upstream tasks' rows say otherwise."""
     layer: dict[str, int] = {}
-
-    def depth(name: str) -> int:
-        if name not in layer:
-            layer[name] = 0  # placeholder: definitions are acyclic, so this is never read back
-            layer[name] = 1 + max((depth(d) for d in deps.get(name, ()) if d in deps), default=-1)
-        return layer[name]
+    # iterative longest path (a 10,000-task chain would overflow a recursive one)
+    for name in deps:
+        stack = [name]
+        while stack:
+            top = stack[-1]
+            if top in layer:
+                stack.pop()
+                continue
+            todo = [d for d in deps.get(top, ()) if d in deps and d not in layer]
+            if todo:
+                stack.extend(todo)
+            else:
+                layer[top] = 1 + max((layer[d] for d in deps[top] if d in deps), default=-1)
+                stack.pop()
 
     order = {name: i for i, name in enumerate(deps)}
-    for name in deps:
-        depth(name)
+    columns: dict[int, list[str]] = {}
+    for n in deps:
+        columns.setdefault(layer[n], []).append(n)
     rows: dict[str, int] = {}
-    for col in range(max(layer.values(), default=-1) + 1):
-        names = [n for n in deps if layer[n] == col]
+    for col in sorted(columns):
+        names = columns[col]
 
         def key(n: str) -> tuple[float, int]:
             ups = [rows[d] for d in deps[n] if d in rows]

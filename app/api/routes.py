@@ -39,6 +39,7 @@ RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="run id")]
 Name = Annotated[str, Path(pattern=NAME_RE, description="workflow name")]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "the body could not be read (not UTF-8 JSON)"},
     401: {"model": Error, "description": "missing or invalid token"},
     403: {"model": Error, "description": "browser session without the CSRF header"},
     422: {"model": Error, "description": "invalid request or definition; nothing was stored"},
