@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
-from app import __version__
+from app import __version__, ui
 from app.api import auth, errors, routes
 from app.client import Tideflow
 from app.config import Settings, load_settings
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, tideflow: Tideflow | None = Non
     app.include_router(routes.public)
     app.include_router(routes.api)
     _mount_metrics(app, tf)
-    _mount_ui(app)
+    ui.mount(app)
     return app
 
 
@@ -56,12 +56,6 @@ def _mount_metrics(app: FastAPI, tf: Tideflow) -> None:
         return Response(body, media_type=content_type)
 
 
-def _mount_ui(app: FastAPI) -> None:
-    try:
-        from app.ui import mount
-    except ImportError:  # pragma: no cover - during development only
-        return
-    mount(app)
 
 
 def asgi() -> Any:

@@ -1,0 +1,210 @@
+// The run page: header and actions, DAG, timeline, tasks, task logs and history. Polls the run every
+// second until it is finished (again after a retry).
+'use strict';
+
+(() => {
+  const { api, h, badge, fmtTime, fmtDuration, elapsed, loop, showAlert, TERMINAL } = TF;
+  const $ = (id) => document.getElementById(id);
+  const runId = Number(location.pathname.split('/')[2]);
+  const POLL_MS = 1000;
+  const TASK_STATES = ['pending', 'submitted', 'running', 'succeeded', 'failed', 'skipped', 'cancelled'];
+  const OUTCOMES = ['running', 'succeeded', 'failed', 'timed_out', 'lost', 'cancelled'];
+
+  let run = null;
+  let selectedId = Number((location.hash.match(/^#task-(\d+)$/) || [])[1]) || null;
+  let logsKey = null;
+  let historyKey = null;
+  let acting = false;
+  let parent; // undefined: not looked up yet; null: none or unknown; else {run_id, name}
+
+  const legend = (id, names) => $(id).replaceChildren(
+    ...names.map((n) => h('span', { class: `state-${n}` }, n.replace('_', ' '))));
+  const ordered = (tasks) => [...tasks].sort((a, b) => a.layer - b.layer || a.row - b.row);
+  const runLink = (id, text) => h('a', { href: `/runs/${id}`, class: 'run-ref' }, text || `#${id}`);
+
+  function counts(tasks) {
+    const n = {};
+    for (const t of tasks) n[t.state] = (n[t.state] || 0) + 1;
+    return TASK_STATES.filter((s) => n[s]).map((s) => `${n[s]} ${s}`).join(' · ') || 'no tasks';
+  }
+
+  function renderHeader() {
+    document.title = `#${run.id} ${run.workflow} · Tideflow`;
+    $('crumb').textContent = `Run #${run.id}`;
+    $('title').replaceChildren(h('span', { id: 'run-workflow' }, run.workflow),
+      h('span', { class: 'muted' }, `#${run.id}`), badge(run.state));
+    $('subtitle').textContent = `version ${run.workflow_version ?? '?'} · priority ${run.priority}`;
+    const duration = run.duration !== null ? fmtDuration(run.duration)
+      : `${fmtDuration(elapsed(run.created_at))}${TERMINAL.has(run.state) ? '' : ' so far'}`;
+    const children = run.tasks.filter((t) => t.child_run_id);
+    const items = [
+      ['Created', fmtTime(run.created_at)],
+      ['Finished', fmtTime(run.finished_at)],
+      ['Duration', duration],
+      ['Tasks', counts(run.tasks), 'wide'],
+    ];
+    if (run.parent_task_run_id) {
+      items.push(['Parent run', parent ? h('span', {}, runLink(parent.run_id), ` (task ${parent.name})`)
+        : `task run ${run.parent_task_run_id}`]);
+    }
+    if (children.length) {
+      items.push(['Child runs', children.flatMap((t, i) => [i ? ', ' : null, runLink(t.child_run_id),
+        ` (${t.name})`])]);
+    }
+    $('meta').replaceChildren(...items.map(([k, v, cls]) => h('div', { class: cls }, h('dt', {}, k), h('dd', {}, v))));
+    $('run-error-box').hidden = !run.error;
+    $('run-error').textContent = run.error || '';
+    const params = JSON.stringify(run.params, null, 2);
+    if ($('params').textContent !== params) $('params').textContent = params;
+  }
+
+  function renderControls(polling) {
+    $('cancel-btn').disabled = acting || run.state !== 'running';
+    $('retry-btn').disabled = acting || !['failed', 'cancelled'].includes(run.state);
+    $('live').classList.toggle('on', polling);
+    $('live-text').textContent = polling ? 'Live' : 'Finished';
+  }
+
+  function taskRow(t) {
+    const duration = t.duration !== null ? fmtDuration(t.duration)
+      : (t.started_at && t.state === 'running' ? `${fmtDuration(elapsed(t.started_at))}…` : '—');
+    return h('tr', {
+      class: `clickable${t.id === selectedId ? ' selected' : ''}`, 'data-task': t.name, 'data-task-id': t.id,
+      'data-state': t.state, onclick: () => select(t.id),
+    },
+    h('td', {}, h('strong', {}, t.name)),
+    h('td', {}, t.type),
+    h('td', {}, badge(t.state)),
+    h('td', { class: 'num' }, t.attempt),
+    h('td', {}, t.worker || '—'),
+    h('td', { class: 'time' }, fmtTime(t.started_at)),
+    h('td', { class: 'num' }, duration),
+    h('td', {}, t.child_run_id ? runLink(t.child_run_id) : '—'));
+  }
+
+  function render(polling) {
+    renderHeader();
+    renderControls(polling);
+    const tasks = ordered(run.tasks);
+    TFDag.render($('dag'), tasks, selectedId, select);
+    TFGantt.render($('gantt'), run, tasks, selectedId, select);
+    $('tasks-body').replaceChildren(...tasks.map(taskRow));
+  }
+
+  function select(taskId) {
+    selectedId = taskId;
+    history.replaceState(null, '', `#task-${taskId}`);
+    if (run) render(poller.active);
+    loadLogs(true);
+    $('task-card').scrollIntoView({ block: 'nearest' });
+  }
+
+  function attemptLog(a) {
+    const empty = a.outcome === 'running' ? '(the output is kept when the attempt ends)' : '(no output)';
+    return h('div', { class: 'attempt-log', 'data-attempt': a.attempt },
+      h('div', { class: 'attempt-head' }, h('strong', {}, `Attempt ${a.attempt}`), badge(a.outcome),
+        a.worker ? h('span', { class: 'muted' }, a.worker) : null),
+      a.error ? h('div', { class: 'alert alert-error attempt-error' }, a.error) : null,
+      h('pre', { class: 'log', 'data-attempt': a.attempt }, a.log || empty));
+  }
+
+  async function loadLogs(force) {
+    const t = run && run.tasks.find((x) => x.id === selectedId);
+    if (!t) return;
+    const key = `${t.id}:${t.state}:${t.attempt}:${t.attempts.map((a) => a.outcome).join(',')}`;
+    if (!force && key === logsKey) return;
+    logsKey = key;
+    $('task-title').textContent = `Task ${t.name}`;
+    $('task-state').replaceChildren(badge(t.state));
+    let data;
+    try {
+      data = await api(`/api/tasks/${t.id}/logs`);
+    } catch (err) {
+      logsKey = null;
+      $('task-detail').replaceChildren(h('div', { class: 'alert alert-error' }, `Could not load logs: ${err.message}`));
+      return;
+    }
+    if (selectedId !== t.id) return;
+    const parts = [h('div', { class: 'muted' }, `${t.type} task · queue ${t.queue} · priority ${t.priority}`,
+      t.child_run_id ? [' · child run ', runLink(t.child_run_id)] : null)];
+    const repeated = data.attempts.some((a) => a.error === t.error);  // shown with its attempt below
+    if (t.error && t.state !== 'succeeded' && !repeated) parts.push(h('h3', {}, 'Error'), h('div', { class: 'alert alert-error' }, t.error));
+    if (t.result !== null && t.result !== undefined) {
+      parts.push(h('h3', {}, 'Result'), h('pre', { class: 'code task-result' }, JSON.stringify(t.result, null, 2)));
+    }
+    parts.push(h('h3', {}, 'Logs'));
+    if (!data.attempts.length) parts.push(h('p', { class: 'muted' }, 'No attempt yet.'));
+    parts.push(...data.attempts.map(attemptLog));
+    $('task-detail').replaceChildren(...parts);
+  }
+
+  async function loadHistory() {
+    const events = await api(`/api/runs/${runId}/history`);
+    const key = `${events.length}:${events.length ? events[events.length - 1].id : ''}`;
+    if (key === historyKey) return;
+    historyKey = key;
+    $('history-count').textContent = `${events.length} events`;
+    $('history-body').replaceChildren(...events.map((e) => h('tr', { 'data-event-id': e.id },
+      h('td', { class: 'time' }, fmtTime(e.at, true)),
+      h('td', {}, e.task || h('span', { class: 'muted' }, 'run')),
+      h('td', { class: 'num' }, e.attempt ?? ''),
+      h('td', { class: 'time' }, e.from ? badge(e.from) : h('span', { class: 'muted' }, 'new'), ' → ', badge(e.to)),
+      h('td', {}, e.actor),
+      h('td', {}, e.reason))));
+  }
+
+  async function loadParent() {
+    if (parent !== undefined || !run.parent_task_run_id) return;
+    try {
+      const task = await api(`/api/tasks/${run.parent_task_run_id}/logs`);
+      parent = { run_id: task.run_id, name: task.name };
+    } catch (err) {
+      parent = null;
+    }
+    renderHeader();
+  }
+
+  async function refresh() {
+    try {
+      run = await api(`/api/runs/${runId}`);
+    } catch (err) {
+      const gone = err.status === 404 || err.status === 422;
+      showAlert($('error'), gone ? `Run ${runId} does not exist.` : `Could not load the run: ${err.message}`);
+      if (gone) $('title').textContent = 'Run not found';
+      return !gone;
+    }
+    showAlert($('error'), null);
+    const more = !TERMINAL.has(run.state);
+    render(more);
+    await Promise.all([
+      loadHistory().catch((err) => showAlert($('error'), `Could not load the history: ${err.message}`)),
+      loadLogs(false), loadParent()]);
+    if (!more) renderControls(false);
+    return more;
+  }
+
+  const poller = loop(refresh, POLL_MS);
+
+  async function act(kind) {
+    acting = true;
+    renderControls(poller.active);
+    showAlert($('action-msg'), kind === 'cancel' ? 'Cancelling…' : 'Retrying…', 'ok');
+    try {
+      const result = await api(`/api/runs/${runId}/${kind}`, { method: 'POST' });
+      showAlert($('action-msg'), kind === 'cancel' ? 'Run cancelled.'
+        : `Run restarted: ${result.reset} task(s) reset to pending.`, 'ok');
+    } catch (err) {
+      showAlert($('action-msg'), `Could not ${kind} the run: ${err.message}`, 'error');
+    } finally {
+      acting = false;
+    }
+    logsKey = null;
+    poller.kick();
+  }
+
+  $('cancel-btn').addEventListener('click', () => act('cancel'));
+  $('retry-btn').addEventListener('click', () => act('retry'));
+  legend('dag-legend', TASK_STATES);
+  legend('gantt-legend', OUTCOMES);
+  poller.start();
+})();

@@ -1,0 +1,124 @@
+"""The runs list: new runs appear and reach their final state without a reload; filters and paging live in
+the URL; auto-refresh can be paused."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from selenium.webdriver.support.select import Select
+
+from tests.ui.harness import STATE_RGB, Page, System, rgb
+
+GATED = """
+name: gated
+params: {gate: ""}
+tasks:
+  - name: wait
+    type: shell
+    command: "while [ ! -e {{ params.gate }} ]; do sleep 0.1; done; echo opened"
+    timeout: 300
+"""
+OK = "name: fine\ntasks:\n  - {name: hello, type: shell, command: 'echo hello'}\n"
+BOOM = "name: boom\ntasks:\n  - {name: fail, type: shell, command: 'exit 1', retries: 0}\n"
+
+
+def rows(page: Page) -> list[tuple[int, str]]:
+    """(run id, state) of every row shown, top to bottom."""
+    return [(int(r[0]), r[1]) for r in page.js(
+        "return [...document.querySelectorAll('#runs-body tr')].map(r => [r.dataset.runId, r.dataset.state])")]
+
+
+def open_list(page: Page, path: str = "/") -> None:
+    page.login(path)
+    page.wait(lambda: page.text("#live-text").startswith("Live · updated"), message="runs list never loaded")
+
+
+def test_a_new_run_appears_and_refreshes_to_its_final_state_without_reload(page: Page, system: System,
+                                                                           tmp_path: Path) -> None:
+    system.register("gated", GATED)
+    open_list(page)
+    assert rows(page) == []
+    page.mark()
+    gate = tmp_path / "gate"
+    run_id = system.start("gated", {"gate": str(gate)})
+
+    page.wait(lambda: (run_id, "running") in rows(page), message="the new run never appeared as running")
+    badge = page.css(f'#runs-body tr[data-run-id="{run_id}"] .badge')
+    assert badge.text == "running" and "state-running" in (badge.get_attribute("class") or "")
+    assert page.text(f'#runs-body tr[data-run-id="{run_id}"] a.run-link') == f"#{run_id}"
+    link = page.css(f'#runs-body tr[data-run-id="{run_id}"] a.run-link')
+    assert (link.get_attribute("href") or "").endswith(f"/runs/{run_id}")
+
+    gate.touch()
+    page.wait(lambda: rows(page) == [(run_id, "succeeded")], message="the row never showed the final state")
+    badge = page.css(f'#runs-body tr[data-run-id="{run_id}"] .badge')
+    assert badge.text == "succeeded"
+    assert rgb(page.js("return getComputedStyle(arguments[0], '::before').backgroundColor", badge)) == \
+        STATE_RGB["succeeded"]
+    assert page.same_document(), "the page was reloaded: it must refresh itself"
+
+
+def test_state_and_workflow_filters_are_applied_and_kept_in_the_url(page: Page, system: System) -> None:
+    system.register("fine", OK)
+    system.register("boom", BOOM)
+    ok_id = system.start("fine")
+    bad_id = system.start("boom")
+    system.wait_run(ok_id, "succeeded")
+    system.wait_run(bad_id, "failed")
+
+    open_list(page)
+    page.wait(lambda: rows(page) == [(bad_id, "failed"), (ok_id, "succeeded")], message="both runs not listed")
+
+    Select(page.css("#f-state")).select_by_value("failed")
+    page.wait(lambda: rows(page) == [(bad_id, "failed")], message="the state filter was not applied")
+    assert page.js("return location.search") == "?state=failed"
+
+    Select(page.css("#f-state")).select_by_value("")
+    Select(page.css("#f-workflow")).select_by_value("fine")
+    page.wait(lambda: rows(page) == [(ok_id, "succeeded")], message="the workflow filter was not applied")
+    assert page.js("return location.search") == "?workflow=fine"
+
+    page.open("/?state=succeeded")  # a filtered URL opened directly
+    page.wait(lambda: rows(page) == [(ok_id, "succeeded")], message="the filter in the URL was not applied")
+    assert page.css("#f-state").get_attribute("value") == "succeeded"
+    page.open("/?state=failed&workflow=fine")
+    page.wait(lambda: page.css("#empty").is_displayed(), message="no 'no runs' message for an empty result")
+    assert rows(page) == []
+
+
+def test_older_pages_with_next_before(page: Page, system: System) -> None:
+    system.register("fine", OK)
+    ids = [system.start("fine") for _ in range(3)]
+    for run_id in ids:
+        system.wait_run(run_id, "succeeded")
+
+    open_list(page, "/?limit=2")
+    page.wait(lambda: [i for i, _ in rows(page)] == [ids[2], ids[1]], message="first page wrong")
+    page.css("#older-btn").click()
+    page.wait(lambda: [i for i, _ in rows(page)] == [ids[0]], message="the older page was not shown")
+    assert page.js("return location.search") == f"?before={ids[1]}&limit=2"
+    page.wait(lambda: page.css("#older-btn").get_attribute("disabled") is not None,
+              message="'older' must be disabled on the last page")
+    page.css("#newest-btn").click()
+    page.wait(lambda: [i for i, _ in rows(page)] == [ids[2], ids[1]], message="'newest' did not go back")
+
+
+def test_pausing_stops_the_auto_refresh(page: Page, system: System) -> None:
+    system.register("fine", OK)
+    open_list(page)
+    page.css("#pause-btn").click()
+    page.wait(lambda: page.text("#live-text") == "Paused", message="no visible paused state")
+    assert page.css("#live").get_attribute("data-paused") == "true"
+    run_id = system.start("fine")
+    system.wait_run(run_id, "succeeded")
+    refreshed = page.text("#live-text")
+    # a refresh happens every 2 s: three periods without one show that the list is really paused
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        assert rows(page) == [] and page.text("#live-text") == refreshed, "the list refreshed while paused"
+        time.sleep(0.2)
+
+    page.css("#pause-btn").click()
+    page.wait(lambda: rows(page) == [(run_id, "succeeded")], message="resuming did not refresh the list")
+    assert page.css("#pause-btn").text == "Pause"
