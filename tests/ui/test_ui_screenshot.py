@@ -1,5 +1,6 @@
-"""What a person sees: a screenshot of a run page with a succeeded, a failed and a running task at once, whose
-pixels must show each node in its state's colour (saved as tests/ui/artifacts/run-page.png)."""
+"""What a person sees: a screenshot of a run page with a succeeded, a failed and a running task at once (and
+the skipped and pending tasks after them), whose pixels must show each node in its state's colour (saved as
+tests/ui/artifacts/run-page.png)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ name: three-states
 on_failure: continue
 tasks:
   - {name: ok, type: shell, command: "echo all good"}
-  - {name: bad, type: shell, command: "echo about to fail; exit 1", retries: 0}
-  - {name: slow, type: shell, command: "sleep 600", timeout: 900}
+  - {name: bad, type: shell, command: "echo about to fail; exit 1", retries: 0, depends_on: [ok]}
+  - {name: slow, type: shell, command: "sleep 600", timeout: 900, depends_on: [ok]}
+  - {name: after_bad, type: shell, command: "echo never", depends_on: [bad]}
+  - {name: after_slow, type: shell, command: "echo later", depends_on: [slow]}
 """
-EXPECTED = {"ok": "succeeded", "bad": "failed", "slow": "running"}
+EXPECTED = {"ok": "succeeded", "bad": "failed", "slow": "running", "after_bad": "skipped",
+            "after_slow": "pending"}
 
 
 def close(a: tuple[int, int, int], b: tuple[int, int, int], tolerance: int = 6) -> bool:
@@ -72,6 +76,6 @@ def test_run_page_screenshot_shows_nodes_coloured_by_state(page: Page, system: S
             assert close(seen[name], STATE_RGB[state]), (
                 f"node {name} ({state}) shows {seen[name]} in the screenshot at y={y}, x={x0}..{x1}; "
                 f"expected about {STATE_RGB[state]} (screenshot: {ARTIFACTS / 'run-page.png'})")
-        assert len(set(seen.values())) == 3, f"the three states must look different: {seen}"
+        assert len(set(seen.values())) == len(EXPECTED), f"each state must look different: {seen}"
     finally:
         system.post(f"/api/runs/{run_id}/cancel")  # stop the sleep now
