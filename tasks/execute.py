@@ -28,6 +28,7 @@ def execute(self: Task, task_run_id: int, attempt: int, published_at: float | No
             countdown = missing_row_backoff(self.request.retries, rt.settings)
             log.warning("task run %s not visible yet (%.1fs after publish): retrying in %.1fs",
                         task_run_id, age, countdown)
+            worker.count_missing_row_retry(rt)
             raise self.retry(countdown=countdown, args=[task_run_id, attempt, published_at])
         log.error("task run %s still not visible %.0fs after publish: giving up on this message "
                   "(its transaction must have rolled back)", task_run_id, age)

@@ -14,6 +14,7 @@ from app import __version__, ui
 from app.api import auth, errors, routes
 from app.client import Tideflow
 from app.config import Settings, load_settings
+from app.metrics import Metrics
 
 
 def create_app(settings: Settings | None = None, tideflow: Tideflow | None = None) -> FastAPI:
@@ -44,11 +45,7 @@ def create_app(settings: Settings | None = None, tideflow: Tideflow | None = Non
 
 
 def _mount_metrics(app: FastAPI, tf: Tideflow) -> None:
-    try:
-        from app.metrics import Metrics
-    except ImportError:  # pragma: no cover - during development only
-        return
-    metrics = Metrics(tf.runtime)
+    metrics = Metrics(tf.runtime)  # one per process: it keeps the cursors over the append-only tables
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(auth.require)])
     def prometheus(_request: Request) -> Response:

@@ -143,6 +143,9 @@ class TaskRun(Base):
     lease_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: when the current attempt became ready to run: submitted with its dependencies met, or the end of its
+    #: retry delay (``not_before``). Re-publishes leave it alone. Copied into the attempt's ``wait_seconds``.
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     publish_count: Mapped[int] = mapped_column(Integer, default=0)  # publishes of the current attempt
     next_publish_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     handled: Mapped[bool] = mapped_column(Boolean, default=True)  # False: finished, master not yet acted
@@ -172,6 +175,9 @@ class TaskAttempt(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: seconds from the task being ready to run (``task_runs.ready_at``) to this claim; set at claim, never
+    #: changed (NULL for attempts claimed before it was recorded)
+    wait_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Event(Base):
@@ -190,6 +196,16 @@ class Event(Base):
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Counter(Base):
+    """Monotonic counts of things that leave no row behind (e.g. a message retried because its task row was not
+    visible yet). Incremented with an upsert in a short transaction of its own; read by ``/metrics``."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 metadata = Base.metadata

@@ -115,6 +115,17 @@ def _not_claimed(task: repo.TaskRow | None, task_run_id: int, attempt: int, now:
     return Result(Outcome.IGNORED, detail=f"task run {task_run_id} attempt {attempt} was claimed elsewhere")
 
 
+def count_missing_row_retry(rt: Runtime) -> None:
+    """Count one retry of a message whose task row was not visible (``/metrics``), in a short transaction of
+    its own. Best effort: the message carries no row to count on, and failing to count must never stop it
+    from being retried, so any error is logged and swallowed."""
+    try:
+        with rt.db.transaction() as s:
+            repo.increment_counter(s, repo.MISSING_ROW_RETRIES)
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.warning("could not count a missing-row retry (%s: %s)", type(exc).__name__, exc)
+
+
 def _durably(rt: Runtime, fn: Callable[[], Result]) -> Result:
     """Retry recording an outcome through a database outage, for as long as the lease could still be ours
     (after that the reconciler has declared the attempt lost and the fence would refuse it anyway)."""

@@ -1,0 +1,362 @@
+"""Prometheus metrics for the web process's ``GET /metrics``::
+
+    metrics = Metrics(runtime)             # one per process (it keeps cursors); its own registry
+    body, content_type = metrics.render()  # on each scrape
+
+Everything is read at scrape time from the database and the broker. The hot path only records, in the claim's
+own statements, how long the attempt waited for a worker (``task_attempts.wait_seconds``); the worker counts
+missing-row retries in the ``counters`` table.
+
+============================================  =========  ==========================================================
+metric                                        type       source
+============================================  =========  ==========================================================
+``tideflow_runs{state}``                      gauge      runs by state (every :class:`RunState`, 0 if none)
+``tideflow_tasks{state}``                     gauge      task runs by state (every :class:`TaskState`)
+``tideflow_dispatches_total{kind}``           counter    execute messages published, from the events into
+                                                         ``submitted``: ``first`` (dependencies met), ``retry`` (a
+                                                         new attempt after a failure or lost lease), ``republish``
+                                                         (the reconciler, for an unclaimed attempt)
+``tideflow_orphan_republishes_total``         counter    events ``submitted -> submitted``
+``tideflow_lease_expiries_total``             counter    events out of ``running`` whose attempt ended ``lost``
+``tideflow_missing_row_retries_total``        counter    the ``counters`` table
+``tideflow_task_start_latency_seconds``       histogram  per attempt: from ready to run (dependencies met, or its
+                                                         retry delay over) to the claim by a worker
+``tideflow_queue_depth{queue}``               gauge      messages waiting in the master, the default and every
+                                                         queue named by a registered workflow's task
+``tideflow_database_up``                      gauge      1 if this scrape read the database
+``tideflow_broker_up``                        gauge      1 if this scrape read the queue depths
+============================================  =========  ==========================================================
+
+Counters and the histogram come from append-only rows (``events``; ``task_attempts``, whose wait is fixed when
+the row is inserted at claim), aggregated in SQL over the rows added since the last scrape: a scrape costs
+O(new rows) however long the history (the first scrape after start counts all of it, once). Ids are handed out
+before commit, so a row can become visible after a higher one: :class:`IdCursor` keeps the ids a scan found
+missing and looks them up again until they appear or ``gap_timeout`` passes (a rolled-back transaction's ids
+never do). The counters are totals over the database's history, so they survive restarts of this process.
+
+A database outage sets ``tideflow_database_up`` to 0 and keeps the last values read; a broker outage sets
+``tideflow_broker_up`` to 0 and leaves the queue depths out. Neither makes :meth:`Metrics.render` raise.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kombu import Connection
+from kombu.exceptions import ChannelError
+from kombu.transport.virtual import Channel as VirtualChannel
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from app.clock import utcnow
+from app.config import Settings
+from app.db import repository as repo
+from app.db.repository import EventKind
+from app.runtime import Runtime
+from app.states import RunState, TaskState
+
+log = logging.getLogger(__name__)
+
+#: upper bounds (seconds) of the start-latency histogram's buckets
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)
+#: how long ids a scan found missing are looked for again (the longest transaction we expect to commit)
+GAP_TIMEOUT = 600.0
+#: at most this many missing-id ranges are kept per table (the oldest are given up first)
+MAX_GAPS = 1000
+#: connect / socket timeout of the broker connection used to read queue depths
+BROKER_TIMEOUT = 2.0
+
+IdRange = tuple[int, int]
+#: a range of ids a scan found missing: (first, last, seconds since the row right after it was written)
+MissingRange = tuple[int, int, float]
+
+
+# -- the cursor over an append-only table (pure) --------------------------------------------------------
+
+
+def _subtract(lo: int, hi: int, ids: Sequence[int]) -> Iterator[IdRange]:
+    """The parts of ``[lo, hi]`` not in the sorted ``ids``."""
+    start = lo
+    for i in ids[bisect.bisect_left(ids, lo):bisect.bisect_right(ids, hi)]:
+        if i > start:
+            yield start, i - 1
+        start = i + 1
+    if start <= hi:
+        yield start, hi
+
+
+@dataclass(frozen=True)
+class IdCursor:
+    """How far a scan of an append-only table has counted: every id up to ``position`` is counted except the
+    ``gaps`` (ranges of ids that were not visible when the scan passed them, with the monotonic time at which
+    they are given up). A new scan counts the ids above ``position`` and the ids in :meth:`pending` that have
+    become visible since, and moves the cursor with :meth:`advance`; each id is counted at most once."""
+
+    position: int = 0
+    gaps: tuple[tuple[int, int, float], ...] = ()
+
+    def pending(self, now: float) -> list[IdRange]:
+        """The missing ranges still worth looking for at ``now``."""
+        return [(lo, hi) for lo, hi, until in self.gaps if until > now]
+
+    def advance(
+        self, *, upto: int, missing: Iterable[MissingRange], found: Iterable[int], now: float,
+        timeout: float = GAP_TIMEOUT,
+    ) -> IdCursor:
+        """The cursor after a scan (at ``now``) that counted the ids in ``(position, upto]`` except the
+        ``missing`` ranges, and the late ``found`` ids among the :meth:`pending` ranges. A missing range is
+        looked for until ``timeout`` after its ids were handed out, that is at most ``timeout`` after the row
+        that follows it was written (so the old gaps of a long history, found by the first scan, are not kept)."""
+        late = sorted(set(found))
+        gaps = [(a, b, until) for lo, hi, until in self.gaps if until > now for a, b in _subtract(lo, hi, late)]
+        gaps += [(lo, hi, now + timeout - age) for lo, hi, age in missing
+                 if self.position < lo <= hi <= upto and age < timeout]
+        if len(gaps) > MAX_GAPS:
+            keep = set(sorted(gaps, key=lambda g: g[2])[-MAX_GAPS:])
+            gaps = [g for g in gaps if g in keep]
+        return IdCursor(max(self.position, upto), tuple(gaps))
+
+
+# -- what the database says -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DbCounts:
+    """The numbers read from the database, with the cursors that produced the running totals."""
+
+    runs: Mapping[str, int] = field(default_factory=dict)
+    tasks: Mapping[str, int] = field(default_factory=dict)
+    events: Mapping[str, int] = field(default_factory=dict)  # totals by EventKind
+    missing_row_retries: int = 0
+    latency_counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS) + 1)  # per bucket (not cumulative), +Inf last
+    latency_sum: float = 0.0
+    events_cursor: IdCursor = IdCursor()
+    attempts_cursor: IdCursor = IdCursor()
+
+    def dispatches(self) -> dict[str, int]:
+        e = self.events
+        return {"first": e.get(EventKind.FIRST, 0),
+                "retry": e.get(EventKind.RETRY, 0) + e.get(EventKind.LOST_RETRY, 0),
+                "republish": e.get(EventKind.REPUBLISH, 0)}
+
+    def lease_expiries(self) -> int:
+        return self.events.get(EventKind.LOST_RETRY, 0) + self.events.get(EventKind.LOST_FAILED, 0)
+
+
+def _add(totals: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
+    out = dict(totals)
+    for key, n in more.items():
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+def _ages(ranges: Iterable[tuple[int, int, datetime]]) -> list[MissingRange]:
+    wall = utcnow()
+    return [(lo, hi, max((wall - at).total_seconds(), 0.0)) for lo, hi, at in ranges]
+
+
+def _count_events(s: Session, prev: DbCounts, now: float, timeout: float) -> tuple[dict[str, int], IdCursor]:
+    cursor = prev.events_cursor
+    pending = cursor.pending(now)
+    new, upto = repo.event_kinds_after(s, cursor.position)
+    contiguous = sum(new.values()) == upto - cursor.position
+    missing = [] if contiguous else _ages(repo.missing_event_ids(s, cursor.position, upto))
+    late = repo.event_kinds_in(s, pending)
+    for _, kind in late:
+        new[kind] = new.get(kind, 0) + 1
+    found = [i for i, _ in late]
+    return _add(prev.events, new), cursor.advance(upto=upto, missing=missing, found=found, now=now, timeout=timeout)
+
+
+def _count_attempts(
+    s: Session, prev: DbCounts, now: float, timeout: float,
+) -> tuple[tuple[int, ...], float, IdCursor]:
+    cursor = prev.attempts_cursor
+    pending = cursor.pending(now)
+    by_bucket, rows, upto = repo.attempt_waits_after(s, cursor.position, LATENCY_BUCKETS)
+    missing = [] if rows == upto - cursor.position else _ages(repo.missing_attempt_ids(s, cursor.position, upto))
+    late = repo.attempt_waits_in(s, pending)
+    counts, total = list(prev.latency_counts), prev.latency_sum
+    for bucket, (n, waited) in by_bucket.items():
+        if bucket >= 0:  # -1: the attempt's wait was not recorded
+            counts[bucket] += n
+            total += waited
+    for _, wait in late:
+        if wait is not None:
+            counts[bisect.bisect_left(LATENCY_BUCKETS, wait)] += 1  # first bound >= wait, as in SQL
+            total += wait
+    found = [i for i, _ in late]
+    return tuple(counts), total, cursor.advance(upto=upto, missing=missing, found=found, now=now, timeout=timeout)
+
+
+def read_counts(s: Session, prev: DbCounts, now: float, gap_timeout: float = GAP_TIMEOUT) -> DbCounts:
+    """``prev`` brought up to date in one read transaction (``now``: monotonic seconds, for the gaps)."""
+    repo.snapshot(s)
+    events, events_cursor = _count_events(s, prev, now, gap_timeout)
+    latency_counts, latency_sum, attempts_cursor = _count_attempts(s, prev, now, gap_timeout)
+    return DbCounts(
+        runs=repo.count_runs_by_state(s), tasks=repo.count_tasks_by_state(s), events=events,
+        missing_row_retries=repo.counter_values(s).get(repo.MISSING_ROW_RETRIES, 0),
+        latency_counts=latency_counts, latency_sum=latency_sum, events_cursor=events_cursor,
+        attempts_cursor=attempts_cursor,
+    )
+
+
+def definition_queues(definition: Mapping[str, Any]) -> set[str]:
+    """The queues a stored workflow definition names (tasks without ``queue`` use the default queue)."""
+    return {str(t["queue"]) for t in definition.get("tasks", []) if isinstance(t, dict) and t.get("queue")}
+
+
+# -- what the broker says -------------------------------------------------------------------------------
+
+
+def queue_depths(settings: Settings, queues: Collection[str], timeout: float = BROKER_TIMEOUT) -> dict[str, int]:
+    """Messages waiting in each queue (Redis: the lengths of its priority sub-queues, summed; messages a worker
+    has reserved are not waiting). Raises if the broker cannot be reached."""
+    from tasks.celery_app import transport_options  # the Celery app's options: same key prefix and priorities
+
+    options = {**transport_options(settings), "socket_connect_timeout": timeout, "socket_timeout": timeout}
+    with Connection(settings.broker_url, transport_options=options, connect_timeout=timeout) as conn:
+        conn.ensure_connection(max_retries=0)
+        channel = conn.channel()
+        # AMQP: a passive declare, so nothing is created. Redis (a virtual transport): declaring only touches the
+        # channel's memory, and a passive one would ask EXISTS, which kombu's global_keyprefix client does not
+        # prefix (with a key prefix, every queue would look missing).
+        passive = not isinstance(channel, VirtualChannel)
+        depths: dict[str, int] = {}
+        for queue in sorted(queues):
+            try:
+                depths[queue] = int(channel.queue_declare(queue=queue, passive=passive).message_count)
+            except ChannelError:  # AMQP: no such queue, so nothing waiting
+                depths[queue] = 0
+                if not getattr(channel, "is_open", True):  # AMQP closes the channel on a failed passive declare
+                    channel = conn.channel()
+        return depths
+
+
+# -- the exposition -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    db: DbCounts = DbCounts()
+    database_up: bool = False
+    depths: Mapping[str, int] | None = None  # None: the broker could not be read
+
+
+def families(snap: Snapshot) -> Iterator[Metric]:
+    """The metric families of a snapshot (pure)."""
+    db = snap.db
+    runs = GaugeMetricFamily("tideflow_runs", "Workflow runs by state.", labels=["state"])
+    for state in _states(RunState, db.runs):
+        runs.add_metric([state], db.runs.get(state, 0))
+    yield runs
+    tasks = GaugeMetricFamily("tideflow_tasks", "Task runs by state.", labels=["state"])
+    for state in _states(TaskState, db.tasks):
+        tasks.add_metric([state], db.tasks.get(state, 0))
+    yield tasks
+    dispatches = CounterMetricFamily(
+        "tideflow_dispatches", "Execute messages published: first (dependencies met), retry (a new attempt after "
+        "a failure or a lost lease), republish (the reconciler, for an attempt nobody claimed).", labels=["kind"])
+    for kind, n in db.dispatches().items():
+        dispatches.add_metric([kind], n)
+    yield dispatches
+    yield CounterMetricFamily("tideflow_orphan_republishes", "Unclaimed submitted tasks re-published by the "
+                              "reconciler.", value=db.events.get(EventKind.REPUBLISH, 0))
+    yield CounterMetricFamily("tideflow_lease_expiries", "Attempts declared lost by the reconciler because their "
+                              "lease expired (worker died, froze or was cut off).", value=db.lease_expiries())
+    yield CounterMetricFamily("tideflow_missing_row_retries", "Execute messages retried because their task row "
+                              "was not visible yet.", value=db.missing_row_retries)
+    cumulative, buckets = 0, []
+    for bound, n in zip((*LATENCY_BUCKETS, float("inf")), db.latency_counts, strict=True):
+        cumulative += n
+        buckets.append((floatToGoString(bound), cumulative))
+    yield HistogramMetricFamily(
+        "tideflow_task_start_latency_seconds", "Seconds from an attempt being ready to run (dependencies met, or "
+        "its retry delay over) to its claim by a worker.", buckets=buckets, sum_value=db.latency_sum)
+    if snap.depths is not None:
+        depth = GaugeMetricFamily("tideflow_queue_depth", "Messages waiting in a broker queue.", labels=["queue"])
+        for queue, n in sorted(snap.depths.items()):
+            depth.add_metric([queue], n)
+        yield depth
+    yield GaugeMetricFamily("tideflow_database_up", "1 if the last scrape could read the database.",
+                            value=int(snap.database_up))
+    yield GaugeMetricFamily("tideflow_broker_up", "1 if the last scrape could read the broker's queues.",
+                            value=int(snap.depths is not None))
+
+
+def _states(enum: Iterable[str], seen: Mapping[str, int]) -> list[str]:
+    known = [str(v) for v in enum]
+    return known + sorted(set(seen) - set(known))
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self._metrics.snapshot)
+
+
+# -- the public object ----------------------------------------------------------------------------------
+
+
+class Metrics:
+    """The ``/metrics`` of one process: ``render()`` reads the database and the broker, then returns the
+    exposition. Thread-safe (scrapes are serialised). Its registry is its own, never the global default."""
+
+    def __init__(self, rt: Runtime, *, gap_timeout: float = GAP_TIMEOUT, broker_timeout: float = BROKER_TIMEOUT):
+        self.rt = rt
+        self.gap_timeout = gap_timeout
+        self.broker_timeout = broker_timeout
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+        self.snapshot = Snapshot()
+        self._workflow_queues: dict[int, frozenset[str]] = {}  # workflow rows never change
+        self._lock = threading.Lock()
+
+    def render(self) -> tuple[bytes, str]:
+        """Scrape: the exposition text (Prometheus text format 0.0.4) and its content type."""
+        with self._lock:
+            self.refresh()
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def refresh(self) -> Snapshot:
+        """Read the database and the broker into :attr:`snapshot` (what ``render`` exposes)."""
+        db, database_up = self.snapshot.db, False
+        try:
+            with self.rt.db.read() as s:
+                db = self._read_db(s, db)
+            database_up = True
+        except SQLAlchemyError as exc:
+            log.warning("metrics: database unavailable (%s); reporting the last values read", exc)
+        settings = self.rt.settings
+        queues = {settings.master_queue, settings.default_queue}.union(*self._workflow_queues.values())
+        depths: dict[str, int] | None
+        try:
+            depths = queue_depths(settings, queues, self.broker_timeout)
+        except Exception as exc:  # noqa: BLE001 - whatever the broker or its client raises, /metrics answers
+            log.warning("metrics: broker unavailable (%s: %s); queue depths left out", type(exc).__name__, exc)
+            depths = None
+        self.snapshot = Snapshot(db=db, database_up=database_up, depths=depths)
+        return self.snapshot
+
+    def _read_db(self, s: Session, prev: DbCounts) -> DbCounts:
+        counts = read_counts(s, prev, time.monotonic(), self.gap_timeout)
+        new = [i for i in repo.workflow_ids(s) if i not in self._workflow_queues]
+        for workflow_id, definition in repo.workflow_definitions(s, new).items():
+            self._workflow_queues[workflow_id] = frozenset(definition_queues(definition))
+        return counts
