@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -10,14 +11,15 @@ from contextlib import nullcontext
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from app.config import load_settings
 from app.errors import TideflowError
 from app.services import views
-from app.states import RUN_TERMINAL, RunState
+from app.states import RUN_TERMINAL, TASK_TERMINAL, RunState
 
 STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "submitted": "yellow",
                "pending": "dim", "skipped": "magenta", "cancelled": "magenta"}
@@ -183,30 +185,48 @@ def _tasks_table(data: dict[str, Any]) -> Table:
 @click.option("--json", "as_json", is_flag=True)
 def run_start(name: str, params: tuple[str, ...], priority: int | None, wait: bool, timeout: float,
               as_json: bool) -> None:
+    """Start a run. ``--json`` prints the run as ``POST /api/runs`` returns it (at the end, with ``--wait``)."""
     tf = _client()
     run_id = tf.start_run(name, _parse_params(params), priority=priority)
     if not wait:
-        _emit({"id": run_id}, as_json, lambda d: click.echo(f"started run {d['id']}"))
+        _emit(tf.run(run_id), as_json, lambda d: click.echo(f"started run {d['id']}"))
         return
-    state = _watch(tf, run_id, timeout, quiet=as_json)
+    data = _watch(tf, run_id, timeout, quiet=as_json)
     if as_json:
-        click.echo(json.dumps(tf.run(run_id), indent=2, sort_keys=True, default=str))
-    sys.exit(0 if state == "succeeded" else 1)
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    sys.exit(0 if data["state"] == "succeeded" else 1)
 
 
-def _watch(tf: Any, run_id: int, timeout: float, quiet: bool = False) -> str:
-    """Poll the run until it is terminal, with a live table unless ``quiet`` (``--json`` keeps stdout JSON)."""
-    deadline = time.monotonic() + timeout
-    data = tf.run(run_id)
-    with Live(_tasks_table(data), console=console, auto_refresh=False) if not quiet else nullcontext() as live:
+def _progress(data: dict[str, Any], elapsed: float) -> Group:
+    """A progress bar (finished / all tasks) above the task table."""
+    total = len(data["tasks"])
+    done = sum(1 for t in data["tasks"] if t["state"] in TASK_TERMINAL)
+    failed = any(t["state"] == "failed" for t in data["tasks"])
+    line = Table.grid(padding=(0, 1))
+    line.add_row(ProgressBar(total=max(total, 1), completed=done, width=40,
+                             complete_style="red" if failed else "green", finished_style="red" if failed else "green"),
+                 f"{done}/{total} tasks", _styled(data["state"]), f"{elapsed:.1f}s")
+    return Group(line, _tasks_table(data))
+
+
+def _watch(tf: Any, run_id: int, timeout: float, quiet: bool = False) -> dict[str, Any]:
+    """Poll the run until it is terminal; return it. Unless ``quiet`` (``--json`` keeps stdout JSON), show a
+    progress bar and the task table, redrawn in place on a terminal. Elsewhere (a pipe, a file, a dumb
+    terminal) rich's Live prints only the final state, once, without control codes (rich/live.py, ``refresh``:
+    it redraws only when ``console.is_terminal``, and renders once on stop otherwise)."""
+    started = time.monotonic()
+    deadline = started + timeout
+    data: dict[str, Any] = tf.run(run_id)
+    live = Live(_progress(data, 0.0), console=console, auto_refresh=False) if not quiet else nullcontext()
+    with live:
         while data["state"] not in RUN_TERMINAL and time.monotonic() < deadline:
             time.sleep(0.25)
             data = tf.run(run_id)
-            if live is not None:
-                live.update(_tasks_table(data), refresh=True)
+            if isinstance(live, Live):
+                live.update(_progress(data, time.monotonic() - started), refresh=True)
     if data["state"] not in RUN_TERMINAL:
         click.echo(f"run {run_id} still {data['state']} after {timeout:g}s", err=True)
-    return str(data["state"])
+    return data
 
 
 @run.command("show")
@@ -309,6 +329,41 @@ def web(host: str | None, port: int | None) -> None:
     settings = load_settings()
     uvicorn.run(create_app(settings), host=host or settings.web_host, port=port or settings.web_port,
                 log_level="info", proxy_headers=True, server_header=False)
+
+
+def _basic_auth_ok(value: str) -> bool:
+    """``user:password`` pairs, comma separated (Flower splits the variable on commas and compares each pair
+    with the decoded ``Authorization: Basic`` credentials as a whole string)."""
+    pairs = value.split(",")
+    return all(user and password and pair == pair.strip() and ":" not in user
+               for pair in pairs for user, _, password in [pair.partition(":")])
+
+
+@cli.command("flower")
+def flower() -> None:
+    """Start Flower (celery -A tasks flower); refuses to without FLOWER_BASIC_AUTH.
+
+    Flower itself reads its options from ``FLOWER_*`` environment variables: ``FLOWER_BASIC_AUTH``
+    (``user:password[,user2:password2]``), ``FLOWER_PORT`` (default 5555) and ``FLOWER_ADDRESS`` (here
+    127.0.0.1 unless set; Flower's own default would be every interface). It is exec'ed, so it is the process
+    that receives SIGTERM, and it switches the workers' task events on while it runs."""
+    auth = os.environ.get("FLOWER_BASIC_AUTH", "")
+    if not _basic_auth_ok(auth):
+        click.echo("error: set FLOWER_BASIC_AUTH=user:password (comma separated for several users); "
+                   "Flower does not start without authentication", err=True)
+        sys.exit(1)
+    # Flower 2.2 reads every FLOWER_<OPTION> variable itself, so nothing secret goes on a command line:
+    # flower/command.py:61-78 apply_env_options (the name after the prefix, lower-cased, is the option; a
+    # multiple option such as basic_auth, flower/options.py:22, is split on ',' at command.py:71-72), called at
+    # command.py:39 before the command line is parsed (command.py:40, which wins). Port and address default to
+    # 5555 and '' (every interface) at options.py:10-13. Basic auth compares each stored "user:password" with the
+    # decoded credentials (flower/views/__init__.py:127-145). SIGTERM: command.py:25-27,49 (clean exit 0).
+    os.environ.setdefault("FLOWER_ADDRESS", "127.0.0.1")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # --persistent=False (options.py:36): no state file; Flower rebuilds its view from the events it receives.
+    # The same interpreter (not whatever `celery` is first on PATH), replacing this process: no wrapper left.
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "tasks", "flower", "--persistent=False"])
 
 
 @cli.command("demo")

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     python_modules: str = ""
 
     worker_concurrency: int | None = None
+    #: celery beat's schedule file (Celery's ``beat_schedule_filename``; it only remembers when the reconciler
+    #: last ran, so losing it is harmless). Relative paths are relative to beat's working directory.
+    beat_schedule_file: str = "celerybeat-schedule"
 
     # -- the web process (REST API, UI, /metrics) ------------------------------------------------
     #: bearer token(s) the API accepts (comma separated, for rotation). Required unless ``api_auth`` is off.

@@ -12,11 +12,15 @@ Delivery settings and why (see shared/reference/celery-sqlalchemy-facts.md):
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import signal
+import threading
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -68,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_send_sent_event=False,
         worker_send_task_events=False,
         worker_hijack_root_logger=True,
+        beat_schedule_filename=settings.beat_schedule_file,
         beat_schedule={
             "tideflow-reconcile": {
                 "task": "tideflow.reconcile",
@@ -85,6 +90,48 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+
+# -- SIGTERM is for the main process -------------------------------------------------------------------
+# Process managers that signal a whole process group (honcho and foreman: os.killpg) hit Celery's pool
+# processes too, and a pool process exits at once on SIGTERM
+# (billiard/common.py, reset_signals -> _shutdown_cleanup): the body it is running is cut off, and its attempt
+# is lost until its lease lapses (then retried, or failed when it has no retries left). The main process does
+# the right thing with its own SIGTERM (warm shutdown: running bodies finish, then every pool process is sent
+# the stop sentinel, by a cold shutdown too: celery/concurrency/asynpool.py, _stop_task_handler), and a pool
+# process never outlives it (celery/concurrency/prefork.py, process_initializer: PR_SET_PDEATHSIG SIGKILL).
+# So pool processes ignore SIGTERM. (What this gives up: billiard's SIGTERM-based pool shrinking and
+# ``revoke(terminate=True)``, which Tideflow uses neither of; cancel and timeouts have their own mechanism.)
+_pool_process = False
+
+
+@signals.worker_process_init.connect
+def _pool_process_ignores_sigterm(**_kwargs: Any) -> None:
+    # SIG_IGN, because billiard's reset_signals runs right after this hook and replaces any *handler* but
+    # keeps an ignored signal (billiard/common.py, _should_override_term_signal).
+    global _pool_process
+    _pool_process = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _ignore_signal(_signum: int, _frame: object) -> None:
+    """A do-nothing handler: unlike SIG_IGN it is not inherited through exec by the processes a body starts."""
+
+
+@signals.task_prerun.connect
+def _sigterm_handler_for_bodies(**_kwargs: Any) -> None:
+    # before the first body runs: the shell commands a body starts must get the default SIGTERM behaviour
+    if _pool_process and threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _ignore_signal)
+
+
+@signals.beat_init.connect
+def _log_beat_exit(sender: Any = None, **_kwargs: Any) -> None:
+    """Celery beat logs nothing when SIGTERM stops it (it saves its schedule and raises SystemExit,
+    celery/apps/beat.py ``install_sync_handler``); say so, for operators and tests/acceptance/test_procfile.py.
+    An exit handler only runs on a normal interpreter exit: a killed beat logs nothing."""
+    atexit.register(logging.getLogger("celery.beat").info, "beat: schedule saved, exiting")
 
 
 def runtime() -> Any:

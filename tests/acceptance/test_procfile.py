@@ -1,24 +1,65 @@
-"""`honcho start` with the real Procfile runs the whole system (master, worker, beat, Flower with basic
-auth) against PostgreSQL and Redis, and stops cleanly on SIGTERM."""
+"""`honcho start` with the real Procfile runs the whole system (web, master, worker, beat, Flower with basic
+auth) against PostgreSQL and Redis: a run started through the REST API succeeds and is visible in the API, the
+UI, Flower (under its ``tideflow.execute[workflow/task]`` name) and /metrics; SIGTERM stops every process
+cleanly while a run is in flight, and after a restart that run finishes with no task lost or run twice.
+
+Honcho (2.0, .venv/lib/python3.11/site-packages/honcho) on SIGTERM sends SIGTERM to each process group
+(manager.py:100 installs the handler; manager.py:142-173 ``terminate``/``_killall``; compat.py:28 ``os.killpg``).
+Once the first process has stopped it waits ``KILL_WAIT`` = 5 s (manager.py:12, checked at manager.py:131-140),
+then SIGKILLs the groups still running (compat.py:40), always printing "sending SIGKILL to NAME" first
+(manager.py:167-169). Each process is ``/bin/sh -c LINE`` in a new session (process.py:63-81: ``shell=True``,
+``start_new_session=True``; Debian's dash does not exec the last command, so the shell stays as the parent and
+dies of the SIGTERM at once, while the program shuts down). Honcho prints "NAME stopped (rc=N)" (manager.py:121-124,
+N being that shell's status, -15) only once the output pipe is closed and the shell reaped (process.py:46-52),
+i.e. once the program and all its children (Celery's pool processes) are gone.
+"""
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psutil
 import pytest
 
-from tests.support.servers import free_port
+from tests.support.cluster import Cluster
+from tests.support.harness import client_for
+from tests.support.procs import free_port
 from tests.support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+PROCESSES = ("web", "master", "worker", "beat", "flower")
+TOKEN = "procfile-test-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+FLOWER_AUTH = ("admin", "s3cret")
+#: honcho/manager.py:12: SIGKILL follows this long after the first process stopped
+HONCHO_KILL_WAIT = 5.0
+
+HELLO = {"name": "hello", "tasks": [
+    {"name": "a", "type": "shell", "command": "echo hi"},
+    {"name": "b", "type": "shell", "command": "echo there", "depends_on": ["a"]},
+]}
+SLOW = {"name": "slow", "tasks": [
+    {"name": "s1", "type": "shell", "command": "sleep 1; echo one"},
+    {"name": "s2", "type": "shell", "command": "sleep 1; echo two", "depends_on": ["s1"]},
+    {"name": "s3", "type": "shell", "command": "sleep 1; echo three", "depends_on": ["s2"]},
+]}
+
+#: what each program logs when it shuts down cleanly (not when it is killed)
+CLEAN_SHUTDOWN = {
+    "web": "Finished server process",  # uvicorn/server.py, after "Shutting down"
+    "master": "worker: Warm shutdown (MainProcess)",  # celery/apps/worker.py, _shutdown_handler
+    "worker": "worker: Warm shutdown (MainProcess)",
+    "beat": "beat: schedule saved, exiting",  # tasks/celery_app.py, on beat's SystemExit
+    "flower": "detected, shutting down",  # flower/command.py, sigterm_handler
+}
 
 
 @pytest.fixture
@@ -26,46 +67,220 @@ def cluster_db_url(pg_url):
     return pg_url
 
 
-def _status(url: str, auth: str | None = None) -> int:
-    req = urllib.request.Request(url)
-    if auth:
-        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+class Honcho:
+    """One ``honcho start`` of the repository's Procfile; its merged output goes to ``log_path``."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        env_file = log_path.parent / "honcho.env"  # empty: a developer's .env in the repo cannot change the test
+        env_file.touch()
+        with open(log_path, "wb") as log:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "honcho", "start", "-f", str(REPO / "Procfile"), "-d", str(REPO),
+                 "-e", str(env_file)],
+                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def lines(self, name: str) -> list[str]:
+        """The output lines of process ``name`` (honcho prefixes them "HH:MM:SS name.1 | ")."""
+        return [line.split("|", 1)[1] for line in self.output().splitlines()
+                if re.match(rf"^\S+ {name}\.1\s+\|", line)]
+
+    def wait_for(self, name: str, text: str, timeout: float = 60.0) -> None:
+        def seen() -> bool:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"honcho exited ({self.popen.returncode}):\n{self.output()[-5000:]}")
+            return any(text in line for line in self.lines(name))
+
+        try:
+            wait_until(seen, timeout=timeout, interval=0.1, message=f"{name} never logged {text!r}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.output()[-5000:]}") from None
+
+    def tree(self) -> list[psutil.Process]:
+        """Honcho and everything under it (the shells, the programs, Celery's pool processes)."""
+        me = psutil.Process(self.popen.pid)
+        return [me, *me.children(recursive=True)]
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGTERM)
+        return self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        """Clean-up after a failure: SIGKILL whatever is left (honcho and each process group)."""
+        if self.popen.poll() is not None:
+            return
+        procs = self.tree()
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        psutil.wait_procs(procs, timeout=10)
+        self.popen.wait(10)
+
+
+def _alive(proc: psutil.Process) -> bool:
     try:
-        with urllib.request.urlopen(req, timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
-def test_honcho_runs_the_procfile(cluster, tmp_path):
-    port = free_port()
-    env = {**cluster.env, "FLOWER_BASIC_AUTH": "admin:s3cret", "FLOWER_PORT": str(port),
-           "TIDEFLOW_BEAT_SCHEDULE": str(tmp_path / "beat-schedule"),
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    log = open(tmp_path / "honcho.log", "wb")  # noqa: SIM115
-    honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f", str(REPO / "Procfile")],
-                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def _env(cluster: Cluster, tmp_path: Path) -> dict[str, str]:
+    return {
+        **cluster.env,
+        "TIDEFLOW_API_TOKEN": TOKEN,
+        "TIDEFLOW_WEB_PORT": str(free_port()),
+        "TIDEFLOW_BEAT_SCHEDULE_FILE": str(tmp_path / "celerybeat-schedule"),
+        "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
+        "FLOWER_PORT": str(free_port()),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+
+
+def _run(api: httpx.Client, run_id: int) -> dict[str, Any]:
+    resp = api.get(f"/api/runs/{run_id}")
+    assert resp.status_code == 200, resp.text
+    data: dict[str, Any] = resp.json()
+    return data
+
+
+def _wait_succeeded(api: httpx.Client, run_id: int, timeout: float = 90.0) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        data = _run(api, run_id)
+        return data if data["state"] in ("succeeded", "failed", "cancelled") else None
+
+    final = wait_until(finished, timeout=timeout, interval=0.2, message=f"run {run_id} did not finish",
+                       ignore=(httpx.TransportError,))
+    assert final["state"] == "succeeded", final
+    return final
+
+
+def _start(api: httpx.Client, definition: dict[str, Any]) -> int:
+    registered = api.post("/api/workflows", json=definition)
+    assert registered.status_code == 201, registered.text
+    assert registered.json() == {"name": definition["name"], "version": 1, "created": True}
+    started = api.post("/api/runs", json={"workflow": definition["name"]})
+    assert started.status_code == 201, started.text
+    run_id: int = started.json()["id"]
+    return run_id
+
+
+def test_honcho_runs_the_procfile_and_stops_cleanly(cluster, tmp_path):
+    env = _env(cluster, tmp_path)
+    web = f"http://127.0.0.1:{env['TIDEFLOW_WEB_PORT']}"
+    flower = f"http://127.0.0.1:{env['FLOWER_PORT']}"
+    first = Honcho(env, tmp_path / "honcho-1.log")
+    second: Honcho | None = None
+    api = httpx.Client(base_url=web, headers=BEARER, timeout=10)
     try:
-        flower = f"http://127.0.0.1:{port}/"
-        wait_until(lambda: _status(flower) == 401, timeout=60, ignore=(OSError,),
-                   message="flower should answer, and refuse requests without credentials")
-        assert _status(flower, "admin:s3cret") == 200
-        assert _status(flower, "admin:wrong") == 401
+        # -- everything comes up ------------------------------------------------------------------------
+        wait_until(lambda: api.get("/api/health").status_code == 200, timeout=90, interval=0.2,
+                   ignore=(httpx.TransportError,), message="the web process never answered /api/health")
+        wait_until(lambda: httpx.get(f"{flower}/api/workers", timeout=5).status_code == 401, timeout=90,
+                   interval=0.2, ignore=(httpx.TransportError,), message="flower never answered")
+        # Flower switches task events on by broadcasting enable_events every 5 s (flower/events.py:153,186,271-276);
+        # each worker logs it once (celery/worker/control.py:372-374). Before that, tasks are invisible to it.
+        for name in ("master", "worker"):
+            first.wait_for(name, "Events of group {task} enabled by remote.", timeout=60)
 
-        wf = tmp_path / "hello.yaml"
-        wf.write_text("name: hello\ntasks:\n  - {name: a, type: shell, command: 'echo hi'}\n"
-                      "  - {name: b, type: shell, command: 'echo there', depends_on: [a]}\n")
-        cluster.run_cli("workflow", "register", str(wf), check=True)
-        result = cluster.run_cli("run", "start", "hello", "--wait", "--timeout", "60")
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "succeeded" in result.stdout
+        # -- a run through the REST API -----------------------------------------------------------------
+        run_id = _start(api, HELLO)
+        done = _wait_succeeded(api, run_id)
+        assert [(t["name"], t["state"], t["result"]) for t in done["tasks"]] == [
+            ("a", "succeeded", "hi"), ("b", "succeeded", "there")]
+
+        # the UI's run page: with the bearer header, with the login cookie; without either, to the login form
+        for kwargs in ({"headers": BEARER}, {"cookies": {"tideflow_token": TOKEN}}):
+            page = httpx.get(f"{web}/runs/{run_id}", timeout=10, **kwargs)
+            assert page.status_code == 200, (kwargs, page.status_code, page.text[:500])
+            assert page.headers["content-type"].startswith("text/html"), page.headers
+        anonymous = httpx.get(f"{web}/runs/{run_id}", timeout=10)
+        assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login"), anonymous
+
+        # /metrics: only with the token
+        assert httpx.get(f"{web}/metrics", timeout=10).status_code == 401
+        metrics = api.get("/metrics")
+        assert metrics.status_code == 200, metrics.text[:500]
+
+        # Flower: basic auth enforced; the tasks listed under the dispatcher's shadow names
+        assert httpx.get(f"{flower}/api/tasks", timeout=10).status_code == 401
+        assert httpx.get(f"{flower}/api/tasks", auth=("admin", "wrong"), timeout=10).status_code == 401
+
+        def flower_tasks() -> dict[str, str] | None:
+            resp = httpx.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=10)
+            assert resp.status_code == 200, resp.text
+            seen = {t["name"]: t["state"] for t in resp.json().values()}
+            wanted = {"tideflow.execute[hello/a]", "tideflow.execute[hello/b]"}
+            return seen if wanted <= seen.keys() and {seen[n] for n in wanted} == {"SUCCESS"} else None
+
+        listed = wait_until(flower_tasks, timeout=30, interval=0.5, message="flower never listed the tasks")
+        assert "tideflow.execute" not in listed, listed  # never the bare name: Flower shows which task it was
+
+        # -- SIGTERM while a run is in flight -----------------------------------------------------------
+        slow_id = _start(api, SLOW)
+        wait_until(lambda: any(t["state"] == "running" for t in _run(api, slow_id)["tasks"]), timeout=30,
+                   interval=0.05, message="the slow run's first task never ran")
+        procs = first.tree()
+        workers = [p for p in procs if {"-A", "worker"} <= set(p.cmdline())]
+        mains = [p for p in workers if p.ppid() not in {w.pid for w in workers}]
+        assert len(mains) == 2 and all(p.children() for p in mains), f"master and worker, with pools: {procs}"
+        first.stop(timeout=HONCHO_KILL_WAIT + 60)
+        out = first.output()
+        assert "SIGTERM received" in out, out[-3000:]
+        assert "sending SIGKILL" not in out, out[-5000:]  # honcho's kill grace never ran out
+        for name in PROCESSES:
+            assert re.search(rf"system\s+\| {name}\.1 stopped \(rc=", out), f"no exit line for {name}:\n{out[-5000:]}"
+            assert any(CLEAN_SHUTDOWN[name] in line for line in first.lines(name)), (
+                f"{name} did not log its clean shutdown ({CLEAN_SHUTDOWN[name]!r}):\n{out[-5000:]}")
+        for bad in ("WorkerLostError", "exited with 'signal", "Traceback"):
+            assert bad not in out, f"{bad} in the output:\n{out[-5000:]}"
+        survivors = [p for p in procs if _alive(p)]
+        assert not survivors, f"still running after honcho exited: {survivors}"
+
+        # the in-flight run is not lost: still running (it resumes) or, if the last task squeezed in, done
+        tf = client_for(cluster)
+        try:
+            assert tf.run(slow_id)["state"] in ("running", "succeeded")
+        finally:
+            tf.close()
+
+        # -- restart: the run finishes, no task lost, none run twice ------------------------------------
+        second = Honcho(env, tmp_path / "honcho-2.log")
+        final = _wait_succeeded(api, slow_id, timeout=120)
+        assert [(t["name"], t["state"], t["result"], t["attempt"]) for t in final["tasks"]] == [
+            ("s1", "succeeded", "one", 1), ("s2", "succeeded", "two", 1), ("s3", "succeeded", "three", 1)], final
+        second.stop(timeout=HONCHO_KILL_WAIT + 60)
+        assert "sending SIGKILL" not in second.output(), second.output()[-5000:]
     finally:
-        procs = psutil.Process(honcho.pid).children(recursive=True) + [psutil.Process(honcho.pid)]
-        os.kill(honcho.pid, signal.SIGTERM)
-        honcho.wait(60)
-        log.close()
-    gone, alive = psutil.wait_procs(procs, timeout=30)
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], (tmp_path / "honcho.log").read_text()[-3000:]
-    text = (tmp_path / "honcho.log").read_text()
-    for name in ("master", "worker", "beat", "flower"):
-        assert f"{name}." in text
+        api.close()
+        for h in (first, second):
+            if h is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    h.stop(timeout=HONCHO_KILL_WAIT + 30)
+                h.kill()
+
+
+@pytest.mark.parametrize("value", [None, "", "admin", "admin:", ":s3cret", "admin:s3cret,bob", " admin:s3cret"])
+def test_flower_refuses_to_start_without_basic_auth(value):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    if value is not None:
+        env["FLOWER_BASIC_AUTH"] = value
+    done = subprocess.run([sys.executable, "-m", "app.cli", "flower"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.splitlines() == [
+        "error: set FLOWER_BASIC_AUTH=user:password (comma separated for several users); "
+        "Flower does not start without authentication"], done.stderr
+    assert done.stdout == ""
+
+
+def test_flower_accepts_user_password_pairs():
+    from app.cli import _basic_auth_ok
+
+    assert _basic_auth_ok("admin:s3cret")
+    assert _basic_auth_ok("admin:s3cret,ops:an:other")  # a password may contain ':' (Basic auth splits at the first)
+    assert not _basic_auth_ok("admin:s3cret,")

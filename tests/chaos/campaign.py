@@ -187,14 +187,13 @@ class Campaign:
         env = {**os.environ, **cfg.timings,
                "TIDEFLOW_DATABASE_URL": self.db_url, "TIDEFLOW_BROKER_URL": self.redis.url(0),
                "TIDEFLOW_BROKER_KEY_PREFIX": "", LEDGER_ENV: str(self.ledger), "PYTHONUNBUFFERED": "1",
-               "TIDEFLOW_BEAT_SCHEDULE": str(self.workdir / "beat-schedule"),
-               "TIDEFLOW_MASTER_CONCURRENCY": str(cfg.master_concurrency),
+               "TIDEFLOW_BEAT_SCHEDULE_FILE": str(self.workdir / "beat-schedule"),
                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
                "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")])}
         env.pop(CRASH_ENV, None)
         self.settings = settings_from_env(env)
         self._procs = build_processes(env, self.workdir, workers=cfg.workers, concurrency=cfg.concurrency,
-                                      masters=cfg.masters)
+                                      masters=cfg.masters, master_concurrency=cfg.master_concurrency)
         if "master-kill" in cfg.faults and cfg.crash_before_publish > 0:
             for p in self._procs:
                 if p.role in cfg.crash_roles:

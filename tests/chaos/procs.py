@@ -143,16 +143,18 @@ class ManagedProcess:
 
 def build_processes(
     env: Mapping[str, str], workdir: Path, *, workers: int, concurrency: int, masters: int,
-    master_env: Mapping[str, str] | None = None, procfile: Path = PROCFILE,
+    master_env: Mapping[str, str] | None = None, procfile: Path = PROCFILE, master_concurrency: int | None = None,
 ) -> list[ManagedProcess]:
-    """master(s), workers and beat from the Procfile. Extra arguments: a distinct node name, the pool size,
-    and no mingle/gossip/heartbeat (they only slow start-up; Tideflow does not use them)."""
+    """master(s), workers and beat from the Procfile. Extra arguments: a distinct node name, the pool size
+    (the masters': the Procfile's unless ``master_concurrency``), and no mingle/gossip/heartbeat (they only slow
+    start-up; Tideflow does not use them)."""
     entries = parse_procfile(procfile)
     quiet = "--without-mingle --without-gossip --without-heartbeat"
     out = []
+    master_pool = f" -c {master_concurrency}" if master_concurrency else ""
     for i in range(1, masters + 1):
         out.append(ManagedProcess(
-            f"master{i}", "master", f"{entries['master']} -n master{i}@%h {quiet}", "ready.",
+            f"master{i}", "master", f"{entries['master']} -n master{i}@%h {quiet}{master_pool}", "ready.",
             {**env, **(master_env or {})}, workdir))
     for i in range(1, workers + 1):
         out.append(ManagedProcess(
