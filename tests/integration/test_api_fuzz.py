@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+from sqlalchemy import text
 
 from tests.support.api import AUTH, HELLO, make_client, row_counts
 
@@ -67,3 +69,72 @@ def test_api_fuzz(api: Any, mode: GenerationMode) -> None:
             check()
         except Exception as exc:
             raise AssertionError(f"{operation.label}: {exc}") from exc
+
+
+NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_\-]{0,20}", fullmatch=True)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@st.composite
+def definitions(draw: st.DrawFn) -> dict[str, Any]:
+    """Valid definitions: a random DAG of shell tasks with arbitrary text in commands, params and description."""
+    task_names = draw(st.lists(NAMES, min_size=1, max_size=8, unique=True))
+    tasks = []
+    for i, name in enumerate(task_names):
+        deps = draw(st.lists(st.sampled_from(task_names[:i]), unique=True, max_size=3)) if i else []
+        tasks.append({"name": name, "type": "shell", "command": draw(st.text(min_size=1, max_size=40)),
+                      "depends_on": deps, "retries": draw(st.integers(0, 3))})
+    return {"name": draw(NAMES), "description": draw(st.text(max_size=40)),
+            "params": draw(st.dictionaries(NAMES, JSON_VALUES, max_size=3)), "priority": draw(st.integers(0, 9)),
+            "tasks": tasks}
+
+
+@given(definition=definitions(), data=st.data())
+@settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def test_valid_requests_store_exactly_what_they_say(pg_url: str, definition: dict[str, Any],
+                                                    data: st.DataObject) -> None:
+    """The other side of the fuzz, which mostly meets rejections: generated *valid* definitions and runs (any
+    text in commands, params and descriptions, including NUL and other control characters) are stored, once,
+    read back unchanged, and can be cancelled and retried."""
+    client, tf = make_client(pg_url)
+    try:
+        before = row_counts(tf)
+        registered = client.post("/api/workflows", json=definition, headers=AUTH)
+        assert registered.status_code in (200, 201), registered.text
+        stored = client.get(f"/api/workflows/{definition['name']}", headers=AUTH).json()["definition"]
+        assert stored["tasks"][0]["command"] == definition["tasks"][0]["command"]
+        assert stored["params"] == definition["params"] and stored["description"] == definition["description"]
+
+        params = {k: data.draw(JSON_VALUES, label=k) for k in definition["params"]
+                  if data.draw(st.booleans(), label=f"override {k}")}
+        priority = data.draw(st.none() | st.integers(0, 9), label="priority")
+        sent = len(tf.runtime.dispatcher.executed)
+        started = client.post("/api/runs", json={"workflow": definition["name"], "params": params,
+                                                 "priority": priority}, headers=AUTH)
+        assert started.status_code == 201, started.text
+        run = started.json()
+        n = len(definition["tasks"])
+        after = row_counts(tf)
+        assert after["workflow_runs"] - before["workflow_runs"] == 1
+        assert after["task_runs"] - before["task_runs"] == n
+        roots = [t["name"] for t in definition["tasks"] if not t["depends_on"]]
+        assert len(tf.runtime.dispatcher.executed) - sent == len(roots)
+        assert run["params"] == {**definition["params"], **params}
+        assert run["priority"] == (definition["priority"] if priority is None else priority)
+
+        assert client.post(f"/api/runs/{run['id']}/cancel", headers=AUTH).json()["state"] == "cancelled"
+        retried = client.post(f"/api/runs/{run['id']}/retry", headers=AUTH)
+        assert retried.status_code == 200 and retried.json()["reset"] == n, retried.text
+    finally:
+        with tf.runtime.db.transaction() as s:  # a fresh database per example would be slow: empty it instead
+            for table in ("events", "task_attempts"):
+                s.execute(text(f"DELETE FROM {table}"))
+            s.execute(text("UPDATE workflow_runs SET parent_task_run_id = NULL"))
+            for table in ("task_runs", "workflow_runs", "workflows"):
+                s.execute(text(f"DELETE FROM {table}"))
+        tf.close()
