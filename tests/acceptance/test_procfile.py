@@ -1,7 +1,8 @@
 """`honcho start` with the real Procfile runs the whole system (web, master, worker, beat, Flower with basic
 auth) against PostgreSQL and Redis: a run started through the REST API succeeds and is visible in the API, the
-UI, Flower (under its ``tideflow.execute[workflow/task]`` name) and /metrics; SIGTERM stops every process
-cleanly while a run is in flight, and after a restart that run finishes with no task lost or run twice.
+UI (headless Chromium: the run page shows both tasks succeeded), Flower (under its
+``tideflow.execute[workflow/task]`` name) and /metrics; SIGTERM stops every process cleanly while a run is in
+flight, and after a restart that run finishes with no task lost or run twice.
 
 Honcho (2.0, .venv/lib/python3.11/site-packages/honcho) on SIGTERM sends SIGTERM to each process group
 (manager.py:100 installs the handler; manager.py:142-173 ``terminate``/``_killall``; compat.py:28 ``os.killpg``).
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -33,6 +35,7 @@ from tests.support.cluster import Cluster
 from tests.support.harness import client_for
 from tests.support.procs import free_port
 from tests.support.wait import wait_until
+from tests.ui.harness import Page, chromium, report
 
 REPO = Path(__file__).resolve().parents[2]
 PROCESSES = ("web", "master", "worker", "beat", "flower")
@@ -169,6 +172,25 @@ def _start(api: httpx.Client, definition: dict[str, Any]) -> int:
     return run_id
 
 
+def _see_success_in_the_browser(web: str, run_id: int, tmp_path: Path) -> None:
+    """What an operator sees: sign in with the token, and the run page shows the run and both tasks succeeded
+    (headless Chromium, as in tests/ui)."""
+    driver = chromium(tmp_path / "chromium-profile")
+    try:
+        page = Page(driver, SimpleNamespace(base_url=web))  # type: ignore[arg-type]
+        page.open(f"/runs/{run_id}")
+        page.wait(lambda: page.path() == "/login", timeout=30, message="not sent to the login page")
+        page.submit_token(TOKEN)
+        page.wait(lambda: page.node_states() == {"a": "succeeded", "b": "succeeded"}, timeout=30,
+                  message="the run page never showed both tasks succeeded")
+        assert "succeeded" in page.text("#title"), page.text("#title")
+    except Exception:
+        print(report(driver, "honcho-run-page"))
+        raise
+    finally:
+        driver.quit()
+
+
 def test_honcho_runs_the_procfile_and_stops_cleanly(cluster, tmp_path):
     env = _env(cluster, tmp_path)
     web = f"http://127.0.0.1:{env['TIDEFLOW_WEB_PORT']}"
@@ -200,6 +222,7 @@ def test_honcho_runs_the_procfile_and_stops_cleanly(cluster, tmp_path):
             assert page.headers["content-type"].startswith("text/html"), page.headers
         anonymous = httpx.get(f"{web}/runs/{run_id}", timeout=10)
         assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login"), anonymous
+        _see_success_in_the_browser(web, run_id, tmp_path)
 
         # /metrics: only with the token
         assert httpx.get(f"{web}/metrics", timeout=10).status_code == 401
