@@ -34,9 +34,7 @@ def _client() -> Any:
 
 def _read(view: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call a read view (``app.services.views``) in a read-only session."""
-    tf = _client()
-    with tf.runtime.db.read() as s:
-        return view(s, *args, **kwargs)
+    return _client().read(view, *args, **kwargs)
 
 
 def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:

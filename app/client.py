@@ -83,8 +83,7 @@ class Tideflow:
                 s.execute(text("SELECT 1"))
         except Exception:  # noqa: BLE001 - any failure means "down"
             database = False
-        ping = getattr(self.runtime.dispatcher, "ping", None)
-        broker = bool(ping()) if ping is not None else True
+        broker = self.runtime.dispatcher.ping()
         return {"status": "ok" if database and broker else "degraded", "database": database, "broker": broker}
 
     def wait(self, run_id: int, timeout: float = 300.0, interval: float = 0.2) -> str:

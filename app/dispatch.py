@@ -30,6 +30,10 @@ class Dispatcher(Protocol):
 
     def advance(self, run_ids: Sequence[int]) -> None: ...
 
+    def ping(self) -> bool:
+        """Can the broker be reached right now? (Health checks; never raises.)"""
+        ...
+
 
 def publish_after_commit(
     session: Session, dispatcher: Dispatcher, *, execute: Sequence[ExecuteMessage] = (),
@@ -56,3 +60,6 @@ class RecordingDispatcher:
 
     def advance(self, run_ids: Sequence[int]) -> None:
         self.advanced.extend(run_ids)
+
+    def ping(self) -> bool:
+        return True
