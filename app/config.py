@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     missing_row_initial_backoff_seconds: float = Field(0.5, gt=0)
     #: how long a task body gets to stop after losing its lease or timing out, before its process is killed.
     stop_grace_seconds: float = Field(5.0, gt=0)
+    #: lost attempts (lease lapsed: worker killed, OOM, host lost, partition) a task may have before it fails;
+    #: a task's own ``max_lost_attempts`` overrides it (snapshotted when its run starts). Separate from
+    #: ``retries``, which count failures of the body.
+    max_lost_attempts: int = Field(3, ge=1, le=100)
+    #: a worker that finishes a task advances the run itself, in the same transaction, when the run's lock is
+    #: free; off: every advance goes through the master queue (slower; for tests of that path and debugging).
+    inline_advance: bool = True
 
     #: captured stdout/stderr kept per attempt.
     log_max_bytes: int = Field(64 * 1024, gt=0)

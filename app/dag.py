@@ -1,8 +1,8 @@
 """The DAG evaluator: the one narrow piece that decides a run's next step.
 
 Pure: given the definition's dependencies, the tasks' current states and the failure strategy, it returns
-a :class:`Decision`. The master (``app.services.master``) applies it inside a transaction. A replaying
-code-workflow decider can later stand beside this with the same output type.
+a :class:`Decision`. ``app.services.deciders.DagDecider`` adapts it to the advance loop's ``Decider`` interface
+(the seam a code-workflow replayer plugs into).
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from app.states import TASK_LIVE, RunState, TaskState
-
-FAILED_LIKE = frozenset({TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED})
+from app.states import TASK_LIVE, TASK_UNSUCCESSFUL, RunState, TaskState
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ def evaluate(
         if effective[name] != TaskState.PENDING:
             continue
         ups = [effective[d] for d in deps[name]]
-        if any(u in FAILED_LIKE for u in ups):
+        if any(u in TASK_UNSUCCESSFUL for u in ups):
             skip.append(name)
             effective[name] = TaskState.SKIPPED
         elif all(u == TaskState.SUCCEEDED for u in ups):
@@ -76,7 +74,7 @@ def step(
         if states[name] != TaskState.PENDING:
             continue
         ups = [states[d] for d in deps[name]]
-        if any(u in FAILED_LIKE for u in ups):
+        if any(u in TASK_UNSUCCESSFUL for u in ups):
             skip.append(name)
         elif all(u == TaskState.SUCCEEDED for u in ups):
             submit.append(name)

@@ -53,10 +53,11 @@ class TaskSpec(BaseModel):
     timeout: float | None = Field(None, gt=0, le=7 * 86400)
     queue: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
     priority: int | None = Field(None, ge=0, le=9)
-
-    def retry_delay_for(self, failures: int) -> float:
-        """Delay before the retry that follows the ``failures``-th failed attempt (1-based)."""
-        return min(self.retry_delay * self.retry_backoff ** max(failures - 1, 0), self.max_retry_delay)
+    #: lost attempts (lease lapsed: worker killed, OOM, host lost) retried before the task fails; None: the
+    #: deployment's ``TIDEFLOW_MAX_LOST_ATTEMPTS``, snapshotted when the run starts
+    max_lost_attempts: int | None = Field(None, ge=1, le=100)
+    #: ``fail``: a lost attempt fails the task (a body that must never run twice)
+    on_lost: Literal["retry", "fail"] = "retry"
 
 
 class WorkflowSpec(BaseModel):
@@ -125,10 +126,11 @@ def _task_problems(spec: WorkflowSpec, t: TaskSpec, names: set[str]) -> list[str
     if t.type == "python" and t.function is not None and not FUNCTION_RE.match(t.function):
         problems.append(f"task '{t.name}': function '{t.function}' is not of the form 'package.module:callable'")
     if t.type == "subworkflow":
-        if t.retries or t.timeout is not None or t.queue is not None:
+        if t.retries or t.timeout is not None or t.queue is not None or t.max_lost_attempts is not None \
+                or t.on_lost != "retry":
             problems.append(
-                f"task '{t.name}': retries, timeout and queue do not apply to a subworkflow task "
-                "(set them on the child workflow's tasks)"
+                f"task '{t.name}': retries, timeout, queue, max_lost_attempts and on_lost do not apply to a "
+                "subworkflow task (set them on the child workflow's tasks)"
             )
         if t.workflow == spec.name:
             problems.append(f"task '{t.name}': a workflow cannot start itself as a subworkflow")
@@ -251,6 +253,33 @@ def load_definition_file(path: str | Path) -> WorkflowSpec:
         problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
         raise DefinitionError([f"{p}: not valid YAML{where}: {problem}"]) from None
     return parse_definition(raw)
+
+
+def task_inputs(task: TaskSpec) -> list[str]:
+    """The upstream tasks whose results a task receives (``context.upstream``, placeholders): its direct
+    dependencies and any ancestor its placeholders name. Bounded by the task's own definition, not by the DAG's
+    size, so starting a task costs the same in a 10-task and a 10,000-task run."""
+    names = set(task.depends_on)
+    for value in (task.command, task.env, task.args, task.params):
+        if value is not None:
+            names.update(path[0] for scope, path in templating.references(value) if scope == "upstream")
+    return sorted(names)
+
+
+_BODY_FIELDS = ("command", "env", "function", "args", "workflow", "params")
+
+
+def task_row_values(spec: WorkflowSpec, task: TaskSpec, *, default_max_lost_attempts: int) -> dict[str, Any]:
+    """What a task row snapshots of its definition (``app.db.schema.TaskRun``): what to run and how to retry."""
+    body: dict[str, Any] = {f: getattr(task, f) for f in _BODY_FIELDS if getattr(task, f) is not None}
+    body["inputs"] = task_inputs(task)
+    return {
+        "name": task.name, "type": task.type, "body": body, "timeout": task.timeout, "retries": task.retries,
+        "retry_delay": task.retry_delay, "retry_backoff": task.retry_backoff,
+        "max_retry_delay": task.max_retry_delay, "on_lost": task.on_lost,
+        "max_lost_attempts": task.max_lost_attempts if task.max_lost_attempts is not None
+        else default_max_lost_attempts,
+    }
 
 
 def check_run_params(spec: WorkflowSpec, params: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
-from app import templating
 from app.config import Settings
 from app.db import repository as repo
 from app.db.engine import Database
@@ -52,23 +51,6 @@ class LoadedWorkflow:
             for dep in t.depends_on:
                 kids[dep].append(t.name)
         return kids
-
-    @cached_property
-    def _inputs(self) -> dict[str, frozenset[str]]:
-        inputs = {}
-        for spec in self.spec.tasks:
-            names = set(spec.depends_on)
-            for value in (spec.command, spec.env, spec.args, spec.params):
-                if value is not None:
-                    names.update(path[0] for scope, path in templating.references(value) if scope == "upstream")
-            inputs[spec.name] = frozenset(names)
-        return inputs
-
-    def inputs_of(self, name: str) -> frozenset[str]:
-        """The upstream tasks whose results a task receives (``context.upstream``): its direct dependencies
-        and any ancestor its placeholders name. Bounded by the task's own definition, not by the DAG's
-        size, so starting a task costs the same in a 10-task and a 10,000-task run."""
-        return self._inputs[name]
 
 
 class Cache(Generic[V]):

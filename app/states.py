@@ -29,9 +29,48 @@ class RunState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class TaskKind(StrEnum):
+    """What a task row runs (``task_runs.type``). A worker runs shell and python bodies; a subworkflow task is
+    run by the master, as a child run."""
+
+    SHELL = "shell"
+    PYTHON = "python"
+    SUBWORKFLOW = "subworkflow"
+
+
+class RunKind(StrEnum):
+    """Which decider advances a run (``workflow_runs.kind``, see ``app.services.deciders``)."""
+
+    DAG = "dag"
+
+
+class AttemptOutcome(StrEnum):
+    """How one attempt ended (``task_attempts.outcome``)."""
+
+    RUNNING = "running"  # not ended yet
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the body failed: counts against ``retries``
+    TIMED_OUT = "timed_out"  # the body ran past its timeout: counts against ``retries``
+    LOST = "lost"  # its lease lapsed (worker killed, OOM, host lost, partition): counts against ``max_lost_attempts``
+    CANCELLED = "cancelled"  # the task was cancelled or skipped while it ran
+
+
+class OnLost(StrEnum):
+    """What a lost attempt leads to (a task's ``on_lost``)."""
+
+    RETRY = "retry"  # a new attempt, on the ``max_lost_attempts`` budget (separate from ``retries``)
+    FAIL = "fail"  # the task fails: for bodies that must never run twice
+
+
 TASK_TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED})
 TASK_LIVE = frozenset({TaskState.PENDING, TaskState.SUBMITTED, TaskState.RUNNING})
+#: in the enum's order (and ``ix_task_runs_live``'s), so SQL built from it is the same text in every process
+TASK_LIVE_ORDERED = tuple(st for st in TaskState if st in TASK_LIVE)
+#: a task in one of these did not succeed, so its downstream tasks never run
+TASK_UNSUCCESSFUL = frozenset({TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED})
 RUN_TERMINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+#: attempt outcomes that count as a failure of the body (against ``retries``)
+BODY_FAILURES = frozenset({AttemptOutcome.FAILED, AttemptOutcome.TIMED_OUT})
 
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset(

@@ -17,7 +17,17 @@ from sqlalchemy.orm import Session
 
 from app.clock import utcnow
 from app.db.schema import Counter, Event, TaskAttempt, TaskRun, Workflow, WorkflowRun
-from app.states import TASK_LIVE, RunState, TaskState, check_run_transition, check_task_transition
+from app.records import RunRecord, TaskRecord
+from app.states import (
+    TASK_LIVE_ORDERED,
+    TASK_TERMINAL,
+    AttemptOutcome,
+    RunKind,
+    RunState,
+    TaskState,
+    check_run_transition,
+    check_task_transition,
+)
 
 W: Table = Workflow.__table__  # type: ignore[assignment]
 R: Table = WorkflowRun.__table__  # type: ignore[assignment]
@@ -25,9 +35,6 @@ T: Table = TaskRun.__table__  # type: ignore[assignment]
 A: Table = TaskAttempt.__table__  # type: ignore[assignment]
 E: Table = Event.__table__  # type: ignore[assignment]
 C: Table = Counter.__table__  # type: ignore[assignment]
-
-#: in the enum's (and ``ix_task_runs_live``'s) order, so the SQL text is the same in every process
-LIVE_TASK_STATES = tuple(st for st in TaskState if st in TASK_LIVE)
 
 
 def _state_is(*states: str) -> Any:
@@ -43,8 +50,6 @@ _INSERT_ATTEMPT = insert(A)
 
 UNHANDLED = T.c.handled == false()  # renders the literal, matching ix_task_runs_unhandled's predicate
 
-TaskRow = Row[Any]
-RunRow = Row[Any]
 
 
 def _is_pg(s: Session) -> bool:
@@ -88,12 +93,12 @@ def insert_workflow(s: Session, name: str, digest: str, definition: dict[str, An
 
 def insert_run(
     s: Session, *, workflow_row: Row[Any], params: dict[str, Any], priority: int, on_failure: str,
-    parent_task_run_id: int | None, actor: str, reason: str,
+    parent_task_run_id: int | None, actor: str, reason: str, kind: RunKind = RunKind.DAG,
 ) -> int:
     now = utcnow()
     run_id = s.execute(
         insert(R).values(
-            workflow_id=workflow_row.id, workflow_name=workflow_row.name, state=RunState.RUNNING,
+            workflow_id=workflow_row.id, workflow_name=workflow_row.name, state=RunState.RUNNING, kind=kind,
             params=params, priority=priority, on_failure=on_failure, parent_task_run_id=parent_task_run_id,
             created_at=now, updated_at=now,
         ).returning(R.c.id)
@@ -102,11 +107,19 @@ def insert_run(
     return int(run_id)
 
 
-def get_run(s: Session, run_id: int) -> RunRow | None:
-    return s.execute(select(R).where(R.c.id == run_id)).first()
+def _run(row: Row[Any] | None) -> RunRecord | None:
+    return RunRecord.from_row(row) if row is not None else None
 
 
-def lock_run(s: Session, run_id: int, *, skip_locked: bool = False) -> RunRow | None:
+def _task(row: Row[Any] | None) -> TaskRecord | None:
+    return TaskRecord.from_row(row) if row is not None else None
+
+
+def get_run(s: Session, run_id: int) -> RunRecord | None:
+    return _run(s.execute(select(R).where(R.c.id == run_id)).first())
+
+
+def lock_run(s: Session, run_id: int, *, skip_locked: bool = False) -> RunRecord | None:
     """The run row, locked for this transaction: advances of one run are serialised (fan-in safety).
 
     ``FOR NO KEY UPDATE``, not ``FOR UPDATE``: workers insert event rows referencing the run while holding
@@ -116,13 +129,13 @@ def lock_run(s: Session, run_id: int, *, skip_locked: bool = False) -> RunRow | 
     q = select(R).where(R.c.id == run_id)
     if _is_pg(s):
         q = q.with_for_update(skip_locked=skip_locked, key_share=True)
-    return s.execute(q).first()
+    return _run(s.execute(q).first())
 
 
 def list_runs(
     s: Session, *, state: str | None = None, workflow_name: str | None = None, limit: int = 50,
     before_id: int | None = None,
-) -> Sequence[RunRow]:
+) -> list[RunRecord]:
     q = select(R).order_by(R.c.id.desc()).limit(limit)
     if state:
         q = q.where(R.c.state == state)
@@ -130,18 +143,18 @@ def list_runs(
         q = q.where(R.c.workflow_name == workflow_name)
     if before_id:
         q = q.where(R.c.id < before_id)
-    return s.execute(q).all()
+    return [RunRecord.from_row(r) for r in s.execute(q)]
 
 
-def child_runs(s: Session, parent_task_run_ids: Iterable[int]) -> Sequence[RunRow]:
+def child_runs(s: Session, parent_task_run_ids: Iterable[int]) -> list[RunRecord]:
     ids = list(parent_task_run_ids)
     if not ids:
         return []
-    return s.execute(select(R).where(R.c.parent_task_run_id.in_(ids))).all()
+    return [RunRecord.from_row(r) for r in s.execute(select(R).where(R.c.parent_task_run_id.in_(ids)))]
 
 
 def transition_run(
-    s: Session, run: RunRow, to: RunState, *, actor: str, reason: str, error: str | None = None,
+    s: Session, run: RunRecord, to: RunState, *, actor: str, reason: str, error: str | None = None,
 ) -> bool:
     src = RunState(run.state)
     check_run_transition(src, to)
@@ -162,39 +175,40 @@ def transition_run(
 
 
 def insert_tasks(s: Session, run_id: int, tasks: list[dict[str, Any]]) -> None:
-    """Create the run's task rows (pending). ``tasks``: dicts with name, type, queue, priority."""
+    """Create the run's task rows (pending). ``tasks``: dicts with name, type, queue, priority and what the
+    row snapshots of the definition (``app.definitions.task_row_values``: body, timeout, retry policy)."""
     now = utcnow()
     rows = [
-        {**t, "run_id": run_id, "state": TaskState.PENDING, "attempt": 0, "failures": 0, "publish_count": 0,
-         "handled": True, "created_at": now, "updated_at": now}
+        {**t, "run_id": run_id, "state": TaskState.PENDING, "attempt": 0, "failures": 0, "lost_attempts": 0,
+         "publish_count": 0, "handled": True, "created_at": now, "updated_at": now}
         for t in tasks
     ]
     s.execute(insert(T), rows)
 
 
-def get_task(s: Session, task_run_id: int) -> TaskRow | None:
-    return s.execute(select(T).where(T.c.id == task_run_id)).first()
+def get_task(s: Session, task_run_id: int) -> TaskRecord | None:
+    return _task(s.execute(select(T).where(T.c.id == task_run_id)).first())
 
 
-def run_tasks(s: Session, run_id: int) -> Sequence[TaskRow]:
-    return s.execute(select(T).where(T.c.run_id == run_id).order_by(T.c.id)).all()
+def run_tasks(s: Session, run_id: int) -> list[TaskRecord]:
+    return [TaskRecord.from_row(r) for r in s.execute(select(T).where(T.c.run_id == run_id).order_by(T.c.id))]
 
 
-def tasks_named(s: Session, run_id: int, names: Iterable[str]) -> Sequence[TaskRow]:
+def tasks_named(s: Session, run_id: int, names: Iterable[str]) -> list[TaskRecord]:
     wanted = list(names)
     if not wanted:
         return []
-    return s.execute(select(T).where(T.c.run_id == run_id, T.c.name.in_(wanted))).all()
+    return [TaskRecord.from_row(r) for r in s.execute(select(T).where(T.c.run_id == run_id, T.c.name.in_(wanted)))]
 
 
-def unhandled_tasks(s: Session, run_id: int) -> Sequence[TaskRow]:
-    """The run's finished tasks the master has not acted on (partial index ``ix_task_runs_unhandled``)."""
-    return s.execute(select(T).where(T.c.run_id == run_id, UNHANDLED)).all()
+def unhandled_tasks(s: Session, run_id: int) -> list[TaskRecord]:
+    """The run's terminal tasks the advance loop has not acted on (partial index ``ix_task_runs_unhandled``)."""
+    return [TaskRecord.from_row(r) for r in s.execute(select(T).where(T.c.run_id == run_id, UNHANDLED))]
 
 
 def has_live_tasks(s: Session, run_id: int) -> bool:
     """Whether any task of the run is pending, submitted or running (partial index ``ix_task_runs_live``)."""
-    q = select(T.c.id).where(T.c.run_id == run_id, _state_is(*LIVE_TASK_STATES)).limit(1)
+    q = select(T.c.id).where(T.c.run_id == run_id, _state_is(*TASK_LIVE_ORDERED)).limit(1)
     return s.execute(q).first() is not None
 
 
@@ -214,8 +228,19 @@ def task_results(s: Session, run_id: int, names: Iterable[str] | None = None) ->
     return {name: result for name, result in s.execute(q)}
 
 
+def _terminal_defaults(to: TaskState, values: dict[str, Any], now: datetime) -> None:
+    """A task that becomes terminal is unhandled until the advance loop has applied its consequences (the one
+    rule that makes a finished task impossible to forget), and has a ``finished_at`` (which the reconciler's
+    scan of unhandled tasks orders by). Only a caller that hands the row to the advance loop in the same
+    transaction passes ``handled=True``."""
+    if to in TASK_TERMINAL:
+        values.setdefault("handled", False)
+        if values.get("finished_at") is None:
+            values["finished_at"] = now
+
+
 def transition_task(
-    s: Session, task: TaskRow, to: TaskState, *, actor: str, reason: str, fence: str | None = None,
+    s: Session, task: TaskRecord, to: TaskState, *, actor: str, reason: str, fence: str | None = None,
     now: datetime | None = None, **values: Any,
 ) -> bool:
     """Move ``task`` from the state (and attempt) it was read in to ``to``.
@@ -227,6 +252,7 @@ def transition_task(
     src = TaskState(task.state)
     check_task_transition(src, to)
     now = now or utcnow()
+    _terminal_defaults(to, values, now)
     cond = [T.c.id == task.id, T.c.state == src, T.c.attempt == task.attempt]
     if fence is not None:
         cond.append(T.c.lease_token == fence)
@@ -250,11 +276,12 @@ def transition_task(
 def transition_by_id(
     s: Session, task_run_id: int, src: TaskState, to: TaskState, *, attempt: int, actor: str, reason: str,
     now: datetime, fence: str | None = None, where: Sequence[Any] = (), **values: Any,
-) -> TaskRow | None:
+) -> TaskRecord | None:
     """:func:`transition_task` for a caller that has not read the row: one guarded
     ``UPDATE ... WHERE id = ? AND state = src AND attempt = ? [AND lease_token = fence] RETURNING *`` plus
     its event. Returns the updated row, or None if it did not land. The worker's hot path (claim, finish)."""
     check_task_transition(src, to)
+    _terminal_defaults(to, values, now)
     cond = [T.c.id == task_run_id, T.c.state == src, T.c.attempt == attempt, *where]
     if fence is not None:
         cond.append(T.c.lease_token == fence)
@@ -262,12 +289,12 @@ def transition_by_id(
     if row is not None:
         add_event(s, run_id=row.run_id, task_run_id=row.id, task_name=row.name, attempt=attempt,
                   from_state=src, to_state=to, actor=actor, reason=reason, now=now)
-    return row
+    return _task(row)
 
 
 def claim_task(
     s: Session, task_run_id: int, attempt: int, *, actor: str, reason: str, now: datetime, **values: Any,
-) -> TaskRow | None:
+) -> TaskRecord | None:
     """The worker's claim, ``submitted -> running`` for exactly ``attempt`` once its retry delay has passed
     (no read before it). None when there was nothing to claim (missing row, other state or attempt, early)."""
     return transition_by_id(
@@ -304,17 +331,17 @@ def mark_handled(s: Session, task_ids: Iterable[int]) -> int:
 # -- attempts -----------------------------------------------------------------------------------------
 
 
-def insert_attempt(s: Session, task: TaskRow, *, attempt: int, worker: str, pid: int, now: datetime) -> None:
+def insert_attempt(s: Session, task: TaskRecord, *, attempt: int, worker: str, pid: int, now: datetime) -> None:
     """The attempt's row, at its claim (``now``); ``task`` is the claimed row (its ``ready_at`` gives how long
     the attempt waited for a worker: clamped at 0, a negative wait is clock skew between hosts)."""
     ready_at = task.ready_at
     wait = max((now - ready_at).total_seconds(), 0.0) if ready_at is not None else None
     s.execute(_INSERT_ATTEMPT, {"task_run_id": task.id, "attempt": attempt, "worker": worker, "pid": pid,
-                                "outcome": "running", "started_at": now, "wait_seconds": wait})
+                                "outcome": AttemptOutcome.RUNNING, "started_at": now, "wait_seconds": wait})
 
 
 def finish_attempt(
-    s: Session, task_run_id: int, attempt: int, *, outcome: str, error: str | None = None,
+    s: Session, task_run_id: int, attempt: int, *, outcome: AttemptOutcome, error: str | None = None,
     log: str | None = None, now: datetime | None = None, started_at: datetime | None = None,
 ) -> None:
     now = now or utcnow()
@@ -330,7 +357,7 @@ def finish_attempt(
     if log is not None:
         values["log"] = log
     s.execute(update(A).where(A.c.task_run_id == task_run_id, A.c.attempt == attempt,
-                              A.c.outcome == "running").values(**values))
+                              A.c.outcome == AttemptOutcome.RUNNING).values(**values))
 
 
 def attempts(s: Session, task_run_ids: Iterable[int]) -> Sequence[Row[Any]]:
@@ -366,19 +393,20 @@ def _locked(s: Session, q: Any) -> Any:
     return q.with_for_update(skip_locked=True, of=T, key_share=True) if _is_pg(s) else q
 
 
-def due_orphans(s: Session, now: datetime, limit: int) -> Sequence[TaskRow]:
+def due_orphans(s: Session, now: datetime, limit: int) -> list[TaskRecord]:
     """Submitted tasks due for a re-publish, with their run's workflow name (for the message's label)."""
     q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
          .where(_state_is(TaskState.SUBMITTED), T.c.next_publish_at <= now)
          .order_by(T.c.next_publish_at).limit(limit))
-    return s.execute(_locked(s, q)).all()
+    return [TaskRecord.from_row(r) for r in s.execute(_locked(s, q))]
 
 
-def expired_leases(s: Session, now: datetime, limit: int) -> Sequence[TaskRow]:
-    q = (select(T).where(_state_is(TaskState.RUNNING), T.c.lease_expires_at.is_not(None),
-                         T.c.lease_expires_at < now)
+def expired_leases(s: Session, now: datetime, limit: int) -> list[TaskRecord]:
+    """Running tasks whose lease lapsed, with their run's workflow name (a retry's message label)."""
+    q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
+         .where(_state_is(TaskState.RUNNING), T.c.lease_expires_at.is_not(None), T.c.lease_expires_at < now)
          .order_by(T.c.lease_expires_at).limit(limit))
-    return s.execute(_locked(s, q)).all()
+    return [TaskRecord.from_row(r) for r in s.execute(_locked(s, q))]
 
 
 def runs_with_unhandled_tasks(s: Session, older_than: datetime, limit: int) -> list[int]:

@@ -91,6 +91,8 @@ class WorkflowRun(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     workflow_id: Mapped[int] = mapped_column(ForeignKey("workflows.id"), index=True)
     workflow_name: Mapped[str] = mapped_column(String(100))
+    #: which decider advances the run (``app.states.RunKind``)
+    kind: Mapped[str] = mapped_column(String(20), server_default=text("'dag'"))
     state: Mapped[str] = mapped_column(String(20), index=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     priority: Mapped[int] = mapped_column(Integer)
@@ -106,7 +108,11 @@ class WorkflowRun(Base):
 
 class TaskRun(Base):
     """One task of one run. ``attempt`` is the fencing token: only the holder of the current attempt's
-    ``lease_token`` may finish it."""
+    ``lease_token`` may finish it.
+
+    A task row describes itself: what to run (``type`` and ``body``), its timeout, retry policy, queue and
+    priority are snapshotted from the definition when the row is created, so the worker, the lease keeper and
+    the reconciler never read the workflow definition."""
 
     __tablename__ = "task_runs"
     __table_args__ = (
@@ -133,10 +139,23 @@ class TaskRun(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("workflow_runs.id"))
     name: Mapped[str] = mapped_column(String(100))
-    type: Mapped[str] = mapped_column(String(20))
+    type: Mapped[str] = mapped_column(String(20))  # app.states.TaskKind
+    #: what to run: {command, env} (shell), {function, args} (python), {workflow, params} (subworkflow), each
+    #: unrendered, plus ``inputs``: the upstream tasks whose results the body receives
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, server_default=text("'{}'"))
+    timeout: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # retry policy: ``retries`` failures of the body are retried after retry_delay * retry_backoff^(n-1) seconds
+    # (at most max_retry_delay); lost attempts are retried up to ``max_lost_attempts`` (unless on_lost = fail)
+    retries: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    retry_delay: Mapped[float] = mapped_column(Float, server_default=text("0"))
+    retry_backoff: Mapped[float] = mapped_column(Float, server_default=text("2"))
+    max_retry_delay: Mapped[float] = mapped_column(Float, server_default=text("3600"))
+    max_lost_attempts: Mapped[int] = mapped_column(Integer, server_default=text("3"))
+    on_lost: Mapped[str] = mapped_column(String(10), server_default=text("'retry'"))
     state: Mapped[str] = mapped_column(String(20))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)  # failed attempts since the run (re)started
+    lost_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))  # lost, since the (re)start
     queue: Mapped[str] = mapped_column(String(100))
     priority: Mapped[int] = mapped_column(Integer)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -148,7 +167,10 @@ class TaskRun(Base):
     ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     publish_count: Mapped[int] = mapped_column(Integer, default=0)  # publishes of the current attempt
     next_publish_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    handled: Mapped[bool] = mapped_column(Boolean, default=True)  # False: finished, master not yet acted
+    #: False: the task became terminal and the advance loop has not applied the consequences yet. Written False
+    #: by every terminal transition (``repository.transition_task``); set True only by the advance loop
+    #: (``app.services.master.advance_locked``), or by a transition whose caller hands the row to it.
+    handled: Mapped[bool] = mapped_column(Boolean, default=True)
     child_run_id: Mapped[int | None] = mapped_column(ForeignKey("workflow_runs.id"), nullable=True)
     result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

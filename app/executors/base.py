@@ -9,12 +9,26 @@ Everything the body prints goes to ``ctx.log``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from app.definitions import TaskSpec
-from app.errors import TaskFailure
 from app.executors.logbuffer import LogBuffer
+
+
+class Body(Protocol):
+    """What an executor runs: a task row's body (``app.records.TaskBody``), unrendered."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def command(self) -> str | None: ...
+    @property
+    def env(self) -> Mapping[str, str] | None: ...
+    @property
+    def function(self) -> str | None: ...
+    @property
+    def args(self) -> Mapping[str, Any] | None: ...
 
 
 @dataclass
@@ -47,17 +61,5 @@ class ExecutionContext:
 
 
 class Executor(Protocol):
-    def run(self, spec: TaskSpec, ctx: ExecutionContext) -> Any: ...
+    def run(self, spec: Body, ctx: ExecutionContext) -> Any: ...
 
-
-def executor_for(task_type: str) -> Executor:
-    """The executor for a task type; :class:`TaskFailure` for a type that has none (e.g. subworkflow)."""
-    # imported here: the executor modules import this one
-    from app.executors.python import PythonExecutor
-    from app.executors.shell import ShellExecutor
-
-    executors: dict[str, Executor] = {"shell": ShellExecutor(), "python": PythonExecutor()}
-    try:
-        return executors[task_type]
-    except KeyError:
-        raise TaskFailure(f"no executor for task type '{task_type}'") from None

@@ -14,13 +14,12 @@ import traceback
 from typing import IO, Any, cast
 
 from app import templating
-from app.definitions import TaskSpec
 from app.errors import TaskFailure, TaskStopped
-from app.executors.base import ExecutionContext
+from app.executors.base import Body, ExecutionContext
 
 
 class PythonExecutor:
-    def run(self, spec: TaskSpec, ctx: ExecutionContext) -> Any:
+    def run(self, spec: Body, ctx: ExecutionContext) -> Any:
         if spec.function is None:
             raise TaskFailure(f"task '{spec.name}' has no function")
         func = resolve_function(spec.function, ctx.allowed_python_modules)

@@ -18,9 +18,8 @@ import time
 from typing import IO, Any
 
 from app import templating
-from app.definitions import TaskSpec
 from app.errors import TaskFailure, TaskStopped
-from app.executors.base import ExecutionContext
+from app.executors.base import Body, ExecutionContext
 
 POLL_SECONDS = 0.05
 TERM_GRACE_SECONDS = 2.0
@@ -30,7 +29,7 @@ _RESULT_WINDOW = 64 * 1024
 
 
 class ShellExecutor:
-    def run(self, spec: TaskSpec, ctx: ExecutionContext) -> Any:
+    def run(self, spec: Body, ctx: ExecutionContext) -> Any:
         if spec.command is None:
             raise TaskFailure(f"task '{spec.name}' has no command")
         tctx = ctx.template_context()

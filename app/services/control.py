@@ -18,20 +18,36 @@ def register_workflow(s: Session, definition: WorkflowSpec | dict[str, Any]) -> 
     """Store a definition. Same content as the latest version: returns it (created=False); anything else
     becomes the new latest version. Invalid: :class:`DefinitionError` and nothing is stored."""
     spec = parse_definition(definition)
-    missing = sorted({
-        t.workflow for t in spec.tasks
-        if t.type == "subworkflow" and t.workflow and repo.workflow(s, t.workflow) is None
-    })
-    if missing:
-        raise DefinitionError([
-            f"task '{t.name}': subworkflow '{t.workflow}' is not registered (register it first)"
-            for t in spec.tasks if t.workflow in missing
-        ])
+    problems = _child_problems(s, spec)
+    if problems:
+        raise DefinitionError(problems)
     digest = spec.digest()
     latest = repo.workflow(s, spec.name)
     if latest is not None and latest.digest == digest:
         return latest, False
     return repo.insert_workflow(s, spec.name, digest, spec.canonical()), True
+
+
+def _child_problems(s: Session, spec: WorkflowSpec) -> list[str]:
+    """What can be checked of a subworkflow task before anything runs: its child is registered, and every
+    parameter it passes is declared by the child (its latest version: the one a run would start)."""
+    problems: list[str] = []
+    children: dict[str, WorkflowSpec | None] = {}
+    for t in spec.tasks:
+        if t.type != "subworkflow" or not t.workflow:
+            continue
+        if t.workflow not in children:
+            row = repo.workflow(s, t.workflow)
+            children[t.workflow] = WorkflowSpec.model_validate(row.definition) if row is not None else None
+        child = children[t.workflow]
+        if child is None:
+            problems.append(f"task '{t.name}': subworkflow '{t.workflow}' is not registered (register it first)")
+            continue
+        declared = ", ".join(sorted(child.params)) or "none"
+        problems.extend(
+            f"task '{t.name}': params: '{p}' is not a parameter of workflow '{t.workflow}' (declared: {declared})"
+            for p in sorted(set(t.params or {}) - set(child.params)))
+    return problems
 
 
 def cancel_run(rt: Runtime, run_id: int, *, actor: str = "api", reason: str = "cancelled by request") -> None:
@@ -60,8 +76,8 @@ def retry_run(rt: Runtime, run_id: int, *, actor: str = "api") -> int:
         for task in repo.run_tasks(s, run.id):
             if task.state in (TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED):
                 reset += repo.transition_task(
-                    s, task, TaskState.PENDING, actor=actor, reason="run retried", failures=0, error=None,
-                    result=None, finished_at=None, handled=True, child_run_id=None,
+                    s, task, TaskState.PENDING, actor=actor, reason="run retried", failures=0, lost_attempts=0,
+                    error=None, result=None, finished_at=None, handled=True, child_run_id=None,
                 )
         repo.transition_run(s, run, RunState.RUNNING, actor=actor, reason=f"retried ({reset} tasks reset)")
         fresh = repo.get_run(s, run.id)

@@ -1,24 +1,40 @@
-"""The master: starts runs and advances them. Runs as the ``tideflow.advance`` Celery task on its own
-queue, inline in ``start_run``/``retry_run``, and from the reconciler; all three call :func:`advance_locked`
-under the run's row lock, so two advances of one run (e.g. two branches finishing together) serialise and
-the join is submitted exactly once. There is no in-memory master state: everything is re-read.
+"""The advance loop and the run lifecycle: start a run, advance it, start child runs, finish and cancel runs.
+
+:func:`advance_locked` is the one advance loop, used by every path that moves a run forward: the master's
+``tideflow.advance`` task (:func:`advance_run`), a worker finishing a task when the run's lock is free
+(inline, ``app.services.worker``), the reconciler, ``start_run`` and ``retry_run``. Each holds the run's row
+lock, so two advances of one run serialise and a join is submitted exactly once. There is no in-memory master
+state: everything is re-read.
+
+Nothing is stuck, by one rule with one owner: a task that becomes terminal is *unhandled* until this loop
+has applied its consequences (``repository.transition_task`` writes ``handled = false`` on every terminal
+transition; only this loop marks tasks handled). The loop keeps going while its own actions end tasks (a child
+run that cannot start fails its task, a skip skips the next level), so whatever ends a task, at any position
+and on any path, its downstream tasks and its run are decided in the same transaction; and a task ended
+elsewhere (a worker, the reconciler, a child run) stays unhandled, which the reconciler sees, until an advance
+has acted on it.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from app import dag, templating
-from app.clock import after, utcnow
+from app import templating
+from app.clock import utcnow
 from app.db import repository as repo
-from app.definitions import check_run_params
+from app.definitions import check_run_params, task_row_values
 from app.dispatch import ExecuteMessage, publish_after_commit
 from app.errors import DefinitionError, NotFound, TideflowError
-from app.runtime import LoadedWorkflow, Runtime
-from app.states import RunState, TaskState
+from app.records import RunRecord, TaskRecord
+from app.runtime import Runtime
+from app.services import attempts
+from app.services.deciders import Plan, decider_for
+from app.states import TASK_TERMINAL, RunState, TaskKind, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +44,20 @@ MAX_SUBWORKFLOW_DEPTH = 10
 def start_run(
     s: Session, rt: Runtime, workflow_name: str, params: dict[str, Any] | None = None, *,
     priority: int | None = None, version: int | None = None, actor: str = "api",
-    parent_task: repo.TaskRow | None = None,
 ) -> int:
     """Create a run and submit its root tasks in the caller's transaction ``s``. Messages are published
     only when that transaction commits."""
+    run = create_run(s, rt, workflow_name, params, priority=priority, version=version, actor=actor)
+    advance_locked(s, rt, run, actor=actor, full=True)
+    return run.id
+
+
+def create_run(
+    s: Session, rt: Runtime, workflow_name: str, params: dict[str, Any] | None = None, *,
+    priority: int | None = None, version: int | None = None, actor: str = "api",
+    parent_task: TaskRecord | None = None,
+) -> RunRecord:
+    """Insert a run and its (pending) task rows; nothing is submitted until it is advanced."""
     wf_row = repo.workflow(s, workflow_name, version)
     if wf_row is None:
         raise NotFound(f"workflow '{workflow_name}'" + (f" version {version}" if version else "")
@@ -47,14 +73,13 @@ def start_run(
         parent_task_run_id=parent_task.id if parent_task is not None else None, actor=actor, reason=reason,
     )
     repo.insert_tasks(s, run_id, [
-        {"name": t.name, "type": t.type, "queue": t.queue or rt.settings.default_queue,
-         "priority": t.priority if t.priority is not None else prio}
+        {**task_row_values(wf.spec, t, default_max_lost_attempts=rt.settings.max_lost_attempts),
+         "queue": t.queue or rt.settings.default_queue, "priority": t.priority if t.priority is not None else prio}
         for t in wf.spec.tasks
     ])
     run = repo.get_run(s, run_id)
     assert run is not None
-    advance_locked(s, rt, run, actor=actor, full=True)
-    return run_id
+    return run
 
 
 def advance_run(rt: Runtime, run_id: int, *, actor: str, skip_locked: bool = False) -> bool:
@@ -68,109 +93,94 @@ def advance_run(rt: Runtime, run_id: int, *, actor: str, skip_locked: bool = Fal
 
 
 def advance_locked(
-    s: Session, rt: Runtime, run: repo.RunRow, *, actor: str, full: bool = False,
-    finished: repo.TaskRow | None = None,
+    s: Session, rt: Runtime, run: RunRecord, *, actor: str, full: bool = False, finished: TaskRecord | None = None,
 ) -> None:
-    """Apply DAG decisions until there is nothing left to do. The caller holds the run's lock.
-
-    Common path (incremental, cost independent of the DAG's size): look only at the tasks that finished
-    since the last advance (the unhandled ones, or ``finished``: the task the caller just finished) and at
-    their children. ``full`` re-evaluates the whole DAG: at start, after a retry, and when a failure stops
-    the run."""
-    changed_rows = [finished] if finished is not None else list(repo.unhandled_tasks(s, run.id))
-    repo.mark_handled(s, [t.id for t in changed_rows if not t.handled])
-    if run.state != RunState.RUNNING:
-        return
-    wf = rt.workflow(s, run.workflow_id)
-    if full or dag.stops_run({t.name: TaskState(t.state) for t in changed_rows}, run.on_failure):
-        _advance_full(s, rt, run, wf, actor)
-        return
-    changed = {t.name for t in changed_rows}
-    submitted = False
-    while changed:
-        children = {c for n in changed for c in wf.children[n]}
-        needed = children | {d for c in children for d in wf.deps[c]}
-        tasks = {t.name: t for t in repo.tasks_named(s, run.id, needed)}
-        decision = dag.step(wf.deps, wf.children, {n: TaskState(t.state) for n, t in tasks.items()}, changed)
-        _apply(s, rt, run, wf, tasks, decision, actor)
-        submitted = submitted or bool(decision.submit)
-        changed = set(decision.skip)
-    if not submitted and not repo.has_live_tasks(s, run.id):
-        outcome = dag.run_outcome(repo.task_states(s, run.id))
-        if outcome is not None:
-            finish_run(s, rt, run, outcome[0], actor=actor, reason=outcome[1])
-
-
-def _advance_full(s: Session, rt: Runtime, run: repo.RunRow, wf: LoadedWorkflow, actor: str) -> None:
-    tasks = {t.name: t for t in repo.run_tasks(s, run.id)}
-    for _ in range(len(tasks) + 2):
-        decision = dag.evaluate(wf.deps, {n: TaskState(t.state) for n, t in tasks.items()}, run.on_failure)
-        if decision.empty:
+    """The advance loop. The caller holds the run's lock. ``finished``: the task the caller just ended (and
+    wrote as handled), instead of reading the run's unhandled tasks; ``full``: decide from the whole run."""
+    changed = [finished] if finished is not None else repo.unhandled_tasks(s, run.id)
+    decider = None
+    while True:
+        repo.mark_handled(s, [t.id for t in changed if not t.handled])
+        if run.state != RunState.RUNNING:
             return
-        _apply(s, rt, run, wf, tasks, decision, actor)
-        if decision.outcome is not None:
+        decider = decider or decider_for(s, rt, run)
+        plan = decider.decide(s, run, changed, full=full)
+        if plan.empty:
             return
-        tasks = {t.name: t for t in repo.run_tasks(s, run.id)}
-    raise RuntimeError(f"run {run.id}: the DAG evaluator did not settle")  # pragma: no cover
+        ended = _apply(s, rt, run, plan, actor)
+        if plan.outcome is not None:
+            finish_run(s, rt, run, plan.outcome, actor=actor, reason=plan.reason)
+            return
+        if not ended:
+            return
+        changed, full = ended, False
 
 
-def _apply(
-    s: Session, rt: Runtime, run: repo.RunRow, wf: LoadedWorkflow, tasks: dict[str, repo.TaskRow],
-    decision: dag.Decision, actor: str,
-) -> None:
+def _apply(s: Session, rt: Runtime, run: RunRecord, plan: Plan, actor: str) -> list[TaskRecord]:
+    """Carry out a plan. Returns the tasks that became terminal doing so (skipped, cancelled, or failed to
+    start): the loop decides their consequences next."""
     now = utcnow()
-    for name in decision.skip:
-        repo.transition_task(s, tasks[name], TaskState.SKIPPED, actor=actor, now=now,
-                             reason=decision.reason or "an upstream task did not succeed", finished_at=now)
-    for name in decision.cancel:
-        stop_task(s, rt, tasks[name], TaskState.CANCELLED, actor=actor, reason=f"run stopped: {decision.reason}")
+    ended: list[TaskRecord] = []
+    for task in plan.skip:
+        if attempts.stop(s, task, TaskState.SKIPPED, actor=actor, now=now, handled=True,
+                         reason=plan.reason or "an upstream task did not succeed"):
+            ended.append(replace(task, state=TaskState.SKIPPED, handled=True))
+    for task in plan.cancel:
+        if stop_task(s, rt, task, TaskState.CANCELLED, actor=actor, reason=f"run stopped: {plan.reason}",
+                     handled=True):
+            ended.append(replace(task, state=TaskState.CANCELLED, handled=True))
     messages: list[ExecuteMessage] = []
-    for name in decision.submit:
-        task = tasks[name]
-        spec = wf.task(name)
-        if spec.type == "subworkflow":
-            _start_child(s, rt, run, wf, task, actor)
+    for task in plan.submit:
+        if task.kind == TaskKind.SUBWORKFLOW:
+            done = _start_child(s, rt, run, task, actor)
+            if done is not None:
+                ended.append(done)
             continue
-        attempt = task.attempt + 1
-        if repo.transition_task(
-            s, task, TaskState.SUBMITTED, actor=actor, now=now, reason="upstream tasks succeeded",
-            attempt=attempt, publish_count=1, not_before=None,
-            next_publish_at=after(rt.settings.orphan_timeout_seconds, now), error=None, result=None,
-        ):
-            messages.append(ExecuteMessage(task.id, attempt, task.queue, task.priority,
-                                           label=f"{run.workflow_name}/{name}"))
+        message = attempts.submit(s, rt, task, actor=actor, now=now, reason="upstream tasks succeeded",
+                                  label=f"{run.workflow_name}/{task.name}")
+        if message is not None:
+            messages.append(message)
     publish_after_commit(s, rt.dispatcher, execute=messages)
-    if decision.outcome is not None:
-        finish_run(s, rt, run, decision.outcome, actor=actor, reason=decision.reason)
+    return ended
 
 
-def _start_child(
-    s: Session, rt: Runtime, run: repo.RunRow, wf: LoadedWorkflow, task: repo.TaskRow, actor: str,
-) -> None:
-    spec = wf.task(task.name)
-    assert spec.workflow is not None
+def _start_child(s: Session, rt: Runtime, run: RunRecord, task: TaskRecord, actor: str) -> TaskRecord | None:
+    """Start a subworkflow task's child run (in a savepoint: a child that cannot start leaves nothing behind).
+    Returns the task's record if it ended here: it failed to start (any error but a database outage, which
+    must delay work, not fail it), or its child run finished at once."""
+    workflow = task.body.workflow or ""
     now = utcnow()
+    attempt = task.attempt + 1
     try:
-        if _depth(s, run) >= MAX_SUBWORKFLOW_DEPTH:
-            raise TideflowError(f"subworkflows nested deeper than {MAX_SUBWORKFLOW_DEPTH}")
-        upstream = repo.task_results(s, run.id, wf.inputs_of(task.name))
-        ctx = {"params": run.params, "upstream": upstream,
-               "run": {"id": run.id, "priority": run.priority, "workflow": run.workflow_name}}
-        child_params = templating.render(spec.params or {}, ctx)
         with s.begin_nested():
-            child_id = start_run(s, rt, spec.workflow, child_params, priority=run.priority, actor=actor,
-                                 parent_task=task)
-    except (TideflowError, templating.TemplateError) as exc:
-        repo.transition_task(s, task, TaskState.FAILED, actor=actor, now=now, finished_at=now, handled=True,
-                             reason=f"could not start child workflow '{spec.workflow}': {exc}", error=str(exc),
-                             attempt=task.attempt + 1)
-        return
-    repo.transition_task(s, task, TaskState.RUNNING, actor=actor, now=now, child_run_id=child_id,
-                         attempt=task.attempt + 1, started_at=now, lease_token=None, lease_expires_at=None,
-                         reason=f"child run {child_id} of workflow '{spec.workflow}' started")
+            if _depth(s, run) >= MAX_SUBWORKFLOW_DEPTH:
+                raise TideflowError(f"subworkflows nested deeper than {MAX_SUBWORKFLOW_DEPTH}")
+            upstream = repo.task_results(s, run.id, task.body.inputs)
+            ctx = {"params": run.params, "upstream": upstream,
+                   "run": {"id": run.id, "priority": run.priority, "workflow": run.workflow_name}}
+            child_params = templating.render(task.body.params or {}, ctx)
+            child = create_run(s, rt, workflow, child_params, priority=run.priority, actor=actor, parent_task=task)
+            repo.transition_task(s, task, TaskState.RUNNING, actor=actor, now=now, child_run_id=child.id,
+                                 attempt=attempt, started_at=now, lease_token=None, lease_expires_at=None,
+                                 reason=f"child run {child.id} of workflow '{workflow}' started")
+            advance_locked(s, rt, child, actor=actor, full=True)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever stops a child from starting fails its task, not the advance
+        expected = isinstance(exc, TideflowError | templating.TemplateError)
+        error = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        if not expected:
+            log.exception("run %s: starting the child run of task %s failed", run.id, task.name)
+        if repo.transition_task(s, task, TaskState.FAILED, actor=actor, now=now, finished_at=now, handled=True,
+                                reason=f"could not start child workflow '{workflow}': {error}", error=error,
+                                attempt=attempt):
+            return replace(task, state=TaskState.FAILED, attempt=attempt, handled=True, error=error)
+        return None
+    fresh = repo.get_task(s, task.id)
+    return fresh if fresh is not None and fresh.state in TASK_TERMINAL else None
 
 
-def _depth(s: Session, run: repo.RunRow) -> int:
+def _depth(s: Session, run: RunRecord) -> int:
     depth = 0
     while run.parent_task_run_id is not None and depth <= MAX_SUBWORKFLOW_DEPTH:
         parent_task = repo.get_task(s, run.parent_task_run_id)
@@ -181,7 +191,7 @@ def _depth(s: Session, run: repo.RunRow) -> int:
     return depth
 
 
-def finish_run(s: Session, rt: Runtime, run: repo.RunRow, outcome: RunState, *, actor: str, reason: str) -> bool:
+def finish_run(s: Session, rt: Runtime, run: RunRecord, outcome: RunState, *, actor: str, reason: str) -> bool:
     """Finish a run and, in the same transaction, finish the parent task of a child run (the child's
     completion cannot be lost: if the parent's advance message is, the reconciler sees the unhandled task)."""
     error = None if outcome == RunState.SUCCEEDED else reason
@@ -195,31 +205,31 @@ def finish_run(s: Session, rt: Runtime, run: repo.RunRow, outcome: RunState, *, 
             results = repo.task_results(s, run.id) if ok else None
             if repo.transition_task(
                 s, parent_task, TaskState.SUCCEEDED if ok else TaskState.FAILED, actor=actor, now=now,
-                reason=f"child run {run.id} {outcome}", finished_at=now, handled=False, result=results,
+                reason=f"child run {run.id} {outcome}", finished_at=now, result=results,
                 error=None if ok else f"child run {run.id} {outcome}: {reason}",
             ):
                 publish_after_commit(s, rt.dispatcher, advance=[parent_task.run_id])
     return True
 
 
-def stop_task(s: Session, rt: Runtime, task: repo.TaskRow, to: TaskState, *, actor: str, reason: str) -> bool:
+def stop_task(
+    s: Session, rt: Runtime, task: TaskRecord, to: TaskState, *, actor: str, reason: str, **values: Any,
+) -> bool:
     """Cancel/skip a live task. A running attempt loses its lease by this (its heartbeat sees it and stops the
     body); a running subworkflow task cancels its child run."""
-    now = utcnow()
-    if not repo.transition_task(s, task, to, actor=actor, now=now, reason=reason, finished_at=now,
-                                lease_token=None, lease_expires_at=None):
+    if not attempts.stop(s, task, to, actor=actor, reason=reason, now=utcnow(), **values):
         return False
-    if task.state == TaskState.RUNNING:
-        repo.finish_attempt(s, task.id, task.attempt, outcome="cancelled", error=reason, now=now)
-        if task.child_run_id is not None:
-            child = repo.lock_run(s, task.child_run_id)
-            if child is not None and child.state == RunState.RUNNING:
-                cancel_locked(s, rt, child, actor=actor, reason=f"parent task {task.name} stopped")
+    if task.state == TaskState.RUNNING and task.child_run_id is not None:
+        child = repo.lock_run(s, task.child_run_id)
+        if child is not None and child.state == RunState.RUNNING:
+            cancel_locked(s, rt, child, actor=actor, reason=f"parent task {task.name} stopped")
     return True
 
 
-def cancel_locked(s: Session, rt: Runtime, run: repo.RunRow, *, actor: str, reason: str) -> None:
+def cancel_locked(s: Session, rt: Runtime, run: RunRecord, *, actor: str, reason: str) -> None:
+    """Cancel a run (locked by the caller): its live tasks are cancelled (nothing follows from them: the run
+    ends here, so they are handled) and the run ends ``cancelled``."""
     for task in repo.run_tasks(s, run.id):
         if task.state in (TaskState.PENDING, TaskState.SUBMITTED, TaskState.RUNNING):
-            stop_task(s, rt, task, TaskState.CANCELLED, actor=actor, reason=reason)
+            stop_task(s, rt, task, TaskState.CANCELLED, actor=actor, reason=reason, handled=True)
     finish_run(s, rt, run, RunState.CANCELLED, actor=actor, reason=reason)

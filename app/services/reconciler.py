@@ -5,7 +5,8 @@ workers or masters are lost. One pass (``reconcile_once``; also ``tideflow recon
    exponential back-off per attempt (``app.scheduling.republish_delay``) so a queue backlog does not
    multiply messages;
 2. expired leases: a running task whose lease lapsed is a lost attempt (worker died, or was partitioned
-   away): retried or failed per its policy. The old attempt can no longer finish (its token is fenced);
+   away): retried on its lost-attempt budget, or failed (``app.services.attempts.fail``). The old attempt
+   can no longer finish (its token is fenced);
 3. unhandled completions: runs holding a finished task (or finished child run) the master has not acted on
    within ``advance_timeout`` are advanced here, even while other branches run.
 
@@ -20,12 +21,11 @@ from dataclasses import dataclass
 
 from app.clock import after, utcnow
 from app.db import repository as repo
-from app.dispatch import ExecuteMessage, publish_after_commit
+from app.dispatch import publish_after_commit
 from app.runtime import Runtime
-from app.scheduling import republish_delay
+from app.services import attempts
 from app.services.master import advance_run
-from app.services.worker import fail_attempt
-from app.states import TaskState
+from app.states import AttemptOutcome, TaskState
 
 log = logging.getLogger(__name__)
 ACTOR = "reconciler"
@@ -54,39 +54,32 @@ def reconcile_once(rt: Runtime) -> Report:
 
 def _republish_orphans(rt: Runtime) -> int:
     now = utcnow()
-    count = 0
     with rt.db.transaction() as s:
-        messages = []
-        for task in repo.due_orphans(s, now, rt.settings.reconcile_batch_size):
-            n = task.publish_count + 1
-            delay = republish_delay(n, rt.settings)
-            if repo.transition_task(
-                s, task, TaskState.SUBMITTED, actor=ACTOR, now=now, publish_count=n,
-                next_publish_at=after(delay, now),
-                reason=f"not claimed in time: re-published (publish #{n} of attempt {task.attempt}; "
-                       f"next check in {delay:g}s)",
-            ):
-                messages.append(ExecuteMessage(task.id, task.attempt, task.queue, task.priority,
-                                               label=f"{task.workflow_name}/{task.name}"))
-                count += 1
+        messages = [m for task in repo.due_orphans(s, now, rt.settings.reconcile_batch_size)
+                    if (m := attempts.republish(s, rt, task, actor=ACTOR, now=now)) is not None]
         publish_after_commit(s, rt.dispatcher, execute=messages)
-    return count
+    return len(messages)
 
 
 def _expire_leases(rt: Runtime) -> int:
+    """Running attempts whose lease lapsed are lost: retried on the task's lost-attempt budget, or failed."""
     now = utcnow()
     count = 0
     with rt.db.transaction() as s:
-        advance: list[int] = []
+        advance: set[int] = set()
+        messages = []
         for task in repo.expired_leases(s, now, rt.settings.reconcile_batch_size):
             reason = f"lease expired at {task.lease_expires_at:%H:%M:%S} (worker {task.worker} stopped renewing it)"
-            landed, _outcome = fail_attempt(s, rt, task, reason, actor=ACTOR, fence=task.lease_token, now=now,
-                                            attempt_outcome="lost")
-            if landed:
-                repo.finish_attempt(s, task.id, task.attempt, outcome="lost", error=reason, now=now)
-                advance.append(task.run_id)
-                count += 1
-        publish_after_commit(s, rt.dispatcher, advance=sorted(set(advance)))
+            to, message = attempts.fail(s, rt, task, reason, outcome=AttemptOutcome.LOST, actor=ACTOR,
+                                        fence=task.lease_token, now=now)
+            if to is None:
+                continue
+            count += 1
+            if message is not None:
+                messages.append(message)
+            if to == TaskState.FAILED:
+                advance.add(task.run_id)
+        publish_after_commit(s, rt.dispatcher, execute=messages, advance=sorted(advance))
     return count
 
 

@@ -9,28 +9,28 @@ exact attempt, so duplicate, late and redelivered messages find nothing to claim
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session
 
-from app.clock import after, utcnow
+from app.clock import utcnow
 from app.db import repository as repo
-from app.dispatch import ExecuteMessage, publish_after_commit
+from app.dispatch import publish_after_commit
 from app.errors import TaskFailure, TaskStopped
-from app.executors.base import ExecutionContext, executor_for
+from app.executors import ExecutionContext, executor_for
 from app.executors.logbuffer import LogBuffer
+from app.records import TaskRecord
 from app.runtime import Runtime
+from app.services import attempts
 from app.services.master import advance_locked
-from app.states import TaskState
+from app.states import AttemptOutcome, TaskKind, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +57,11 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
     now = utcnow()
     token = str(uuid.uuid4())
     with rt.db.transaction() as s:
-        task = repo.claim_task(
-            s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=f"claimed by {rt.worker_id}",
-            worker=rt.worker_id, lease_token=token, lease_expires_at=after(rt.settings.lease_seconds, now),
-            started_at=now,
-        )
+        task = attempts.claim(s, rt, task_run_id, attempt, now=now, token=token)
         if task is None:
             return _not_claimed(repo.get_task(s, task_run_id), task_run_id, attempt, now)
-        repo.insert_attempt(s, task, attempt=attempt, worker=rt.worker_id, pid=os.getpid(), now=now)
         run = rt.run_info(s, task.run_id)
-        wf = rt.workflow(s, run.workflow_id)
-        upstream = repo.task_results(s, task.run_id, wf.inputs_of(task.name))
-    spec = wf.task(task.name)
+        upstream = repo.task_results(s, task.run_id, task.body.inputs)
 
     ctx = ExecutionContext(
         run_id=run.id, task_run_id=task.id, task_name=task.name, attempt=attempt, workflow=run.workflow_name,
@@ -77,14 +70,14 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
     )
     from app.services.lease import LeaseKeeper  # local: keeps signal handling out of import time
 
-    keeper = LeaseKeeper(rt, task.id, token, timeout=spec.timeout, stop=ctx.stop,
-                         interrupt_main=spec.type == "python", hard_kill=hard_kill)
+    keeper = LeaseKeeper(rt, task.id, token, timeout=task.timeout, stop=ctx.stop,
+                         interrupt_main=task.kind == TaskKind.PYTHON, hard_kill=hard_kill)
     started = time.monotonic()
     result: Any = None
     error: str | None = None
     try:
         with keeper:
-            result = executor_for(spec.type).run(spec, ctx)
+            result = executor_for(task.kind).run(task.body, ctx)
     except TaskStopped:
         error = keeper.reason or "stopped"
     except TaskFailure as exc:
@@ -100,10 +93,10 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
              error or "ok")
     return _durably(rt, lambda: finish(rt, task_run_id, attempt, token, result=result, error=error,
                                        log_text=ctx.log.getvalue(), timed_out=keeper.timed_out, started_at=now,
-                                       run_id=run.id))
+                                       run_id=run.id, workflow_name=run.workflow_name))
 
 
-def _not_claimed(task: repo.TaskRow | None, task_run_id: int, attempt: int, now: datetime) -> Result:
+def _not_claimed(task: TaskRecord | None, task_run_id: int, attempt: int, now: datetime) -> Result:
     """Why a claim did not land: the row is not visible (yet), the message is stale, or it came early."""
     if task is None:
         return Result(Outcome.MISSING_ROW, detail=f"task run {task_run_id} is not visible")
@@ -145,15 +138,15 @@ def _durably(rt: Runtime, fn: Callable[[], Result]) -> Result:
 def finish(
     rt: Runtime, task_run_id: int, attempt: int, token: str, *, result: Any = None, error: str | None = None,
     log_text: str | None = None, timed_out: bool = False, started_at: datetime | None = None,
-    run_id: int | None = None,
+    run_id: int | None = None, workflow_name: str | None = None,
 ) -> Result:
     """Record an attempt's end, fenced by its lease token, and advance the run in the same transaction when
     it is free (no hop through the master queue). Does nothing (FENCED) if the attempt lost
     its lease. Should the inline advance fail, the outcome is recorded alone and the master advances."""
     kw: dict[str, Any] = dict(result=result, error=error, log_text=log_text, timed_out=timed_out,
-                              started_at=started_at, run_id=run_id)
+                              started_at=started_at, run_id=run_id, workflow_name=workflow_name)
     try:
-        return _finish(rt, task_run_id, attempt, token, inline=True, **kw)
+        return _finish(rt, task_run_id, attempt, token, inline=rt.settings.inline_advance, **kw)
     except (OperationalError, InterfaceError):
         raise
     except Exception:  # noqa: BLE001 - the transaction rolled back: record the outcome without the advance
@@ -164,6 +157,7 @@ def finish(
 def _finish(
     rt: Runtime, task_run_id: int, attempt: int, token: str, *, inline: bool, result: Any, error: str | None,
     log_text: str | None, timed_out: bool, started_at: datetime | None, run_id: int | None,
+    workflow_name: str | None,
 ) -> Result:
     with rt.db.transaction() as s:
         now = utcnow()
@@ -171,65 +165,30 @@ def _finish(
         # in this transaction (no hop through the master queue) and a succeeded task is born handled; when a
         # sibling's advance, the master or the reconciler holds it, the master is asked after commit.
         run = repo.lock_run(s, run_id, skip_locked=True) if inline and run_id is not None else None
-        how = "succeeded" if error is None else "timed_out" if timed_out else "failed"
-        finished: repo.TaskRow | None = None
+        finished: TaskRecord | None = None
         if error is None:
-            finished = repo.transition_by_id(
-                s, task_run_id, TaskState.RUNNING, TaskState.SUCCEEDED, attempt=attempt, fence=token,
-                actor=rt.worker_id, now=now, reason="succeeded", result=result, finished_at=now,
-                handled=run is not None, lease_expires_at=None,
-            )
-            landed, outcome = finished is not None, Outcome.SUCCEEDED
+            finished = attempts.succeed(s, rt, task_run_id, attempt, token, result=result, now=now,
+                                        handled=run is not None, log=log_text, started_at=started_at)
+            to: TaskState | None = TaskState.SUCCEEDED if finished is not None else None
             owner = finished.run_id if finished is not None else run_id
         else:
             task = repo.get_task(s, task_run_id)
-            landed, outcome, owner = False, Outcome.FENCED, task.run_id if task is not None else run_id
+            to, owner = None, task.run_id if task is not None else run_id
             if task is not None and task.state == TaskState.RUNNING and task.attempt == attempt \
                     and task.lease_token == token:
-                landed, outcome = fail_attempt(s, rt, task, error, actor=rt.worker_id, fence=token, now=now,
-                                               attempt_outcome=how)
-        if not landed:
+                to, message = attempts.fail(
+                    s, rt, replace(task, workflow_name=workflow_name), error, actor=rt.worker_id, fence=token,
+                    now=now, outcome=AttemptOutcome.TIMED_OUT if timed_out else AttemptOutcome.FAILED,
+                    log=log_text, started_at=started_at)
+                if message is not None:
+                    publish_after_commit(s, rt.dispatcher, execute=[message])
+        if to is None:
             log.warning("task run %s attempt %s lost its lease; its result is discarded", task_run_id, attempt)
             return Result(Outcome.FENCED)
-        repo.finish_attempt(s, task_run_id, attempt, outcome=how, error=error, log=log_text, now=now,
-                            started_at=started_at)
-        if outcome != Outcome.RETRYING:
+        if to != TaskState.SUBMITTED:
             if run is not None:
                 advance_locked(s, rt, run, actor=rt.worker_id, finished=finished)
             elif owner is not None:
                 publish_after_commit(s, rt.dispatcher, advance=[owner])
+    outcome = {TaskState.SUCCEEDED: Outcome.SUCCEEDED, TaskState.SUBMITTED: Outcome.RETRYING}.get(to, Outcome.FAILED)
     return Result(outcome, detail=error or "")
-
-
-def fail_attempt(
-    s: Session, rt: Runtime, task: repo.TaskRow, error: str, *, actor: str, fence: str | None, now: datetime,
-    attempt_outcome: str,
-) -> tuple[bool, Outcome]:
-    """A running attempt failed (or was lost): retry per the task's policy, or fail the task."""
-    run = repo.get_run(s, task.run_id)
-    assert run is not None
-    spec = rt.workflow(s, run.workflow_id).task(task.name)
-    failures = task.failures + 1
-    if failures <= spec.retries:
-        delay = spec.retry_delay_for(failures)
-        not_before = after(delay, now) if delay > 0 else None
-        landed = repo.transition_task(
-            s, task, TaskState.SUBMITTED, actor=actor, fence=fence, now=now,
-            reason=f"attempt {task.attempt} {attempt_outcome}: {error}; retry {failures}/{spec.retries}"
-                   + (f" in {delay:g}s" if delay else ""),
-            attempt=task.attempt + 1, failures=failures, error=error, not_before=not_before, publish_count=1,
-            next_publish_at=after(delay + rt.settings.orphan_timeout_seconds, now), lease_token=None,
-            lease_expires_at=None, worker=None,
-        )
-        if landed:
-            publish_after_commit(s, rt.dispatcher, execute=[ExecuteMessage(
-                task.id, task.attempt + 1, task.queue, task.priority, countdown=delay,
-                label=f"{run.workflow_name}/{task.name}")])
-        return landed, Outcome.RETRYING
-    landed = repo.transition_task(
-        s, task, TaskState.FAILED, actor=actor, fence=fence, now=now, failures=failures, error=error,
-        reason=f"attempt {task.attempt} {attempt_outcome}: {error}"
-               + (f"; no retries left ({spec.retries})" if spec.retries else ""),
-        finished_at=now, handled=False, lease_expires_at=None,
-    )
-    return landed, Outcome.FAILED

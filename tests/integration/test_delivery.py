@@ -142,10 +142,12 @@ def test_same_message_delivered_twice_runs_the_body_once(cluster):
 
 @pytest.mark.parametrize("victim", ["whole worker", "pool process"])
 def test_worker_killed_mid_task_is_retried_after_lease_expiry_and_fenced(cluster, victim):
+    """A worker dying is an infrastructure fault, not a failure of the body: a task with no retries (the
+    default) still runs to success on a new attempt, on its lost-attempt budget."""
     tf = client_for(cluster)
     tf.register({"name": "crash", "tasks": [
         {"name": "slow", "type": "python", "function": "tests.support.jobs:sleep_on_first_attempt",
-         "args": {"seconds": 120}, "retries": 1},
+         "args": {"seconds": 120}},
         {"name": "after", "type": "python", "function": "tests.support.jobs:record", "depends_on": ["slow"]},
     ]})
     w1 = cluster.start_worker("w1", concurrency=1)
@@ -169,13 +171,29 @@ def test_worker_killed_mid_task_is_retried_after_lease_expiry_and_fenced(cluster
     run = wait_run(tf, run_id, "succeeded", timeout=60)
     slow = next(t for t in run["tasks"] if t["name"] == "slow")
     assert [a["outcome"] for a in slow["attempts"]] == ["lost", "succeeded"]
-    assert slow["result"] == "attempt 2"
+    assert slow["result"] == "attempt 2" and slow["failures"] == 0
     assert any(e["actor"] == "reconciler" and "lease expired" in e["reason"] for e in history(tf, run_id))
     # the killed attempt can no longer write its result
     assert worker.finish(tf.runtime, task.id, 1, old_token, result="stale").outcome == worker.Outcome.FENCED
     assert tf.run(run_id)["tasks"][0]["result"] == "attempt 2"
     ledger = [e for e in read_ledger(cluster.ledger) if e["run"] == run_id and e["task"] == "slow"]
     assert [(e["event"], e["attempt"]) for e in ledger] == [("start", 1), ("start", 2), ("end", 2)]
+    tf.close()
+
+
+def test_a_body_that_kills_its_worker_every_time_fails_after_its_lost_attempt_budget(cluster):
+    tf = client_for(cluster)
+    tf.register({"name": "oom", "tasks": [
+        {"name": "hog", "type": "python", "function": "tests.support.jobs:kill_own_process", "retries": 3,
+         "max_lost_attempts": 2}]})
+    cluster.start_worker("w1", concurrency=1)
+    cluster.start_beat()
+    run_id = tf.start_run("oom")
+    run = wait_run(tf, run_id, "failed", timeout=60)
+    hog = run["tasks"][0]
+    assert [a["outcome"] for a in hog["attempts"]] == ["lost", "lost"] and hog["failures"] == 0
+    assert "2 attempts lost (max_lost_attempts: 2): the body may be killing its worker" in hog["error"]
+    assert execs(cluster, run_id) == {(run_id, "hog"): 2}
     tf.close()
 
 

@@ -338,10 +338,11 @@ def _claim_with_expired_lease(rt: Runtime, task_run_id: int, attempt: int) -> No
         repo.insert_attempt(s, task, attempt=attempt, worker="gone", pid=0, now=now)
 
 
-def test_lease_expiry_without_retries_left_counts_and_other_failures_do_not(db_url):
+def test_lease_expiry_that_fails_its_task_counts_and_other_failures_do_not(db_url):
     rt = in_process(db_url)
     d: RecordingDispatcher = rt.dispatcher  # type: ignore[assignment]
-    fail = {"name": "t", "type": "python", "function": "tests.support.jobs:fail_times", "args": {"times": 9}}
+    fail = {"name": "t", "type": "python", "function": "tests.support.jobs:fail_times", "args": {"times": 9},
+            "on_lost": "fail"}
     with rt.db.transaction() as s:
         control.register_workflow(s, {"name": "one", "tasks": [fail]})
         control.register_workflow(s, {"name": "parent", "tasks": [
@@ -356,7 +357,7 @@ def test_lease_expiry_without_retries_left_counts_and_other_failures_do_not(db_u
     plain = Scrape(metrics)
     assert plain("tideflow_tasks", state="failed") == 3
     assert plain("tideflow_lease_expiries_total") == 0
-    # an attempt whose worker vanished, with no retry left: running -> failed by the reconciler
+    # an attempt whose worker vanished, not to be retried (on_lost: fail): running -> failed by the reconciler
     with rt.db.transaction() as s:
         run_id = master.start_run(s, rt, "one")
     (message,) = d.executed

@@ -62,3 +62,12 @@ def sleep_on_first_attempt(context: Any, seconds: float = 60.0) -> str:
         time.sleep(seconds)
     _ledger(context, "end")
     return f"attempt {context.attempt}"
+
+
+def kill_own_process(context: Any) -> str:
+    """Kills the process running it (as an out-of-memory kill would): every attempt is lost, never failed."""
+    import signal
+
+    _ledger(context, "start")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "unreachable"

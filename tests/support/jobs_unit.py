@@ -54,3 +54,10 @@ def raises_stopped() -> None:
     from app.errors import TaskStopped
 
     raise TaskStopped("lease lost")
+
+
+def fail_first(context: Any, v: Any = None) -> dict[str, Any]:
+    """Fails on its first attempt, succeeds on any later one (of the task, whichever run)."""
+    if context.attempt == 1:
+        raise RuntimeError("the first attempt fails")
+    return {"v": v}

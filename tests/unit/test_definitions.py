@@ -96,8 +96,10 @@ def test_valid_definition_parses() -> None:
     from app.runtime import LoadedWorkflow
 
     wf = LoadedWorkflow(1, spec.name, 1, spec)
-    assert wf.inputs_of("report") == {"load"}  # its direct upstream
-    assert wf.inputs_of("load") == {"transform", "extract"}  # + an ancestor its placeholders name
+    from app.definitions import task_inputs
+
+    assert task_inputs(spec.task("report")) == ["load"]  # its direct upstream
+    assert task_inputs(spec.task("load")) == ["extract", "transform"]  # + an ancestor its placeholders name
     assert wf.children["extract"] == ["transform"]
     assert find_cycle(spec) is None
     # a spec parses again to the same thing
@@ -106,8 +108,12 @@ def test_valid_definition_parses() -> None:
 
 def test_retry_delay_backoff() -> None:
     spec = parse_definition(wf(shell("a", retry_delay=2, retry_backoff=3, max_retry_delay=50)))
-    t = spec.task("a")
-    assert [t.retry_delay_for(n) for n in (1, 2, 3, 4)] == [2, 6, 18, 50]
+    from app.definitions import task_row_values
+    from app.records import RetryPolicy
+
+    row = task_row_values(spec, spec.task("a"), default_max_lost_attempts=3)
+    policy = RetryPolicy(row["retries"], row["retry_delay"], row["retry_backoff"], row["max_retry_delay"])
+    assert [policy.delay_for(n) for n in (1, 2, 3, 4)] == [2, 6, 18, 50]
 
 
 def test_long_chain_validates_quickly() -> None:
@@ -197,10 +203,12 @@ def test_field_that_does_not_apply(task: dict[str, Any], message: str) -> None:
     assert one_problem(wf(task)) == message
 
 
-@pytest.mark.parametrize("field", [{"retries": 1}, {"timeout": 5}, {"queue": "q"}])
+@pytest.mark.parametrize("field", [{"retries": 1}, {"timeout": 5}, {"queue": "q"}, {"max_lost_attempts": 2},
+                                   {"on_lost": "fail"}])
 def test_subworkflow_rejects_attempt_settings(field: dict[str, Any]) -> None:
     msg = one_problem(wf({"name": "c", "type": "subworkflow", "workflow": "other", **field}))
-    assert msg.startswith("task 'c': retries, timeout and queue do not apply to a subworkflow task")
+    assert msg.startswith("task 'c': retries, timeout, queue, max_lost_attempts and on_lost do not apply to a "
+                          "subworkflow task")
 
 
 def test_subworkflow_cannot_start_itself() -> None:

@@ -1,0 +1,139 @@
+"""Typed records of the rows the services work with (procrastinate's ``Job.from_row``): the repository returns
+these, never raw SQLAlchemy rows, so a service reads ``task.retry.retries`` with its type, not ``row.retries``.
+
+A :class:`TaskRecord` carries everything needed to run, retry and fence an attempt (it describes itself:
+what to run, timeout, retry policy, queue, priority, snapshotted from the definition at creation), so the
+worker, lease keeper and reconciler never read the workflow definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from app.states import OnLost, RunKind, RunState, TaskKind, TaskState
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retries: int = 0
+    retry_delay: float = 0.0
+    retry_backoff: float = 2.0
+    max_retry_delay: float = 3600.0
+    max_lost_attempts: int = 3
+    on_lost: OnLost = OnLost.RETRY
+
+    def delay_for(self, failures: int) -> float:
+        """Delay before the retry that follows the ``failures``-th failed attempt (1-based)."""
+        return float(min(self.retry_delay * self.retry_backoff ** max(failures - 1, 0), self.max_retry_delay))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskBody:
+    """What a task runs, unrendered (placeholders are rendered by the executor, at each attempt)."""
+
+    name: str
+    command: str | None = None
+    env: dict[str, str] | None = None
+    function: str | None = None
+    args: dict[str, Any] | None = None
+    workflow: str | None = None
+    params: dict[str, Any] | None = None
+    #: the upstream tasks whose results the body receives
+    inputs: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, name: str, body: dict[str, Any] | None) -> TaskBody:
+        b = body or {}
+        return cls(name=name, command=b.get("command"), env=b.get("env"), function=b.get("function"),
+                   args=b.get("args"), workflow=b.get("workflow"), params=b.get("params"),
+                   inputs=tuple(b.get("inputs") or ()))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    id: int
+    run_id: int
+    name: str
+    kind: TaskKind
+    state: TaskState
+    attempt: int
+    failures: int
+    lost_attempts: int
+    queue: str
+    priority: int
+    body: TaskBody
+    timeout: float | None
+    retry: RetryPolicy
+    handled: bool
+    worker: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: datetime | None = None
+    not_before: datetime | None = None
+    ready_at: datetime | None = None
+    publish_count: int = 0
+    next_publish_at: datetime | None = None
+    child_run_id: int | None = None
+    result: Any = None
+    error: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: the run's workflow name, when the query joined it (message labels)
+    workflow_name: str | None = field(default=None, compare=False)
+
+    @property
+    def type(self) -> str:
+        """``task_runs.type`` (read models show it under this name)."""
+        return str(self.kind)
+
+    @property
+    def label(self) -> str:
+        """``workflow/task``: the name Flower shows for its messages."""
+        return f"{self.workflow_name}/{self.name}" if self.workflow_name else self.name
+
+    @classmethod
+    def from_row(cls, row: Any) -> TaskRecord:
+        m = row._mapping
+        return cls(
+            id=m["id"], run_id=m["run_id"], name=m["name"], kind=TaskKind(m["type"]), state=TaskState(m["state"]),
+            attempt=m["attempt"], failures=m["failures"], lost_attempts=m["lost_attempts"] or 0,
+            queue=m["queue"], priority=m["priority"], body=TaskBody.from_json(m["name"], m["body"]),
+            timeout=m["timeout"],
+            retry=RetryPolicy(m["retries"], m["retry_delay"], m["retry_backoff"], m["max_retry_delay"],
+                              m["max_lost_attempts"], OnLost(m["on_lost"])),
+            handled=bool(m["handled"]), worker=m["worker"], lease_token=m["lease_token"],
+            lease_expires_at=m["lease_expires_at"], not_before=m["not_before"], ready_at=m["ready_at"],
+            publish_count=m["publish_count"], next_publish_at=m["next_publish_at"], child_run_id=m["child_run_id"],
+            result=m["result"], error=m["error"], created_at=m["created_at"], updated_at=m["updated_at"],
+            started_at=m["started_at"], finished_at=m["finished_at"], workflow_name=m.get("workflow_name"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: int
+    workflow_id: int
+    workflow_name: str
+    kind: RunKind
+    state: RunState
+    params: dict[str, Any]
+    priority: int
+    on_failure: str
+    parent_task_run_id: int | None = None
+    error: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> RunRecord:
+        m = row._mapping
+        return cls(
+            id=m["id"], workflow_id=m["workflow_id"], workflow_name=m["workflow_name"], kind=RunKind(m["kind"]),
+            state=RunState(m["state"]), params=dict(m["params"] or {}), priority=m["priority"],
+            on_failure=m["on_failure"], parent_task_run_id=m["parent_task_run_id"], error=m["error"],
+            created_at=m["created_at"], updated_at=m["updated_at"], finished_at=m["finished_at"],
+        )

@@ -1,0 +1,160 @@
+"""Attempts: the one module that submits, claims, fails, finishes and stops a task's attempts.
+
+Every attempt of every task kind goes through here, whoever acts (the advance loop submitting a task whose
+dependencies are met, a worker claiming and finishing it, the reconciler re-publishing an unclaimed one or
+declaring a lapsed lease lost, a cancel), so the retry policy is applied in one place: failures of the body
+count against the task's ``retries`` (with its back-off), lost attempts against its ``max_lost_attempts``
+(or fail it at once with ``on_lost: fail``). The policy is read from the task row (snapshotted from the
+definition when the run started), never from the workflow definition.
+
+Each function is one guarded transition in the caller's transaction; messages go out after commit, through
+the execute messages these return (the caller publishes them in one batch with
+:func:`app.dispatch.publish_after_commit`).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.clock import after
+from app.db import repository as repo
+from app.dispatch import ExecuteMessage
+from app.records import TaskRecord
+from app.runtime import Runtime
+from app.scheduling import republish_delay
+from app.states import AttemptOutcome, OnLost, TaskState
+
+
+def _message(task: TaskRecord, attempt: int, label: str, countdown: float = 0.0) -> ExecuteMessage:
+    return ExecuteMessage(task.id, attempt, task.queue, task.priority, countdown=countdown, label=label)
+
+
+def submit(
+    s: Session, rt: Runtime, task: TaskRecord, *, actor: str, now: datetime, reason: str, label: str,
+) -> ExecuteMessage | None:
+    """``pending -> submitted``: the task's next attempt is ready to run (its dependencies are met)."""
+    attempt = task.attempt + 1
+    if not repo.transition_task(
+        s, task, TaskState.SUBMITTED, actor=actor, now=now, reason=reason, attempt=attempt, publish_count=1,
+        not_before=None, next_publish_at=after(rt.settings.orphan_timeout_seconds, now), error=None, result=None,
+    ):
+        return None
+    return _message(task, attempt, label)
+
+
+def republish(s: Session, rt: Runtime, task: TaskRecord, *, actor: str, now: datetime) -> ExecuteMessage | None:
+    """``submitted -> submitted``: nobody claimed the attempt in time (its message was lost, or waits behind a
+    backlog): publish it again, and check again after an exponentially longer wait."""
+    n = task.publish_count + 1
+    delay = republish_delay(n, rt.settings)
+    if not repo.transition_task(
+        s, task, TaskState.SUBMITTED, actor=actor, now=now, publish_count=n, next_publish_at=after(delay, now),
+        reason=f"not claimed in time: re-published (publish #{n} of attempt {task.attempt}; next check in {delay:g}s)",
+    ):
+        return None
+    return _message(task, task.attempt, task.label)
+
+
+def claim(
+    s: Session, rt: Runtime, task_run_id: int, attempt: int, *, now: datetime, token: str,
+) -> TaskRecord | None:
+    """``submitted -> running`` for exactly ``attempt``, holding a lease ``token``; None when there was nothing
+    to claim (a duplicate, late or early message, or a row not visible yet)."""
+    task = repo.claim_task(
+        s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=f"claimed by {rt.worker_id}",
+        worker=rt.worker_id, lease_token=token, lease_expires_at=after(rt.settings.lease_seconds, now),
+        started_at=now,
+    )
+    if task is not None:
+        repo.insert_attempt(s, task, attempt=attempt, worker=rt.worker_id, pid=os.getpid(), now=now)
+    return task
+
+
+def succeed(
+    s: Session, rt: Runtime, task_run_id: int, attempt: int, token: str, *, result: Any, now: datetime,
+    handled: bool, log: str | None, started_at: datetime | None,
+) -> TaskRecord | None:
+    """``running -> succeeded``, fenced by the attempt's lease token (None: the attempt lost its lease, its
+    result is discarded). ``handled``: the caller advances the run in this same transaction."""
+    task = repo.transition_by_id(
+        s, task_run_id, TaskState.RUNNING, TaskState.SUCCEEDED, attempt=attempt, fence=token, actor=rt.worker_id,
+        now=now, reason="succeeded", result=result, finished_at=now, handled=handled, lease_expires_at=None,
+    )
+    if task is not None:
+        repo.finish_attempt(s, task_run_id, attempt, outcome=AttemptOutcome.SUCCEEDED, log=log, now=now,
+                            started_at=started_at)
+    return task
+
+
+def fail(
+    s: Session, rt: Runtime, task: TaskRecord, error: str, *, outcome: AttemptOutcome, actor: str,
+    fence: str | None, now: datetime, log: str | None = None, started_at: datetime | None = None,
+) -> tuple[TaskState | None, ExecuteMessage | None]:
+    """A running attempt ended without success: the body failed or timed out, or the attempt was lost (its
+    lease lapsed). Retry it on the matching budget, or fail the task. Returns the state the task moved to
+    (None: the transition did not land, e.g. the fence no longer matches) and the retry's message."""
+    policy = task.retry
+    label = task.label
+    if outcome == AttemptOutcome.LOST:
+        lost = task.lost_attempts + 1
+        counters: dict[str, int] = {"lost_attempts": lost}
+        if policy.on_lost == OnLost.FAIL:
+            retry, why = False, f"attempt {task.attempt} lost: {error}; not retried (on_lost: fail)"
+        elif lost < policy.max_lost_attempts:
+            retry, why = True, (f"attempt {task.attempt} lost: {error}; lost attempt {lost} of at most "
+                                f"{policy.max_lost_attempts}, retrying")
+        else:
+            retry, why = False, (f"attempt {task.attempt} lost: {error}; {lost} attempts lost "
+                                 f"(max_lost_attempts: {policy.max_lost_attempts}): the body may be killing its "
+                                 "worker (out of memory?)")
+        delay = 0.0
+    else:
+        failures = task.failures + 1
+        counters = {"failures": failures}
+        retry = failures <= policy.retries
+        delay = policy.delay_for(failures) if retry else 0.0
+        why = (f"attempt {task.attempt} {outcome}: {error}"
+               + (f"; retry {failures}/{policy.retries}" + (f" in {delay:g}s" if delay else "") if retry
+                  else f"; no retries left ({policy.retries})" if policy.retries else ""))
+    message: ExecuteMessage | None = None
+    if retry:
+        attempt = task.attempt + 1
+        landed = repo.transition_task(
+            s, task, TaskState.SUBMITTED, actor=actor, fence=fence, now=now, reason=why, attempt=attempt,
+            error=error, not_before=after(delay, now) if delay > 0 else None, publish_count=1,
+            next_publish_at=after(delay + rt.settings.orphan_timeout_seconds, now), lease_token=None,
+            lease_expires_at=None, worker=None, **counters,
+        )
+        to = TaskState.SUBMITTED
+        if landed:
+            message = _message(task, attempt, label, countdown=delay)
+    else:
+        landed = repo.transition_task(
+            s, task, TaskState.FAILED, actor=actor, fence=fence, now=now, reason=why, finished_at=now,
+            # a lost task's error says why it was not retried; a failed body's is the body's own error
+            error=why if outcome == AttemptOutcome.LOST else error,
+            lease_expires_at=None, **counters,
+        )
+        to = TaskState.FAILED
+    if not landed:
+        return None, None
+    repo.finish_attempt(s, task.id, task.attempt, outcome=outcome, error=error, log=log, now=now,
+                        started_at=started_at)
+    return to, message
+
+
+def stop(
+    s: Session, task: TaskRecord, to: TaskState, *, actor: str, reason: str, now: datetime, **values: Any,
+) -> bool:
+    """A live task will not run (skipped) or must stop (cancelled): a running attempt loses its lease by this
+    (its heartbeat sees it and stops the body) and ends ``cancelled``."""
+    if not repo.transition_task(s, task, to, actor=actor, now=now, reason=reason, finished_at=now, lease_token=None,
+                                lease_expires_at=None, **values):
+        return False
+    if task.state == TaskState.RUNNING:
+        repo.finish_attempt(s, task.id, task.attempt, outcome=AttemptOutcome.CANCELLED, error=reason, now=now)
+    return True
