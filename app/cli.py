@@ -5,28 +5,27 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress_bar import ProgressBar
+from rich.console import Console
 from rich.table import Table
 
 from app.config import load_settings
 from app.errors import TideflowError
+from app.extras import require
+from app.progress import LiveProgress, styled, tasks_table
 from app.services import views
-from app.states import RUN_TERMINAL, TASK_TERMINAL, RunState
+from app.states import RUN_TERMINAL, RunState
 
-STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "submitted": "yellow",
-               "pending": "dim", "skipped": "magenta", "cancelled": "magenta"}
+if TYPE_CHECKING:
+    from app.client import Tideflow
+
 console = Console()
 
 
-def _client() -> Any:
+def _client() -> Tideflow:
     from app.client import Tideflow
 
     return Tideflow.from_env()
@@ -42,10 +41,6 @@ def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         render(data)
-
-
-def _styled(state: str) -> str:
-    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
 
 
 class _Group(click.Group):
@@ -164,16 +159,6 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     return params
 
 
-def _tasks_table(data: dict[str, Any]) -> Table:
-    t = Table("task", "state", "attempt", "duration", "worker", "error", title=(
-        f"run {data['id']} · {data['workflow']} · {_styled(data['state'])}"))
-    for task in data["tasks"]:
-        dur = f"{task['duration']:.2f}s" if task["duration"] is not None else ""
-        t.add_row(task["name"], _styled(task["state"]), str(task["attempt"]), dur, task["worker"] or "",
-                  (task["error"] or "")[:60])
-    return t
-
-
 @run.command("start")
 @click.argument("name")
 @click.option("-p", "--param", "params", multiple=True, help="key=value (value parsed as JSON if it can be)")
@@ -195,33 +180,14 @@ def run_start(name: str, params: tuple[str, ...], priority: int | None, wait: bo
     sys.exit(0 if data["state"] == "succeeded" else 1)
 
 
-def _progress(data: dict[str, Any], elapsed: float) -> Group:
-    """A progress bar (finished / all tasks) above the task table."""
-    total = len(data["tasks"])
-    done = sum(1 for t in data["tasks"] if t["state"] in TASK_TERMINAL)
-    failed = any(t["state"] == "failed" for t in data["tasks"])
-    line = Table.grid(padding=(0, 1))
-    line.add_row(ProgressBar(total=max(total, 1), completed=done, width=40,
-                             complete_style="red" if failed else "green", finished_style="red" if failed else "green"),
-                 f"{done}/{total} tasks", _styled(data["state"]), f"{elapsed:.1f}s")
-    return Group(line, _tasks_table(data))
-
-
-def _watch(tf: Any, run_id: int, timeout: float, quiet: bool = False) -> dict[str, Any]:
-    """Poll the run until it is terminal; return it. Unless ``quiet`` (``--json`` keeps stdout JSON), show a
-    progress bar and the task table, redrawn in place on a terminal. Elsewhere (a pipe, a file, a dumb
-    terminal) rich's Live prints only the final state, once, without control codes (rich/live.py, ``refresh``:
-    it redraws only when ``console.is_terminal``, and renders once on stop otherwise)."""
-    started = time.monotonic()
-    deadline = started + timeout
-    data: dict[str, Any] = tf.run(run_id)
-    live = Live(_progress(data, 0.0), console=console, auto_refresh=False) if not quiet else nullcontext()
-    with live:
-        while data["state"] not in RUN_TERMINAL and time.monotonic() < deadline:
-            time.sleep(0.25)
-            data = tf.run(run_id)
-            if isinstance(live, Live):
-                live.update(_progress(data, time.monotonic() - started), refresh=True)
+def _watch(tf: Tideflow, run_id: int, timeout: float, quiet: bool = False) -> dict[str, Any]:
+    """Wait for the run (:meth:`app.client.Tideflow.wait`, the one polling loop); return its last view. Unless
+    ``quiet`` (``--json`` keeps stdout JSON), show its live progress (:class:`app.progress.LiveProgress`)."""
+    if quiet:
+        data = tf.wait(run_id, timeout=timeout)
+    else:
+        with LiveProgress(console) as show:
+            data = tf.wait(run_id, timeout=timeout, on_progress=show)
     if data["state"] not in RUN_TERMINAL:
         click.echo(f"run {run_id} still {data['state']} after {timeout:g}s", err=True)
     return data
@@ -231,7 +197,7 @@ def _watch(tf: Any, run_id: int, timeout: float, quiet: bool = False) -> dict[st
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
 def run_show(run_id: int, as_json: bool) -> None:
-    _emit(_client().run(run_id), as_json, lambda d: console.print(_tasks_table(d)))
+    _emit(_client().run(run_id), as_json, lambda d: console.print(tasks_table(d)))
 
 
 @run.command("list")
@@ -245,7 +211,7 @@ def run_list(state: str | None, workflow: str | None, limit: int, as_json: bool)
     def render(rows: list[dict[str, Any]]) -> None:
         t = Table("id", "workflow", "state", "priority", "created", "duration")
         for r in rows:
-            t.add_row(str(r["id"]), r["workflow"], _styled(r["state"]), str(r["priority"]), r["created_at"],
+            t.add_row(str(r["id"]), r["workflow"], styled(r["state"]), str(r["priority"]), r["created_at"],
                       f"{r['duration']:.2f}s" if r["duration"] is not None else "")
         console.print(t)
 
@@ -262,7 +228,7 @@ def run_history(run_id: int, as_json: bool) -> None:
         t = Table("at", "task", "attempt", "from", "to", "by", "why")
         for r in rows:
             t.add_row(r["at"][11:23], r["task"] or "(run)", str(r["attempt"] or ""), r["from"] or "",
-                      _styled(r["to"]), r["actor"], r["reason"])
+                      styled(r["to"]), r["actor"], r["reason"])
         console.print(t)
 
     _emit(rows, as_json, render)
@@ -345,6 +311,7 @@ def flower() -> None:
     (``user:password[,user2:password2]``), ``FLOWER_PORT`` (default 5555) and ``FLOWER_ADDRESS`` (here
     127.0.0.1 unless set; Flower's own default would be every interface). It is exec'ed, so it is the process
     that receives SIGTERM, and it switches the workers' task events on while it runs."""
+    require("flower", "flower")  # the `flower` extra (pyproject.toml); `celery flower` does not exist without it
     auth = os.environ.get("FLOWER_BASIC_AUTH", "")
     if not _basic_auth_ok(auth):
         click.echo("error: set FLOWER_BASIC_AUTH=user:password (comma separated for several users); "

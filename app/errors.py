@@ -37,3 +37,12 @@ class TaskFailure(TideflowError):
 
 class TaskStopped(TideflowError):
     """The task body was stopped because its attempt lost its lease (failed over or cancelled)."""
+
+
+class MissingExtra(TideflowError):
+    """An optional dependency (one of pyproject.toml's extras) is not installed."""
+
+    def __init__(self, package: str, extra: str):
+        self.package = package
+        self.extra = extra
+        super().__init__(f"{package} is not installed: pip install 'tideflow[{extra}]'")

