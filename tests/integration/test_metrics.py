@@ -1,4 +1,4 @@
-"""``/metrics`` (app/metrics.py) against real PostgreSQL (and SQLite), Redis and Celery worker processes: each
+"""``/metrics`` (app/metrics/) against real PostgreSQL (and SQLite), Redis and Celery worker processes: each
 number moves when the thing it counts happens, and only then."""
 
 from __future__ import annotations

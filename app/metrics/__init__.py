@@ -62,7 +62,8 @@ from sqlalchemy.orm import Session
 from app.clock import utcnow
 from app.config import Settings
 from app.db import repository as repo
-from app.db.repository import EventKind
+from app.metrics import queries
+from app.metrics.queries import EventKind
 from app.runtime import Runtime
 from app.states import RunState, TaskState
 
@@ -171,10 +172,10 @@ def _ages(ranges: Iterable[tuple[int, int, datetime]]) -> list[MissingRange]:
 def _count_events(s: Session, prev: DbCounts, now: float, timeout: float) -> tuple[dict[str, int], IdCursor]:
     cursor = prev.events_cursor
     pending = cursor.pending(now)
-    new, upto = repo.event_kinds_after(s, cursor.position)
+    new, upto = queries.event_kinds_after(s, cursor.position)
     contiguous = sum(new.values()) == upto - cursor.position
-    missing = [] if contiguous else _ages(repo.missing_event_ids(s, cursor.position, upto))
-    late = repo.event_kinds_in(s, pending)
+    missing = [] if contiguous else _ages(queries.missing_event_ids(s, cursor.position, upto))
+    late = queries.event_kinds_in(s, pending)
     for _, kind in late:
         new[kind] = new.get(kind, 0) + 1
     found = [i for i, _ in late]
@@ -186,9 +187,9 @@ def _count_attempts(
 ) -> tuple[tuple[int, ...], float, IdCursor]:
     cursor = prev.attempts_cursor
     pending = cursor.pending(now)
-    by_bucket, rows, upto = repo.attempt_waits_after(s, cursor.position, LATENCY_BUCKETS)
-    missing = [] if rows == upto - cursor.position else _ages(repo.missing_attempt_ids(s, cursor.position, upto))
-    late = repo.attempt_waits_in(s, pending)
+    by_bucket, rows, upto = queries.attempt_waits_after(s, cursor.position, LATENCY_BUCKETS)
+    missing = [] if rows == upto - cursor.position else _ages(queries.missing_attempt_ids(s, cursor.position, upto))
+    late = queries.attempt_waits_in(s, pending)
     counts, total = list(prev.latency_counts), prev.latency_sum
     for bucket, (n, waited) in by_bucket.items():
         if bucket >= 0:  # -1: the attempt's wait was not recorded
@@ -204,12 +205,12 @@ def _count_attempts(
 
 def read_counts(s: Session, prev: DbCounts, now: float, gap_timeout: float = GAP_TIMEOUT) -> DbCounts:
     """``prev`` brought up to date in one read transaction (``now``: monotonic seconds, for the gaps)."""
-    repo.snapshot(s)
+    queries.snapshot(s)
     events, events_cursor = _count_events(s, prev, now, gap_timeout)
     latency_counts, latency_sum, attempts_cursor = _count_attempts(s, prev, now, gap_timeout)
     return DbCounts(
         runs=repo.count_runs_by_state(s), tasks=repo.count_tasks_by_state(s), events=events,
-        missing_row_retries=repo.counter_values(s).get(repo.MISSING_ROW_RETRIES, 0),
+        missing_row_retries=queries.counter_values(s).get(repo.MISSING_ROW_RETRIES, 0),
         latency_counts=latency_counts, latency_sum=latency_sum, events_cursor=events_cursor,
         attempts_cursor=attempts_cursor,
     )
@@ -356,7 +357,7 @@ class Metrics:
 
     def _read_db(self, s: Session, prev: DbCounts) -> DbCounts:
         counts = read_counts(s, prev, time.monotonic(), self.gap_timeout)
-        new = [i for i in repo.workflow_ids(s) if i not in self._workflow_queues]
-        for workflow_id, definition in repo.workflow_definitions(s, new).items():
+        new = [i for i in queries.workflow_ids(s) if i not in self._workflow_queues]
+        for workflow_id, definition in queries.workflow_definitions(s, new).items():
             self._workflow_queues[workflow_id] = frozenset(definition_queues(definition))
         return counts
