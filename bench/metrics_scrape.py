@@ -40,12 +40,11 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, text
 
-import app.metrics
+from app.broker import CeleryDispatcher, create_app
 from app.clock import utcnow
 from app.config import Settings
 from app.db import repository as repo
 from app.db.schema import Event, TaskAttempt, TaskRun, Workflow, WorkflowRun
-from app.dispatch import RecordingDispatcher
 from app.metrics import Metrics, queries
 from app.runtime import Runtime
 from bench.common import Servers, database, parser, percentile, prefix, purge_prefix, report
@@ -162,12 +161,17 @@ def server_settings(rt: Runtime, names: tuple[str, ...]) -> dict[str, str]:
         return {name: str(s.execute(text(f"SHOW {name}")).scalar_one()) for name in names}
 
 
+def runtime(settings: Settings) -> Runtime:
+    """A runtime whose dispatcher reads the queue depths from the broker (nothing is published)."""
+    return Runtime.create(settings, CeleryDispatcher(create_app(settings)))
+
+
 class History:
     """One database with its history, its runtime, and the ``Metrics`` whose steady state is measured."""
 
     def __init__(self, label: str, db_url: str, settings: Settings, runs: int, per_run: int) -> None:
         self.label, self.per_run = label, per_run
-        self.rt = Runtime.create(settings.model_copy(update={"database_url": db_url}), RecordingDispatcher())
+        self.rt = runtime(settings.model_copy(update={"database_url": db_url}))
         with self.rt.db.transaction() as s:
             s.execute(insert(Workflow).values(name=WORKFLOW, version=1, digest="bench", definition=definition(per_run),
                                               created_at=utcnow()))
@@ -178,8 +182,7 @@ class History:
         self.seed_s = time.perf_counter() - t
         self.rows = row_counts(self.rt)
         sep = "&" if "?" in db_url else "?"
-        nojit = Runtime.create(settings.model_copy(update={"database_url": f"{db_url}{sep}{NO_JIT}"}),
-                               RecordingDispatcher())
+        nojit = runtime(settings.model_copy(update={"database_url": f"{db_url}{sep}{NO_JIT}"}))
         self.rts = {"jit": self.rt, "nojit": nojit}
         self.metrics = {variant: Metrics(rt) for variant, rt in self.rts.items()}
         self.samples: dict[tuple[str, str], list[dict[str, float]]] = {
@@ -214,9 +217,10 @@ class Timer:
             for module, name in calls:
                 originals.append((module, name, getattr(module, name)))
                 setattr(module, name, self._wrap(part, getattr(module, name)))
-        real_depths = app.metrics.queue_depths
-        originals.append((app.metrics, "queue_depths", real_depths))
-        app.metrics.queue_depths = self._wrap("broker", real_depths if self.broker else lambda *a, **k: {})
+        real_depths = CeleryDispatcher.queue_depths
+        originals.append((CeleryDispatcher, "queue_depths", real_depths))
+        CeleryDispatcher.queue_depths = self._wrap(  # type: ignore[method-assign]
+            "broker", real_depths if self.broker else lambda *a, **k: {})
         try:
             yield
         finally:
