@@ -38,12 +38,10 @@ class Tideflow:
 
     @classmethod
     def from_env(cls, settings: Settings | None = None) -> Tideflow:
-        from tasks.celery_app import app, create_app
-        from tasks.dispatcher import CeleryDispatcher
+        from app.broker import CeleryDispatcher, create_app  # Celery only for a client that publishes
 
-        celery = app if settings is None else create_app(settings)
-        settings = settings or celery.conf.tideflow_settings or load_settings()
-        return cls(Runtime.create(settings, CeleryDispatcher(celery)))
+        settings = settings or load_settings()
+        return cls(Runtime.create(settings, CeleryDispatcher(create_app(settings))))
 
     def register(self, definition: WorkflowSpec | dict[str, Any] | str | Path) -> tuple[str, int, bool]:
         if isinstance(definition, str | Path):

@@ -1,12 +1,12 @@
 """The broker boundary: everything Tideflow sends to the broker goes through a :class:`Dispatcher`.
 
 Services never publish directly: they call :func:`publish_after_commit`, which defers the publish to the
-session's on-commit hook (``app.db.oncommit``). ``tasks.dispatcher.CeleryDispatcher`` is the real one.
+session's on-commit hook (``app.db.oncommit``). ``app.broker.CeleryDispatcher`` is the real one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +32,11 @@ class Dispatcher(Protocol):
 
     def ping(self) -> bool:
         """Can the broker be reached right now? (Health checks; never raises.)"""
+        ...
+
+    def queue_depths(self, queues: Collection[str]) -> dict[str, int | None]:
+        """Messages waiting in each of ``queues`` (not those a worker has reserved); None where that cannot be
+        told, e.g. the broker cannot be reached. (``/metrics``; never raises.)"""
         ...
 
 
@@ -63,3 +68,7 @@ class RecordingDispatcher:
 
     def ping(self) -> bool:
         return True
+
+    def queue_depths(self, queues: Collection[str]) -> dict[str, int | None]:
+        """No broker, so no depth to tell: every one is unknown."""
+        return dict.fromkeys(queues)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,7 +59,7 @@ class StubDispatcher:
     def ping(self) -> bool:
         return True
 
-    def queue_depths(self, queues: Sequence[str]) -> dict[str, int | None]:
+    def queue_depths(self, queues: Collection[str]) -> dict[str, int | None]:
         counts: dict[str, int | None] = {q: 0 for q in queues}
         for kind, body in self.queue:
             if kind == "execute" and body["queue"] in counts:

@@ -21,7 +21,7 @@ through connections with the server's settings, and through connections opened w
 PostgreSQL's defaults (jit on, ``jit_above_cost`` 100,000) the planner's estimate for the first scrape's
 event-kind query over the whole ``events`` table crosses the JIT thresholds, and the compilation is part of
 what that scrape costs (and, once a backend has loaded LLVM, its parallel workers load it too). Each scrape is broken
-down by timing the repository calls ``app.metrics`` makes (wrapped): the runs-by-state and tasks-by-state
+down by timing the database calls ``app.metrics`` makes (wrapped): the runs-by-state and tasks-by-state
 gauges are ``GROUP BY`` over every row (O(history)); the counters and the histogram are aggregated over the
 rows above the cursors (O(new rows)). The queue depths are read from the local Redis under a key prefix of
 their own (deleted afterwards; nothing is published there, so every depth is 0); ``--broker none`` leaves
@@ -35,30 +35,30 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from types import ModuleType
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
 
-import app.metrics
+from app.broker import CeleryDispatcher, create_app
 from app.clock import utcnow
 from app.config import Settings
 from app.db import repository as repo
 from app.db.schema import Event, TaskAttempt, TaskRun, Workflow, WorkflowRun
-from app.dispatch import RecordingDispatcher
-from app.metrics import Metrics
+from app.metrics import Metrics, queries
 from app.runtime import Runtime
 from bench.common import Servers, database, parser, percentile, prefix, purge_prefix, report
 
 NOOP = "bench.bodies:noop"
 WORKFLOW = "bench-metrics"
 
-#: the repository calls a scrape makes, grouped as reported (anything else: the "rest" column)
-PARTS: dict[str, tuple[str, ...]] = {
-    "runs_groupby": ("count_runs_by_state",),
-    "tasks_groupby": ("count_tasks_by_state",),
-    "events": ("event_kinds_after", "event_kinds_in", "missing_event_ids"),
-    "attempts": ("attempt_waits_after", "attempt_waits_in", "missing_attempt_ids"),
-    "other_db": ("snapshot", "counter_values", "workflow_ids", "workflow_definitions"),
+#: the database calls a scrape makes (module, function), grouped as reported (anything else: the "rest" column)
+PARTS: dict[str, tuple[tuple[ModuleType, str], ...]] = {
+    "runs_groupby": ((repo, "count_runs_by_state"),),
+    "tasks_groupby": ((repo, "count_tasks_by_state"),),
+    "events": tuple((queries, n) for n in ("event_kinds_after", "event_kinds_in", "missing_event_ids")),
+    "attempts": tuple((queries, n) for n in ("attempt_waits_after", "attempt_waits_in", "missing_attempt_ids")),
+    "other_db": tuple((queries, n) for n in ("snapshot", "counter_values", "workflow_ids", "workflow_definitions")),
 }
 
 KINDS = {
@@ -161,12 +161,17 @@ def server_settings(rt: Runtime, names: tuple[str, ...]) -> dict[str, str]:
         return {name: str(s.execute(text(f"SHOW {name}")).scalar_one()) for name in names}
 
 
+def runtime(settings: Settings) -> Runtime:
+    """A runtime whose dispatcher reads the queue depths from the broker (nothing is published)."""
+    return Runtime.create(settings, CeleryDispatcher(create_app(settings)))
+
+
 class History:
     """One database with its history, its runtime, and the ``Metrics`` whose steady state is measured."""
 
     def __init__(self, label: str, db_url: str, settings: Settings, runs: int, per_run: int) -> None:
         self.label, self.per_run = label, per_run
-        self.rt = Runtime.create(settings.model_copy(update={"database_url": db_url}), RecordingDispatcher())
+        self.rt = runtime(settings.model_copy(update={"database_url": db_url}))
         with self.rt.db.transaction() as s:
             s.execute(insert(Workflow).values(name=WORKFLOW, version=1, digest="bench", definition=definition(per_run),
                                               created_at=utcnow()))
@@ -177,8 +182,7 @@ class History:
         self.seed_s = time.perf_counter() - t
         self.rows = row_counts(self.rt)
         sep = "&" if "?" in db_url else "?"
-        nojit = Runtime.create(settings.model_copy(update={"database_url": f"{db_url}{sep}{NO_JIT}"}),
-                               RecordingDispatcher())
+        nojit = runtime(settings.model_copy(update={"database_url": f"{db_url}{sep}{NO_JIT}"}))
         self.rts = {"jit": self.rt, "nojit": nojit}
         self.metrics = {variant: Metrics(rt) for variant, rt in self.rts.items()}
         self.samples: dict[tuple[str, str], list[dict[str, float]]] = {
@@ -190,7 +194,7 @@ class History:
 
 
 class Timer:
-    """Wraps the repository calls ``app.metrics`` makes (it calls them through the module, at call time) and
+    """Wraps the database calls ``app.metrics`` makes (it calls them through their modules, at call time) and
     its broker read, and adds up their time per :data:`PARTS` group during one scrape."""
 
     def __init__(self, broker: bool) -> None:
@@ -209,13 +213,14 @@ class Timer:
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         originals: list[tuple[Any, str, Any]] = []
-        for part, names in PARTS.items():
-            for name in names:
-                originals.append((repo, name, getattr(repo, name)))
-                setattr(repo, name, self._wrap(part, getattr(repo, name)))
-        real_depths = app.metrics.queue_depths
-        originals.append((app.metrics, "queue_depths", real_depths))
-        app.metrics.queue_depths = self._wrap("broker", real_depths if self.broker else lambda *a, **k: {})
+        for part, calls in PARTS.items():
+            for module, name in calls:
+                originals.append((module, name, getattr(module, name)))
+                setattr(module, name, self._wrap(part, getattr(module, name)))
+        real_depths = CeleryDispatcher.queue_depths
+        originals.append((CeleryDispatcher, "queue_depths", real_depths))
+        CeleryDispatcher.queue_depths = self._wrap(  # type: ignore[method-assign]
+            "broker", real_depths if self.broker else lambda *a, **k: {})
         try:
             yield
         finally:

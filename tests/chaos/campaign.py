@@ -23,14 +23,13 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, select
 
+from app.broker import CeleryDispatcher, create_app
 from app.client import Tideflow
 from app.config import Settings
 from app.db import repository as repo
 from app.db.engine import Database
 from app.db.migrate import upgrade
 from app.runtime import Runtime
-from tasks.celery_app import create_app
-from tasks.dispatcher import CeleryDispatcher
 from tests.chaos import invariants as inv
 from tests.chaos.evidence import collect_evidence
 from tests.chaos.faults import EXTRA_INTERVALS, FAULT_KINDS, FAULTS, FULL_INTERVALS, FaultContext, FaultRecord, Injector

@@ -1,4 +1,4 @@
-"""``/metrics`` (app/metrics.py) against real PostgreSQL (and SQLite), Redis and Celery worker processes: each
+"""``/metrics`` (app/metrics/) against real PostgreSQL (and SQLite), Redis and Celery worker processes: each
 number moves when the thing it counts happens, and only then."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -14,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert, text
 
+from app.broker import CeleryDispatcher, create_app
 from app.clock import after, utcnow
 from app.config import Settings
 from app.db import repository as repo
@@ -282,11 +284,13 @@ def test_broker_outage_leaves_out_queue_depths_and_answers(db_url):
             {"name": "t", "type": "python", "function": "tests.support.jobs:record"}]})
         master.start_run(s, rt, "b")
     t0 = time.monotonic()
-    got = Scrape(Metrics(rt))
+    got = Scrape(Metrics(replace(rt, dispatcher=CeleryDispatcher(create_app(rt.settings)))))
     assert time.monotonic() - t0 < 10
     assert got("tideflow_broker_up") == 0
     assert got.labelled("tideflow_queue_depth", "queue") == {}
     assert got("tideflow_database_up") == 1 and got("tideflow_tasks", state="submitted") == 1
+    # the in-process dispatcher has no broker: it tells no depth either
+    assert Scrape(Metrics(rt)).labelled("tideflow_queue_depth", "queue") == {}
     rt.close()
 
 

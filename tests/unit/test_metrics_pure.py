@@ -1,4 +1,4 @@
-"""The pure parts of app/metrics.py: the cursor over append-only ids and the exposition of a snapshot."""
+"""The pure parts of app/metrics/__init__.py: the cursor over append-only ids and the exposition of a snapshot."""
 
 from __future__ import annotations
 

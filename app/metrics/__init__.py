@@ -3,7 +3,8 @@
     metrics = Metrics(runtime)             # one per process (it keeps cursors); its own registry
     body, content_type = metrics.render()  # on each scrape
 
-Everything is read at scrape time from the database and the broker. The hot path only records, in the claim's
+Everything is read at scrape time from the database (:mod:`app.metrics.queries`) and the broker (through the
+runtime's dispatcher, :meth:`app.dispatch.Dispatcher.queue_depths`). The hot path only records, in the claim's
 own statements, how long the attempt waited for a worker (``task_attempts.wait_seconds``); the worker counts
 missing-row retries in the ``counters`` table.
 
@@ -34,8 +35,9 @@ before commit, so a row can become visible after a higher one: :class:`IdCursor`
 missing and looks them up again until they appear or ``gap_timeout`` passes (a rolled-back transaction's ids
 never do). The counters are totals over the database's history, so they survive restarts of this process.
 
-A database outage sets ``tideflow_database_up`` to 0 and keeps the last values read; a broker outage sets
-``tideflow_broker_up`` to 0 and leaves the queue depths out. Neither makes :meth:`Metrics.render` raise.
+A database outage sets ``tideflow_database_up`` to 0 and keeps the last values read; a broker outage (any depth
+the dispatcher cannot tell) sets ``tideflow_broker_up`` to 0 and leaves the queue depths out. Neither makes
+:meth:`Metrics.render` raise.
 """
 
 from __future__ import annotations
@@ -44,14 +46,11 @@ import bisect
 import logging
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kombu import Connection
-from kombu.exceptions import ChannelError
-from kombu.transport.virtual import Channel as VirtualChannel
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -60,9 +59,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
-from app.config import Settings
 from app.db import repository as repo
-from app.db.repository import EventKind
+from app.metrics import queries
+from app.metrics.queries import EventKind
 from app.runtime import Runtime
 from app.states import RunState, TaskState
 
@@ -76,8 +75,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 GAP_TIMEOUT = 600.0
 #: at most this many missing-id ranges are kept per table (the oldest are given up first)
 MAX_GAPS = 1000
-#: connect / socket timeout of the broker connection used to read queue depths
-BROKER_TIMEOUT = 2.0
 
 IdRange = tuple[int, int]
 #: a range of ids a scan found missing: (first, last, seconds since the row right after it was written)
@@ -171,10 +168,10 @@ def _ages(ranges: Iterable[tuple[int, int, datetime]]) -> list[MissingRange]:
 def _count_events(s: Session, prev: DbCounts, now: float, timeout: float) -> tuple[dict[str, int], IdCursor]:
     cursor = prev.events_cursor
     pending = cursor.pending(now)
-    new, upto = repo.event_kinds_after(s, cursor.position)
+    new, upto = queries.event_kinds_after(s, cursor.position)
     contiguous = sum(new.values()) == upto - cursor.position
-    missing = [] if contiguous else _ages(repo.missing_event_ids(s, cursor.position, upto))
-    late = repo.event_kinds_in(s, pending)
+    missing = [] if contiguous else _ages(queries.missing_event_ids(s, cursor.position, upto))
+    late = queries.event_kinds_in(s, pending)
     for _, kind in late:
         new[kind] = new.get(kind, 0) + 1
     found = [i for i, _ in late]
@@ -186,9 +183,9 @@ def _count_attempts(
 ) -> tuple[tuple[int, ...], float, IdCursor]:
     cursor = prev.attempts_cursor
     pending = cursor.pending(now)
-    by_bucket, rows, upto = repo.attempt_waits_after(s, cursor.position, LATENCY_BUCKETS)
-    missing = [] if rows == upto - cursor.position else _ages(repo.missing_attempt_ids(s, cursor.position, upto))
-    late = repo.attempt_waits_in(s, pending)
+    by_bucket, rows, upto = queries.attempt_waits_after(s, cursor.position, LATENCY_BUCKETS)
+    missing = [] if rows == upto - cursor.position else _ages(queries.missing_attempt_ids(s, cursor.position, upto))
+    late = queries.attempt_waits_in(s, pending)
     counts, total = list(prev.latency_counts), prev.latency_sum
     for bucket, (n, waited) in by_bucket.items():
         if bucket >= 0:  # -1: the attempt's wait was not recorded
@@ -204,12 +201,12 @@ def _count_attempts(
 
 def read_counts(s: Session, prev: DbCounts, now: float, gap_timeout: float = GAP_TIMEOUT) -> DbCounts:
     """``prev`` brought up to date in one read transaction (``now``: monotonic seconds, for the gaps)."""
-    repo.snapshot(s)
+    queries.snapshot(s)
     events, events_cursor = _count_events(s, prev, now, gap_timeout)
     latency_counts, latency_sum, attempts_cursor = _count_attempts(s, prev, now, gap_timeout)
     return DbCounts(
         runs=repo.count_runs_by_state(s), tasks=repo.count_tasks_by_state(s), events=events,
-        missing_row_retries=repo.counter_values(s).get(repo.MISSING_ROW_RETRIES, 0),
+        missing_row_retries=queries.counter_values(s).get(repo.MISSING_ROW_RETRIES, 0),
         latency_counts=latency_counts, latency_sum=latency_sum, events_cursor=events_cursor,
         attempts_cursor=attempts_cursor,
     )
@@ -218,33 +215,6 @@ def read_counts(s: Session, prev: DbCounts, now: float, gap_timeout: float = GAP
 def definition_queues(definition: Mapping[str, Any]) -> set[str]:
     """The queues a stored workflow definition names (tasks without ``queue`` use the default queue)."""
     return {str(t["queue"]) for t in definition.get("tasks", []) if isinstance(t, dict) and t.get("queue")}
-
-
-# -- what the broker says -------------------------------------------------------------------------------
-
-
-def queue_depths(settings: Settings, queues: Collection[str], timeout: float = BROKER_TIMEOUT) -> dict[str, int]:
-    """Messages waiting in each queue (Redis: the lengths of its priority sub-queues, summed; messages a worker
-    has reserved are not waiting). Raises if the broker cannot be reached."""
-    from tasks.celery_app import transport_options  # the Celery app's options: same key prefix and priorities
-
-    options = {**transport_options(settings), "socket_connect_timeout": timeout, "socket_timeout": timeout}
-    with Connection(settings.broker_url, transport_options=options, connect_timeout=timeout) as conn:
-        conn.ensure_connection(max_retries=0)
-        channel = conn.channel()
-        # AMQP: a passive declare, so nothing is created. Redis (a virtual transport): declaring only touches the
-        # channel's memory, and a passive one would ask EXISTS, which kombu's global_keyprefix client does not
-        # prefix (with a key prefix, every queue would look missing).
-        passive = not isinstance(channel, VirtualChannel)
-        depths: dict[str, int] = {}
-        for queue in sorted(queues):
-            try:
-                depths[queue] = int(channel.queue_declare(queue=queue, passive=passive).message_count)
-            except ChannelError:  # AMQP: no such queue, so nothing waiting
-                depths[queue] = 0
-                if not getattr(channel, "is_open", True):  # AMQP closes the channel on a failed passive declare
-                    channel = conn.channel()
-        return depths
 
 
 # -- the exposition -------------------------------------------------------------------------------------
@@ -315,13 +285,13 @@ class _Collector(Collector):
 
 
 class Metrics:
-    """The ``/metrics`` of one process: ``render()`` reads the database and the broker, then returns the
+    """The ``/metrics`` of one process: ``render()`` reads the database and (through the runtime's dispatcher)
+    the broker, then returns the
     exposition. Thread-safe (scrapes are serialised). Its registry is its own, never the global default."""
 
-    def __init__(self, rt: Runtime, *, gap_timeout: float = GAP_TIMEOUT, broker_timeout: float = BROKER_TIMEOUT):
+    def __init__(self, rt: Runtime, *, gap_timeout: float = GAP_TIMEOUT):
         self.rt = rt
         self.gap_timeout = gap_timeout
-        self.broker_timeout = broker_timeout
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         self.snapshot = Snapshot()
@@ -345,18 +315,14 @@ class Metrics:
             log.warning("metrics: database unavailable (%s); reporting the last values read", exc)
         settings = self.rt.settings
         queues = {settings.master_queue, settings.default_queue}.union(*self._workflow_queues.values())
-        depths: dict[str, int] | None
-        try:
-            depths = queue_depths(settings, queues, self.broker_timeout)
-        except Exception as exc:  # noqa: BLE001 - whatever the broker or its client raises, /metrics answers
-            log.warning("metrics: broker unavailable (%s: %s); queue depths left out", type(exc).__name__, exc)
-            depths = None
-        self.snapshot = Snapshot(db=db, database_up=database_up, depths=depths)
+        read = self.rt.dispatcher.queue_depths(queues)  # never raises: an unknown depth is None
+        depths = {queue: n for queue, n in read.items() if n is not None}
+        self.snapshot = Snapshot(db=db, database_up=database_up, depths=depths if len(depths) == len(read) else None)
         return self.snapshot
 
     def _read_db(self, s: Session, prev: DbCounts) -> DbCounts:
         counts = read_counts(s, prev, time.monotonic(), self.gap_timeout)
-        new = [i for i in repo.workflow_ids(s) if i not in self._workflow_queues]
-        for workflow_id, definition in repo.workflow_definitions(s, new).items():
+        new = [i for i in queries.workflow_ids(s) if i not in self._workflow_queues]
+        for workflow_id, definition in queries.workflow_definitions(s, new).items():
             self._workflow_queues[workflow_id] = frozenset(definition_queues(definition))
         return counts

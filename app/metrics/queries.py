@@ -1,0 +1,138 @@
+"""The SQL of ``/metrics`` (:mod:`app.metrics`): read-only queries over the tables the engine writes. Rows are
+written by :mod:`app.db.repository` (``counters`` through ``repo.increment_counter``); nothing here writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from app.db.repository import A, C, E, W
+from app.states import TaskState
+
+# -- totals and lookups ---------------------------------------------------------------------------------
+
+
+def counter_values(s: Session) -> dict[str, int]:
+    return {name: int(value) for name, value in s.execute(select(C.c.name, C.c.value))}
+
+
+def workflow_ids(s: Session) -> list[int]:
+    return [int(i) for i in s.scalars(select(W.c.id))]
+
+
+def workflow_definitions(s: Session, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    wanted = list(ids)
+    if not wanted:
+        return {}
+    return {int(i): d for i, d in s.execute(select(W.c.id, W.c.definition).where(W.c.id.in_(wanted)))}
+
+
+# -- incremental scans of append-only rows (the caller keeps the cursor, see app/metrics/__init__.py) -------
+
+
+def snapshot(s: Session) -> None:
+    """Make the rest of this read transaction one consistent snapshot across statements. Call it first:
+    PostgreSQL switches the transaction to REPEATABLE READ; an SQLite read transaction already is one."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+class EventKind(StrEnum):
+    """What an event row counts as, for ``/metrics``."""
+
+    FIRST = "first"  # pending -> submitted: dependencies met, first publish of an attempt
+    RETRY = "retry"  # running -> submitted: the attempt failed, a new one is published
+    LOST_RETRY = "lost_retry"  # the same, because the reconciler found the attempt's lease expired
+    LOST_FAILED = "lost_failed"  # running -> failed: lease expired and no retries left
+    REPUBLISH = "republish"  # submitted -> submitted: the reconciler re-published an unclaimed attempt
+    OTHER = "other"
+
+
+def _event_kind() -> Any:
+    """The event's :class:`EventKind`, in SQL. A lease expiry is the transition out of ``running`` whose
+    attempt ended ``lost`` (only the reconciler writes that outcome, in the same transaction); a retry's
+    event carries the new attempt number, a failure's the attempt that ended."""
+    lost_attempt = case((E.c.to_state == TaskState.SUBMITTED, E.c.attempt - 1), else_=E.c.attempt)
+    lost = exists().where(A.c.task_run_id == E.c.task_run_id, A.c.attempt == lost_attempt, A.c.outcome == "lost")
+    src, dst = E.c.from_state, E.c.to_state
+    return case(
+        (and_(src == TaskState.PENDING, dst == TaskState.SUBMITTED), EventKind.FIRST.value),
+        (and_(src == TaskState.SUBMITTED, dst == TaskState.SUBMITTED), EventKind.REPUBLISH.value),
+        (and_(src == TaskState.RUNNING, dst == TaskState.SUBMITTED, lost), EventKind.LOST_RETRY.value),
+        (and_(src == TaskState.RUNNING, dst == TaskState.SUBMITTED), EventKind.RETRY.value),
+        (and_(src == TaskState.RUNNING, dst == TaskState.FAILED, lost), EventKind.LOST_FAILED.value),
+        else_=EventKind.OTHER.value,
+    )
+
+
+IdRanges = Sequence[tuple[int, int]]
+
+
+def _in_ranges(col: Any, ranges: IdRanges) -> Any:
+    return or_(*(col.between(lo, hi) for lo, hi in ranges))
+
+
+def event_kinds_after(s: Session, after_id: int) -> tuple[dict[str, int], int]:
+    """Events with ``id > after_id``, counted by :class:`EventKind` (every row, ``other`` included), and the
+    highest id seen (``after_id`` if none). One scan of the new rows by primary key."""
+    kind = _event_kind().label("kind")
+    rows = s.execute(select(kind, func.count(), func.max(E.c.id)).where(E.c.id > after_id).group_by(kind)).all()
+    return {k: int(n) for k, n, _ in rows}, max((int(m) for _, _, m in rows), default=after_id)
+
+
+def event_kinds_in(s: Session, ranges: IdRanges) -> list[tuple[int, str]]:
+    """(id, kind) of the events inside ``ranges`` (ids a scan found missing: normally few, late commits)."""
+    if not ranges:
+        return []
+    q = select(E.c.id, _event_kind()).where(_in_ranges(E.c.id, ranges))
+    return [(int(i), str(k)) for i, k in s.execute(q)]
+
+
+def _wait_bucket(bounds: Sequence[float]) -> Any:
+    """Index of the first bound >= the attempt's wait (``len(bounds)``: above them all; -1: not recorded)."""
+    return case((A.c.wait_seconds.is_(None), -1),
+                *((A.c.wait_seconds <= bound, i) for i, bound in enumerate(bounds)), else_=len(bounds))
+
+
+def attempt_waits_after(
+    s: Session, after_id: int, bounds: Sequence[float],
+) -> tuple[dict[int, tuple[int, float]], int, int]:
+    """Attempts with ``id > after_id``: {bucket index: (count, sum of waits)} (see :func:`_wait_bucket`), the
+    number of rows and the highest id seen (``after_id`` if none)."""
+    bucket = _wait_bucket(bounds).label("bucket")
+    q = (select(bucket, func.count(), func.coalesce(func.sum(A.c.wait_seconds), 0.0), func.max(A.c.id))
+         .where(A.c.id > after_id).group_by(bucket))
+    rows = s.execute(q).all()
+    return ({int(b): (int(n), float(total)) for b, n, total, _ in rows}, sum(int(n) for _, n, _, _ in rows),
+            max((int(m) for *_, m in rows), default=after_id))
+
+
+def attempt_waits_in(s: Session, ranges: IdRanges) -> list[tuple[int, float | None]]:
+    """(id, wait_seconds) of the attempts inside ``ranges`` (late commits of ids a scan found missing)."""
+    if not ranges:
+        return []
+    return [(int(i), w) for i, w in s.execute(select(A.c.id, A.c.wait_seconds).where(_in_ranges(A.c.id, ranges)))]
+
+
+def _missing_ids(s: Session, col: Any, at: Any, after_id: int, upto: int) -> list[tuple[int, int, datetime]]:
+    prev = func.lag(col, 1, after_id).over(order_by=col)
+    sub = select(col.label("id"), prev.label("prev"), at.label("at")).where(col > after_id, col <= upto).subquery()
+    q = select(sub.c.prev + 1, sub.c.id - 1, sub.c.at).where(sub.c.id - sub.c.prev > 1).order_by(sub.c.id)
+    return [(int(lo), int(hi), when) for lo, hi, when in s.execute(q)]
+
+
+def missing_event_ids(s: Session, after_id: int, upto: int) -> list[tuple[int, int, datetime]]:
+    """Ranges of ids in ``(after_id, upto]`` with no visible event (transactions still open when the snapshot
+    was taken, which may commit later; rolled back ones; skipped sequence values), each with the time of the
+    visible event right after it: its ids were handed out before then."""
+    return _missing_ids(s, E.c.id, E.c.created_at, after_id, upto)
+
+
+def missing_attempt_ids(s: Session, after_id: int, upto: int) -> list[tuple[int, int, datetime]]:
+    """Like :func:`missing_event_ids`, for ``task_attempts`` (with the next attempt's start)."""
+    return _missing_ids(s, A.c.id, A.c.started_at, after_id, upto)
