@@ -177,7 +177,7 @@ def run_start(name: str, params: tuple[str, ...], priority: int | None, wait: bo
     data = _watch(tf, run_id, timeout, quiet=as_json)
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-    sys.exit(0 if data["state"] == "succeeded" else 1)
+    sys.exit(0 if data["state"] == RunState.SUCCEEDED else 1)
 
 
 def _watch(tf: Tideflow, run_id: int, timeout: float, quiet: bool = False) -> dict[str, Any]:

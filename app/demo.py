@@ -18,6 +18,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from app.states import RunState
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WAIT_SECONDS = 120.0
 
@@ -78,7 +80,7 @@ def run_demo(workdir: str) -> int:
         console.print(f"\nrun {run_id} {state}. Try: TIDEFLOW_DATABASE_URL=sqlite:///{db_file} "
                       f"tideflow run show {run_id}")
         tf.close()
-        return 0 if state == "succeeded" else 1
+        return 0 if state == RunState.SUCCEEDED else 1
     finally:
         for p in procs:
             if p.poll() is None:

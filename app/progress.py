@@ -18,10 +18,12 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from app.states import TASK_TERMINAL
+from app.states import TASK_TERMINAL, TaskState
 
-STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "submitted": "yellow",
-               "pending": "dim", "skipped": "magenta", "cancelled": "magenta"}
+STATE_STYLE: dict[str, str] = {
+    TaskState.SUCCEEDED: "green", TaskState.FAILED: "red", TaskState.RUNNING: "cyan", TaskState.SUBMITTED: "yellow",
+    TaskState.PENDING: "dim", TaskState.SKIPPED: "magenta", TaskState.CANCELLED: "magenta",
+}
 
 
 def styled(state: str) -> str:
@@ -43,7 +45,7 @@ def progress(data: dict[str, Any], elapsed: float) -> Group:
     """A progress bar (finished / all tasks) above the task table."""
     total = len(data["tasks"])
     done = sum(1 for t in data["tasks"] if t["state"] in TASK_TERMINAL)
-    failed = any(t["state"] == "failed" for t in data["tasks"])
+    failed = any(t["state"] == TaskState.FAILED for t in data["tasks"])
     line = Table.grid(padding=(0, 1))
     line.add_row(ProgressBar(total=max(total, 1), completed=done, width=40,
                              complete_style="red" if failed else "green", finished_style="red" if failed else "green"),
