@@ -10,7 +10,10 @@ background shells, one of them in a session of its own) show when attempt 1's pr
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,3 +111,27 @@ def assert_attempts_never_overlap(log: Path | str) -> dict[int, list[Line]]:
         assert last < first, (f"attempt {early} was still running {last - first:.2f}s after attempt {late} "
                               f"started: {by_attempt}")
     return by_attempt
+
+
+def kill_body(log: Path | str) -> None:
+    """Clean-up after a failure: SIGKILL every process of the body until none is left."""
+    for _ in range(50):
+        procs = body_processes(log)
+        if not procs:
+            return
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p.pid, signal.SIGKILL)
+        time.sleep(0.02)
+
+
+def wait_body_dead(log: Path | str, timeout: float, what: str = "its supervisor") -> float:
+    """Poll (every 20 ms) until no process of the body is left; when that was seen (``time.time()``). Fails
+    listing the survivors."""
+    deadline = time.monotonic() + timeout
+    while procs := body_processes(log):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{len(procs)} process(es) of the body survived {what} by more than "
+                                 f"{timeout:.1f}s: {procs}")
+        time.sleep(0.02)
+    return time.time()

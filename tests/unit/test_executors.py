@@ -20,7 +20,7 @@ from app.errors import TaskFailure, TaskStopped
 from app.executors import ExecutionContext, LogBuffer, executor_for
 from app.executors.python import PythonExecutor
 from app.executors.shell import REAPER, TERM_GRACE_SECONDS, ShellExecutor
-from tests.support.shellbody import FORKING_BODY, body_is_up, body_processes, read_body_log
+from tests.support.shellbody import FORKING_BODY, body_is_up, kill_body, read_body_log, wait_body_dead
 from tests.support.wait import wait_until
 
 JOBS = "tests.support.jobs_unit"
@@ -297,7 +297,7 @@ _EXECUTOR_CHILD = """
 import sys, threading
 from tests.unit.test_executors import make_ctx, shell
 from app.executors.shell import REAPER, TERM_GRACE_SECONDS, ShellExecutor
-from tests.support.shellbody import FORKING_BODY, body_is_up, body_processes, read_body_log
+from tests.support.shellbody import FORKING_BODY, body_is_up, kill_body, read_body_log, wait_body_dead
 from tests.support.wait import wait_until
 spec = shell(sys.argv[1], env={"BODY_LOG": sys.argv[2]})
 ctx = make_ctx()
@@ -340,18 +340,14 @@ def test_shell_body_dies_with_the_process_running_the_executor(tmp_path: Path, w
         assert _reapers_of(child.pid), "the command should run under a reaper"
         child.kill()
         child.wait()
-        killed = time.monotonic()
-        wait_until(lambda: not body_processes(log), timeout=TERM_GRACE_SECONDS + 3, interval=0.02,
-                   message=f"processes of the body survived its supervisor: {body_processes(log)}")
-        assert time.monotonic() - killed < TERM_GRACE_SECONDS + 1
+        killed = time.time()
+        assert wait_body_dead(log, timeout=TERM_GRACE_SECONDS + 3) - killed < TERM_GRACE_SECONDS + 1
         wait_until(lambda: not _reapers_of(child.pid), timeout=5, message="the reaper should exit")
         ticks = [line for line in read_body_log(log) if line.event == "tick"]
         assert len({line.pid for line in ticks}) == 2, ticks  # both tick loops ran, until they were killed
     finally:
         child.kill()
-        for p in body_processes(log):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGKILL)
+        kill_body(log)
 
 
 def test_reaper_whose_parent_died_before_it_armed_the_death_signal_runs_nothing(tmp_path: Path) -> None:
