@@ -1,20 +1,35 @@
-"""The ``shell`` executor: ``/bin/sh -c COMMAND`` in its own process group.
+"""The ``shell`` executor: ``/bin/sh -c COMMAND`` under a reaper, in a process group of its own.
 
 Placeholders in the command are substituted shell-quoted (:func:`app.templating.render_shell`), so a
 parameter is always one literal word. Output goes to a temporary file (no pipe to fill up) and is copied
-into the bounded log at the end. When ``ctx.stop`` is set the whole process group gets SIGTERM, then
-SIGKILL after a grace period, so background children do not outlive the attempt.
+into the bounded log at the end.
+
+The shell is started by a small reaper process (:mod:`app.executors.reaper`), a child subreaper that every
+process of the command stays below, even one that leaves its process group or session, and that terminates
+that whole tree (SIGTERM, then SIGKILL after :data:`TERM_GRACE_SECONDS`):
+* when ``ctx.stop`` is set (the executor signals the reaper);
+* when the process that runs this executor dies, by any means (SIGKILL of the pool process or of the worker's
+  main process, which takes its pool processes with it, a process manager's stop, the OOM killer): the reaper
+  gets its parent-death signal, so the command is dead within the grace, well within the attempt's lease,
+  before the reconciler can declare the attempt lost and start another;
+* when the shell exits: whatever the command left running in the background is terminated too, so nothing of
+  an attempt outlives it (a retry never runs beside the previous attempt's leftovers); the attempt's log says
+  how many processes that was.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import IO, Any
 
 from app import templating
@@ -22,7 +37,12 @@ from app.errors import TaskFailure, TaskStopped
 from app.executors.base import Body, ExecutionContext
 
 POLL_SECONDS = 0.05
+#: how long the command's processes get between SIGTERM and SIGKILL (stopped, supervisor dead, leftovers)
 TERM_GRACE_SECONDS = 2.0
+#: how much longer than the grace the executor waits for the reaper to finish a stop before killing it
+REAPER_MARGIN_SECONDS = 3.0
+REAPER = str(Path(__file__).with_name("reaper.py"))
+_FINAL = ("exit", "stopped", "error")
 _CHUNK = 64 * 1024
 #: how much of the end of the output is searched for the result line
 _RESULT_WINDOW = 64 * 1024
@@ -50,82 +70,168 @@ class ShellExecutor:
             raise TaskStopped("stopped before the command started")
 
         with tempfile.TemporaryFile(prefix="tideflow-out-") as out:
+            body = _Body.start(command, env, out)
             try:
-                proc = subprocess.Popen(
-                    ["/bin/sh", "-c", command],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                raise TaskFailure(f"cannot start /bin/sh: {exc}") from None
-            try:
-                stopped = self._wait(proc, ctx)
+                stopped = body.wait(ctx)
             except BaseException:
-                # e.g. the worker is shutting down: never leave the group behind
-                _kill_group(proc)
+                # e.g. the worker is shutting down: never leave the command behind
+                body.stop()
                 raise
             finally:
                 _copy_output(out, ctx)
             if stopped:
                 raise TaskStopped("command stopped")
-            code = proc.returncode
+            code = body.returncode()
+            if body.leftovers:
+                ctx.log.write(f"[tideflow] the command left {body.leftovers} process(es) running: terminated\n")
             if code < 0:
                 raise TaskFailure(f"command killed by signal {-code}")
             if code != 0:
                 raise TaskFailure(f"command exited with status {code}")
             return _last_line(out)
 
-    @staticmethod
-    def _wait(proc: subprocess.Popen[bytes], ctx: ExecutionContext) -> bool:
-        """Wait for the shell; True when it was stopped because ``ctx.stop`` was set."""
-        while True:
-            try:
-                proc.wait(timeout=POLL_SECONDS)
-                return False
-            except subprocess.TimeoutExpired:
-                if ctx.should_stop():
-                    _kill_group(proc)
-                    return True
+
+class _Body:
+    """One command run under its reaper, which is started in a new session (so a process manager that signals
+    the worker's process group does not reach it) and reports on a pipe: ``pid N`` (the shell, leader of its
+    own process group), then ``leftovers N`` and ``exit N`` (``Popen.returncode`` style), or ``stopped``, or
+    ``error TEXT``."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], status_fd: int) -> None:
+        self.proc = proc
+        self._status_fd = status_fd
+        os.set_blocking(status_fd, False)
+        self._data = b""
+        self._lines: list[str] = []
+        self.shell_pid: int | None = None
+        self.leftovers = 0
+
+    @classmethod
+    def start(cls, command: str, env: dict[str, str], out: IO[bytes]) -> _Body:
+        job = _job(command, env)
+        job_r, job_w = os.pipe()
+        status_r, status_w = os.pipe()
+        try:
+            # Started from the thread that then waits for it: the reaper's parent-death signal fires when this
+            # *thread* exits (prctl(2), PR_SET_PDEATHSIG), and it cannot exit before the reaper has.
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", REAPER, str(os.getpid()), f"{TERM_GRACE_SECONDS:g}", str(job_r),
+                 str(status_w)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=(job_r, status_w),
+            )
+        except OSError as exc:
+            os.close(job_w)
+            os.close(status_r)
+            raise TaskFailure(f"cannot start the command's reaper ({sys.executable}): {exc}") from None
+        finally:
+            os.close(job_r)
+            os.close(status_w)
+        body = cls(proc, status_r)
+        try:
+            with open(job_w, "wb") as pipe:  # closing it ends the job
+                pipe.write(job)
+        except BrokenPipeError:
+            pass  # the reaper died before reading it: it has reported nothing, which returncode() says
+        return body
+
+    def wait(self, ctx: ExecutionContext) -> bool:
+        """Wait for the reaper; True when the command was stopped because ``ctx.stop`` was set. The status pipe
+        reaches EOF when the reaper exits (nothing else holds it), which wakes this up at once."""
+        while not self._pump(POLL_SECONDS):
+            if ctx.should_stop():
+                self.stop()
+                return True
+        self.proc.wait()
+        return False
+
+    def stop(self) -> None:
+        """Have the reaper terminate the command's tree (SIGTERM, grace, SIGKILL) and wait for it; if it does not
+        exit in time, SIGKILL it and the command's process group."""
+        deadline = time.monotonic() + TERM_GRACE_SECONDS + REAPER_MARGIN_SECONDS
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            # Repeated: a SIGTERM that lands before the reaper has installed its handler is lost if the pool
+            # process ignores SIGTERM (tasks/celery_app.py; SIG_IGN is inherited). The handler acts on the first.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+            if self._pump(0.1):
+                break
+        if self.proc.poll() is None and not self._pump(0):
+            self.proc.kill()  # pragma: no cover - a stuck reaper
+        self.proc.wait()
+        self._pump(0)
+        if self._final() is None:
+            self._kill_shell_group()
+
+    def _pump(self, timeout: float) -> bool:
+        """Read what the reaper reported within ``timeout`` seconds; True once the pipe is at EOF."""
+        if self._status_fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(self._status_fd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            return False
+        try:
+            while chunk := os.read(self._status_fd, 4096):
+                self._data += chunk
+        except BlockingIOError:
+            return False  # read what there was; the reaper is still running
+        os.close(self._status_fd)
+        self._status_fd = -1
+        self._lines = self._data.decode(errors="replace").splitlines()
+        for line in self._lines:
+            key, _, value = line.partition(" ")
+            if key == "pid":
+                self.shell_pid = int(value)
+            elif key == "leftovers":
+                self.leftovers = int(value)
+        return True
+
+    def _final(self) -> str | None:
+        return next((line for line in reversed(self._lines) if line.partition(" ")[0] in _FINAL), None)
+
+    def _kill_shell_group(self) -> None:
+        """The reaper died without finishing its job: kill what can still be found of the command."""
+        if self.shell_pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.shell_pid, signal.SIGKILL)
+
+    def returncode(self) -> int:
+        """The shell's exit status; TaskFailure when the reaper could not run it or did not say."""
+        final = self._final()
+        if final is None:
+            self._kill_shell_group()
+            raise TaskFailure(f"the command's reaper died (status {self.proc.returncode}) before the command ended")
+        key, _, value = final.partition(" ")
+        if key == "exit":
+            return int(value)
+        if key == "error":
+            raise TaskFailure(f"cannot run the command: {value}")
+        raise TaskFailure("the command's reaper was terminated by a signal from outside Tideflow")
+
+    def __del__(self) -> None:
+        if self._status_fd >= 0:
+            os.close(self._status_fd)
+
+
+def _job(command: str, env: dict[str, str]) -> bytes:
+    """The reaper's job: the command, then ``NAME=value`` entries, NUL-separated (none may contain a NUL)."""
+    if "\0" in command:
+        raise TaskFailure("the command contains a NUL character")
+    parts = [os.fsencode(command)]
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise TaskFailure(f"invalid environment variable {key!r}")
+        parts.append(os.fsencode(f"{key}={value}"))
+    return b"\0".join(parts)
 
 
 def _env_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to the group; False when the group no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        # only possible if the pgid was reused by someone else's group: nothing of ours is left
-        return False
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the shell's process group, give it a grace period, then SIGKILL whatever is left."""
-    pgid = proc.pid  # start_new_session: the shell leads its own group
-    if _signal_group(pgid, signal.SIGTERM):
-        deadline = time.monotonic() + TERM_GRACE_SECONDS
-        while time.monotonic() < deadline:
-            try:
-                proc.wait(timeout=POLL_SECONDS)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # background children may have ignored SIGTERM (or the shell exited first): no survivors
-        _signal_group(pgid, signal.SIGKILL)
-    try:
-        proc.wait(timeout=TERM_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-        proc.kill()
-        proc.wait()
 
 
 def _copy_output(out: IO[bytes], ctx: ExecutionContext) -> None:

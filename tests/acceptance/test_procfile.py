@@ -34,6 +34,13 @@ import pytest
 from tests.support.cluster import Cluster
 from tests.support.harness import client_for
 from tests.support.procs import free_port
+from tests.support.shellbody import (
+    WITH_LOG_PARAM,
+    assert_attempts_never_overlap,
+    body_is_up,
+    kill_body,
+    wait_body_dead,
+)
 from tests.support.wait import wait_until
 from tests.ui.harness import Page, chromium, report
 
@@ -307,3 +314,54 @@ def test_flower_accepts_user_password_pairs():
     assert _basic_auth_ok("admin:s3cret")
     assert _basic_auth_ok("admin:s3cret,ops:an:other")  # a password may contain ':' (Basic auth splits at the first)
     assert not _basic_auth_ok("admin:s3cret,")
+
+
+@pytest.mark.slow
+def test_honcho_stop_during_a_long_shell_body_kills_its_tree_and_the_retry_does_not_overlap(cluster, tmp_path):
+    """Issue 9, item 3: SIGTERM to honcho while a shell task runs a long command. The worker's warm shutdown
+    waits for the body, honcho's grace runs out and it SIGKILLs the worker's process group; the body is in a
+    session of its own (so the SIGTERM did not cut it off), and its reaper, whose parent (the pool process)
+    died, kills its whole tree: nothing of it runs on as an orphan. After a restart the task runs again (its
+    attempt is lost once its lease lapses; lease 3 s here) and the two attempts never overlap."""
+    env = _env(cluster, tmp_path)
+    log = tmp_path / "body.log"
+    long_shell = {"name": "long-shell", "params": {"log": str(log)}, "tasks": [
+        {"name": "long", "type": "shell", "command": WITH_LOG_PARAM, "retries": 1, "retry_delay": 0}]}
+    first = Honcho(env, tmp_path / "honcho-1.log")
+    second: Honcho | None = None
+    api = httpx.Client(base_url=f"http://127.0.0.1:{env['TIDEFLOW_WEB_PORT']}", headers=BEARER, timeout=10)
+    try:
+        wait_until(lambda: api.get("/api/health").status_code == 200, timeout=90, interval=0.2,
+                   ignore=(httpx.TransportError,), message="the web process never answered /api/health")
+        run_id = _start(api, long_shell)
+        up = wait_until(lambda: body_is_up(log), timeout=60, message="the shell body's processes never all started")
+        assert len({p.sid for p in up}) >= 2, up  # one of its children left the session
+
+        first.stop(timeout=HONCHO_KILL_WAIT + 60)
+        out = first.output()
+        assert re.search(r"sending SIGKILL to worker\.1", out), out[-5000:]  # the grace ran out mid-body
+        wait_body_dead(log, timeout=5, what="honcho")  # honcho has exited: so has everything of the body
+        tf = client_for(cluster)
+        try:
+            assert tf.run(run_id)["tasks"][0]["state"] == "running"  # until the reconciler sees the lease lapse
+        finally:
+            tf.close()
+
+        second = Honcho(env, tmp_path / "honcho-2.log")
+        final = _wait_succeeded(api, run_id, timeout=120)
+        (task,) = final["tasks"]
+        assert (task["state"], task["attempt"], task["result"]) == ("succeeded", 2, "done 2"), final
+        assert [a["outcome"] for a in task["attempts"]] == ["lost", "succeeded"], task
+        lines = assert_attempts_never_overlap(log)
+        assert len({line.pid for line in lines[1] if line.event == "tick"}) == 2, lines[1]
+        assert not [line for line in lines[1] if line.event == "end"], lines[1]
+        assert [line.event for line in lines[2]] == ["start", "end"]
+        second.stop(timeout=HONCHO_KILL_WAIT + 60)
+    finally:
+        api.close()
+        kill_body(log)
+        for h in (first, second):
+            if h is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    h.stop(timeout=HONCHO_KILL_WAIT + 30)
+                h.kill()

@@ -340,8 +340,8 @@ class Campaign:
         orphan_wait = max([s.orphan_timeout_seconds, *next_publish])
         recovery = (s.lease_seconds + orphan_wait + s.advance_timeout_seconds + 3 * s.reconcile_interval_seconds
                     + s.heartbeat_interval + s.stop_grace_seconds)
-        seconds = {t["name"]: t["args"]["seconds"] for d in w.definitions() for t in d["tasks"] if "args" in t}
-        work = sum(seconds.get(r.name, 0.0) + STEP_OVERHEAD for r in live if r.type == "python")
+        seconds = w.task_seconds()
+        work = sum(seconds.get(r.name, 0.0) + STEP_OVERHEAD for r in live if r.type != "subworkflow")
         return DrainBound(recovery, w.critical_path(STEP_OVERHEAD), work / (self.cfg.workers * self.cfg.concurrency))
 
     def _not_terminal(self) -> int:

@@ -1,6 +1,6 @@
 """Evidence that the faults really happened and really hurt (so a campaign whose injection silently did
 nothing fails its test): pids killed, messages lost and re-published, attempts declared lost, paused bodies
-stopped, runs blocked by the lock, duplicates ignored."""
+stopped, runs blocked by the lock, duplicates ignored, shell bodies whose supervisor was killed mid-body."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def collect_evidence(records: Sequence[FaultRecord], snap: inv.Snapshot, checked
         if r.data.get("lost_at") and x is not None:
             paused_stopped += x.status in ("stopped", "killed")
             paused_fenced += x.status != "open" and outcome.get((x.task_run, x.attempt)) != "succeeded"
+    supervisor = {(a.task_run_id, a.attempt): a.pid for a in snap.attempts}
+    # shell bodies cut off by the death of the process that supervised them (and reaped: see check_orphans)
+    reaped = [x for x in checked.executions
+              if x.status != "ok" and x.end is not None and (sup := supervisor.get((x.task_run, x.attempt))) not in
+              (None, x.pid) and sup in snap.first_dead and snap.first_dead[sup] <= x.end + 0.2]
     started = {s.key: s for s in snap.started}
     run_state = {r.id: r.state for r in snap.runs}
     blocked = [started[k] for r in of("table-lock") for k in r.data["keys"]
@@ -69,6 +74,11 @@ def collect_evidence(records: Sequence[FaultRecord], snap: inv.Snapshot, checked
         "paused_results_fenced": paused_fenced,
         "partitions": len(of("pg-partition")),
         "partitions_lost_lease": sum(bool(r.data.get("lost_at")) for r in of("pg-partition")),
+        "procfile_stops": len(of("procfile-stop")),
+        "procfile_sigkills_mid_body": sum(bool(r.data["sigkilled"]) and r.data["shell_running"]
+                                          for r in of("procfile-stop")),
+        "shell_bodies_reaped": len(reaped),
+        "shell_bodies_reaped_with_children": sum(len(x.children) >= 2 for x in reaped),
         "lease_lost_logs": _log_count(procs, "worker", LEASE_LOST_LOG),
         "fenced_results": _log_count(procs, "worker", FENCED_LOG),
         "start_errors": sum(s.errors for s in snap.started),

@@ -23,7 +23,7 @@ import redis
 from celery import Celery
 from sqlalchemy import Engine, text
 
-from tests.chaos.procs import ManagedProcess, is_celery
+from tests.chaos.procs import ManagedProcess, _alive, is_celery
 from tests.support.postgres import PostgresServer, psycopg_conninfo
 from tests.support.redis_server import RedisServer
 
@@ -38,6 +38,7 @@ FULL_INTERVALS: dict[str, tuple[float, float]] = {
     "table-lock": (60.0, 120.0),
     "duplicates": (0.5, 2.0),
     "pause": (8.0, 20.0),
+    "procfile-stop": (10.0, 30.0),
 }
 #: the issue's faults (``mixed`` and ``all-each`` use these)
 FAULT_KINDS = tuple(FULL_INTERVALS)
@@ -72,6 +73,8 @@ class FaultContext:
     lock_seconds: float = 40.0
     pause_extra_seconds: float = 0.5
     lock_runs: int = 3
+    procfile_grace: float = 1.0  # procfile-stop: SIGTERM -> SIGKILL (honcho: 5 s; shorter than the shell body)
+    procfile_max_age: float = 0.5  # procfile-stop hits a shell body at most this old, so it outlasts the grace
     stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -326,14 +329,15 @@ class Duplicates(Fault):
                             advance=advances)
 
 
-def _running_slow_attempts(ctx: FaultContext) -> list[Any]:
-    """Running attempts of the workflow's multi-second task in a worker pool process, latest first."""
+def _running_slow_attempts(ctx: FaultContext, task: str = "slow") -> list[Any]:
+    """Running attempts of the workflow's multi-second task (or of ``task``) in a worker pool process, latest
+    first."""
     pool = {c.pid for p in ctx.role("worker") for c in p.pool_children()}
     return [r for r in ctx.query(
         "SELECT a.task_run_id, a.attempt, a.pid, a.started_at FROM task_attempts a "
         "JOIN task_runs t ON t.id = a.task_run_id AND t.attempt = a.attempt "
-        "WHERE a.outcome = 'running' AND t.state = 'running' AND t.name = 'slow' ORDER BY a.started_at DESC")
-        if r.pid in pool]
+        "WHERE a.outcome = 'running' AND t.state = 'running' AND t.name = :task ORDER BY a.started_at DESC",
+        task=task) if r.pid in pool]
 
 
 def _wait_lost(ctx: FaultContext, task_run: int, attempt: int, since: float) -> float | None:
@@ -390,6 +394,45 @@ class Pause(Fault):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
             self._stopped.clear()
+
+
+class ProcfileStop(Fault):
+    """A Procfile manager's stop (honcho: SIGTERM to each process group, SIGKILL to the groups still running
+    ``KILL_WAIT`` = 5 s later; see tests/acceptance/test_procfile.py) of a worker whose pool process has just
+    started a shell body: SIGTERM to the worker's process group, SIGKILL to it after ``procfile_grace``. The
+    worker's warm shutdown waits for the body, which outlasts the grace (shorter than honcho's for that reason),
+    so the SIGKILL lands mid-body: the pool process dies, and the body (its shell and the children it forked,
+    one of them in a session of its own), which neither signal reached, must die with it (invariant
+    ``orphan``); its attempt is lost and retried, never beside it (``overlap``)."""
+
+    kind = "procfile-stop"
+
+    def inject(self) -> FaultRecord | None:
+        rows = [r for r in _running_slow_attempts(self.ctx, "shell")
+                if time.time() - r.started_at.timestamp() < self.ctx.procfile_max_age]
+        if not rows:
+            return None
+        row = self.ctx.rng.choice(rows)
+        target = next((p for p in self.ctx.role("worker") if row.pid in {c.pid for c in p.pool_children()}), None)
+        main = target.main() if target is not None else None
+        if target is None or target.popen is None or main is None:
+            return None
+        pgid = target.popen.pid  # its own session (ManagedProcess.spawn): the manager signals this group
+        members = [main, *target.pool_children()]
+        t = time.time()
+        os.killpg(pgid, signal.SIGTERM)
+        time.sleep(self.ctx.procfile_grace)  # the manager's grace (the fault's own duration)
+        left = [m.pid for m in members if _alive(m)]
+        running = [r.outcome for r in self.ctx.query(
+            "SELECT outcome FROM task_attempts WHERE task_run_id = :i AND attempt = :a",
+            i=row.task_run_id, a=row.attempt)] == ["running"]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        return self._record(t, f"SIGTERM {target.name} group {pgid}, SIGKILL {left} {self.ctx.procfile_grace:g}s "
+                               f"later (shell task run {row.task_run_id} attempt {row.attempt} in pid {row.pid}"
+                               f"{', still running' if running else ''})", ended=time.time(), target=target.name,
+                            pgid=pgid, pids=[m.pid for m in members], sigkilled=left, pool=row.pid,
+                            task_run=row.task_run_id, attempt=row.attempt, shell_running=running)
 
 
 class PgPartition(Fault):
@@ -449,7 +492,7 @@ class PgPartition(Fault):
 
 FAULTS: dict[str, type[Fault]] = {cls.kind: cls for cls in (
     WorkerKill, MasterKill, RedisFlush, RedisRestart, PgRestart, PgTerminate, TableLock, Duplicates, Pause,
-    PgPartition)}
+    ProcfileStop, PgPartition)}
 
 
 class Injector(threading.Thread):

@@ -83,7 +83,9 @@ class StartedRun:
 @dataclass(frozen=True)
 class Execution:
     """One body execution, from the ledger. ``end`` comes from its ``end`` line, else from the pid watch (the
-    first time its process was seen dead: status ``killed``); None if neither (status ``open``)."""
+    first time its process was seen dead: status ``killed``); None if neither (status ``open``). A body that
+    forked ``children`` (its ``proc`` lines) ends when the last of its processes has: a child still alive makes
+    it ``open``."""
 
     task_run: int
     attempt: int
@@ -93,16 +95,21 @@ class Execution:
     start: float
     end: float | None
     status: str  # ok | error | stopped | killed | open
+    children: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class Timing:
-    """The settings the stop bound is computed from, plus ``slack`` for sampling granularity."""
+    """The settings the stop bound is computed from, plus ``slack`` for sampling granularity. ``reap``: how long
+    a body running in processes of its own (shell) may outlive the process that supervised it; its reaper
+    kills it on the spot (SIGTERM: the chaos bodies exit at once, so the reaper's grace never comes into play),
+    and this covers the signals' delivery and the pid watch's sampling (every 0.1 s)."""
 
     lease: float
     heartbeat: float
     stop_grace: float
     slack: float = 0.5
+    reap: float = 1.0
 
     @property
     def stop_bound(self) -> float:
@@ -142,20 +149,32 @@ class Snapshot:
 def executions(ledger: Iterable[dict[str, Any]], first_dead: dict[int, float]) -> list[Execution]:
     starts: dict[tuple[int, int, int], dict[str, Any]] = {}
     ends: dict[tuple[int, int, int], dict[str, Any]] = {}
+    children: dict[tuple[int, int, int], list[int]] = defaultdict(list)
     for line in ledger:
         key = (int(line["task_run"]), int(line["attempt"]), int(line["pid"]))
+        if line["ev"] == "proc":
+            children[key].append(int(line["child"]))
+            continue
         target = starts if line["ev"] == "start" else ends
         target.setdefault(key, line)  # the first one (an end line may be written twice, see workload)
     out = []
     for key, s in starts.items():
         e = ends.get(key)
+        end: float | None
         if e is not None:
             end, status = float(e["t"]), str(e.get("status", "ok"))
         elif key[2] in first_dead:
             end, status = first_dead[key[2]], "killed"
         else:
             end, status = None, "open"
-        out.append(Execution(key[0], key[1], key[2], int(s["run"]), str(s["task"]), float(s["t"]), end, status))
+        kids = tuple(children.get(key, ()))
+        if end is not None and kids:
+            if all(k in first_dead for k in kids):
+                end = max([end, *(first_dead[k] for k in kids)])
+            else:
+                end, status = None, "open"
+        out.append(Execution(key[0], key[1], key[2], int(s["run"]), str(s["task"]), float(s["t"]), end, status,
+                             kids))
     return sorted(out, key=lambda x: (x.task_run, x.start))
 
 
@@ -337,6 +356,25 @@ def check_lost(started: Sequence[StartedRun], runs: Sequence[RunRow], tasks: Seq
     return out
 
 
+def check_orphans(execs: Sequence[Execution], attempts: Sequence[AttemptRow], first_dead: dict[int, float],
+                  timing: Timing) -> list[Violation]:
+    """A body that runs in processes of its own (a shell command, the ledger's pid is not the attempt's) never
+    outlives the process that supervised it (the attempt's pid: the pool process) by more than ``timing.reap``,
+    whatever killed that process: otherwise it would run on unsupervised, and beside the attempt's retry."""
+    supervisor = {(a.task_run_id, a.attempt): a.pid for a in attempts}
+    out = []
+    for x in execs:
+        sup = supervisor.get((x.task_run, x.attempt))
+        if sup is None or sup == x.pid or sup not in first_dead:
+            continue
+        died = first_dead[sup]
+        if x.end is None or x.end > died + timing.reap:
+            late = f"{x.end - died:.2f}s" if x.end is not None else "ever"
+            out.append(Violation("orphan", f"{x.task} attempt {x.attempt} (pid {x.pid}, children {list(x.children)}) "
+                                 f"ran on {late} after its supervisor (pid {sup}) died", x.run, x.task_run))
+    return out
+
+
 def check_unended(execs: Sequence[Execution]) -> list[Violation]:
     return [Violation("unended", f"{x.task} attempt {x.attempt} (pid {x.pid}) is still running", x.run, x.task_run)
             for x in execs if x.status == "open"]
@@ -359,7 +397,8 @@ def check_all(snap: Snapshot, timing: Timing) -> Checked:
                   + check_completions(snap.tasks, snap.attempts, snap.events) + overlaps
                   + check_history(snap.runs, snap.tasks, snap.events, snap.attempts)
                   + check_ledger_in_db(execs, snap.tasks, snap.attempts)
-                  + check_lost(snap.started, snap.runs, snap.tasks, snap.attempts, execs) + check_unended(execs))
+                  + check_lost(snap.started, snap.runs, snap.tasks, snap.attempts, execs) + check_unended(execs)
+                  + check_orphans(execs, snap.attempts, snap.first_dead, timing))
     return Checked(violations, execs, legal)
 
 

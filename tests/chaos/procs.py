@@ -165,9 +165,9 @@ def build_processes(
 
 
 class PidWatch:
-    """Records, for every pid of interest (celery processes and pids that wrote the ledger), the last time it
-    was seen alive and the first time it was seen dead (so a body killed before its ``end`` line still has an
-    end time, within one sampling interval)."""
+    """Records, for every pid of interest (celery processes, pids that wrote the ledger and the children a shell
+    body forked), the last time it was seen alive and the first time it was seen dead (so a body killed before
+    its ``end`` line still has an end time, within one sampling interval)."""
 
     def __init__(self, ledger: Path) -> None:
         self.ledger = ledger
@@ -178,7 +178,8 @@ class PidWatch:
         self._offset = 0
 
     def _new_ledger_pids(self) -> list[int]:
-        """Pids of ``start`` lines appended since the last call (the ledger is read incrementally)."""
+        """Pids of ``start`` lines and children of ``proc`` lines appended since the last call (the ledger is
+        read incrementally)."""
         try:
             with open(self.ledger, "rb") as f:
                 f.seek(self._offset)
@@ -192,6 +193,9 @@ class PidWatch:
             if '"ev":"start"' in raw:
                 with contextlib.suppress(ValueError, KeyError):
                     pids.append(int(json.loads(raw)["pid"]))
+            elif '"ev":"proc"' in raw:
+                with contextlib.suppress(ValueError, KeyError):
+                    pids.append(int(json.loads(raw)["child"]))
         return pids
 
     def watch(self, pids: Sequence[int]) -> None:

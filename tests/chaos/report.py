@@ -13,7 +13,7 @@ from tests.chaos import invariants as inv
 from tests.chaos.campaign import CampaignResult
 from tests.chaos.workload import Workload
 
-COLUMNS = ["campaign", "runs", "ok/failed", "tasks", "faults", "lost", "stuck", "double", "overlap",
+COLUMNS = ["campaign", "runs", "ok/failed", "tasks", "faults", "lost", "stuck", "double", "overlap", "orphan",
            "history", "ledger", "recover p50/p99/max s (ref)", "drain s (bound)", "violations", "wall s"]
 
 
@@ -36,6 +36,7 @@ def row(r: CampaignResult) -> dict[str, str]:
         "stuck": str(r.count("stuck") + r.count("terminal")),
         "double": str(r.count("double-completion") + r.count("double-execution")),
         "overlap": f"{r.count('overlap')} ({r.checked.legal_overlaps} legal)",
+        "orphan": str(r.count("orphan")),
         "history": str(r.count("history")),
         "ledger": str(r.count("ledger") + r.count("unended")),
         "recover p50/p99/max s (ref)": "/".join(_s(inv.percentile(rec, q)) for q in (50, 99, 100))
@@ -70,7 +71,8 @@ def bounds_lines(settings: Settings, workload: Workload) -> list[str]:
         f"{s.advance_timeout_seconds + s.reconcile_interval_seconds:g}s; a failed-over body stops within "
         f"{s.heartbeat_interval + s.stop_grace_seconds:g}s",
         f"checked: an overlapping earlier attempt must be lost/cancelled and end within {stop.stop_bound:g}s "
-        "(lease + heartbeat + stop grace + 0.5 s sampling) of losing its lease or waking up; every run terminal "
+        "(lease + heartbeat + stop grace + 0.5 s sampling) of losing its lease or waking up; a shell body (all "
+        f"its processes) dead within {stop.reap:g}s of the death of the process that supervised it; every run terminal "
         "within the campaign's drain bound after the last fault (recovery + one run's critical path + backlog)",
         "recovery (per fault, from its injection until every task live then has a later event; not asserted) "
         f"compares with lease + reconcile + heartbeat + stop grace + the longest body = "

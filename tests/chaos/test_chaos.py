@@ -31,6 +31,7 @@ CI_INTERVALS: dict[str, tuple[float, float]] = {
     "table-lock": (30.0, 40.0),
     "duplicates": (0.3, 1.0),
     "pause": (2.0, 4.0),
+    "procfile-stop": (3.0, 5.0),
 }
 
 
@@ -43,8 +44,8 @@ def ci_config(name: str, faults: tuple[str, ...], runs: int, seed: int) -> Campa
 
 def check_invariants(r: CampaignResult) -> None:
     report = "\n".join(details(r))
-    for kind in ("lost", "stuck", "terminal", "double-completion", "double-execution", "overlap", "history",
-                 "ledger", "unended"):
+    for kind in ("lost", "stuck", "terminal", "double-completion", "double-execution", "overlap", "orphan",
+                 "history", "ledger", "unended"):
         assert r.count(kind) == 0, f"{kind} violations in campaign {r.name}:\n{report}"
     assert not r.checked.violations, report
     assert r.drain_seconds is not None and r.drain_seconds <= r.bound.total, report
@@ -94,10 +95,16 @@ def _paused(e: dict, r: CampaignResult) -> None:
     assert e["lease_lost_logs"] >= 1, "the paused worker must notice it lost its lease"
 
 
+def _procfile_stopped(e: dict, r: CampaignResult) -> None:
+    assert e["procfile_sigkills_mid_body"] >= 1, "the manager's SIGKILL must land while the shell body runs"
+    assert e["shell_bodies_reaped_with_children"] >= 1, "a forking shell body must have lost its supervisor"
+    assert e["lost_attempts"] >= 1, "the killed body's attempt must be declared lost (and retried)"
+
+
 EFFECTS: dict[str, Callable[[dict, CampaignResult], None]] = {
     "worker-kill": _killed_workers, "master-kill": _killed_masters, "redis-flush": _broker_lost,
     "redis-restart": _broker_lost, "pg-restart": _pg_restarted, "pg-terminate": _pg_terminated,
-    "table-lock": _table_locked, "duplicates": _duplicated, "pause": _paused,
+    "table-lock": _table_locked, "duplicates": _duplicated, "pause": _paused, "procfile-stop": _procfile_stopped,
 }
 
 

@@ -148,3 +148,55 @@ def test_recovery_time_is_measured_from_the_injection() -> None:
     assert inv.recovery_times([(3.0, 12.0, True)], tasks[:1], events[:3]) == [9.0]
     assert inv.recovery_times([(3.0, 12.0, False)], tasks[:1], events[:3]) == [6.0]
     assert inv.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0 and inv.percentile([], 99) is None
+
+
+def shell_history(child_deaths: dict[int, float], supervisor_died: float = 2.0) -> inv.Snapshot:
+    """Task 10 is a shell task: attempt 1's pool process (pid 100) died at ``supervisor_died``; its shell (pid
+    200) was killed at 2.05 and had forked children 201 and 202 (dying at ``child_deaths``); attempt 2 (pool
+    process 101, shell 300) started at 5.5."""
+    snap = clean()
+    snap.tasks[0] = inv.TaskRow(10, 1, "a", "succeeded", 2, type="shell")
+    snap.ledger = [start(10, 1, 200, 1.0), proc(10, 1, 200, 201, 1.01), proc(10, 1, 200, 202, 1.02),
+                   start(10, 2, 300, 5.5), end(10, 2, 300, 6.9)]
+    snap.first_dead = {100: supervisor_died, 200: 2.05, **child_deaths}
+    return snap
+
+
+def proc(task_run: int, attempt: int, pid: int, child: int, t: float) -> dict:
+    return {**start(task_run, attempt, pid, t), "ev": "proc", "child": child}
+
+
+def test_a_shell_body_ends_when_its_last_process_does() -> None:
+    snap = shell_history({201: 2.1, 202: 2.2})
+    checked = inv.check_all(snap, TIMING)
+    assert checked.violations == []
+    first = checked.executions[0]
+    assert (first.status, first.end, first.children) == ("killed", 2.2, (201, 202))
+
+
+def test_a_shell_body_child_still_alive_keeps_the_execution_open() -> None:
+    snap = shell_history({201: 2.1})  # 202 never seen dead
+    assert inv.executions(snap.ledger, snap.first_dead)[0].status == "open"
+    assert kinds(snap) == ["orphan", "overlap", "unended"]  # it runs on beside attempt 2, too
+
+
+def test_a_shell_body_that_outlives_its_supervisor_is_an_orphan() -> None:
+    # the escaped child ran on for 2.5 s after the pool process died: before the attempt was even declared lost
+    # (at 5.0), so no overlap, but an orphan all the same (this is what happened before the reaper)
+    snap = shell_history({201: 2.1, 202: 2.0 + TIMING.reap + 1.5})
+    assert kinds(snap) == ["orphan"]
+    # ... also when it ran beside the retry only within the stop bound (legal for a body stopping after it lost
+    # its lease, not for one whose supervisor is dead)
+    snap = shell_history({201: 2.1, 202: 6.0})
+    checked = inv.check_all(snap, TIMING)
+    assert [v.kind for v in checked.violations] == ["orphan"] and checked.legal_overlaps == 1
+    # ... and beyond the stop bound it is an overlap too
+    snap = shell_history({201: 2.1, 202: 5.0 + TIMING.stop_bound + 1})
+    assert kinds(snap) == ["orphan", "overlap"]
+
+
+def test_a_python_body_is_its_supervisor() -> None:
+    snap = clean()  # ledger pid == attempt pid: there is nothing that could outlive the pool process
+    snap.first_dead[101] = 6.0  # attempt 2's pool process died after its body ended
+    assert inv.check_orphans(inv.executions(snap.ledger, snap.first_dead), snap.attempts, snap.first_dead,
+                             TIMING) == []

@@ -1,6 +1,8 @@
 """The mixed workflow a campaign runs, and the task bodies. Every body execution appends a ``start`` line
 and (unless its process dies first) an ``end`` line to a JSON-lines ledger (``TIDEFLOW_CHAOS_LEDGER``):
-``{"ev", "run", "task_run", "task", "attempt", "pid", "t" (time.time()), "status" (end only)}``.
+``{"ev", "run", "task_run", "task", "attempt", "pid", "t" (time.time()), "status" (end only)}``. The shell
+body (:func:`shell_command`, ``pid`` = its shell) also forks children, and each of them appends a ``proc``
+line with its own pid as ``child``: an execution ends when the last of its processes has.
 
 Workers import this module by name (``tests.chaos.workload:step``), so it must stay cheap to import.
 """
@@ -104,16 +106,42 @@ def flaky(context: Any, seconds: float = 0.0) -> dict[str, Any]:
     return {"task": context.task_name, "attempt": context.attempt, "pid": os.getpid()}
 
 
+#: the shell body (``SECONDS`` is substituted); ``$M`` is the shell's pid, ``$$`` in a child its own
+_SHELL_BODY = r"""L="${TIDEFLOW_CHAOS_LEDGER:-/dev/null}"; M=$$; export L M
+rec() { printf '{"ev":"%s","run":%s,"task_run":%s,"task":"%s","attempt":%s,"pid":%s,"t":%s%s}\n' "$1" \
+  "$TIDEFLOW_RUN_ID" "$TIDEFLOW_TASK_RUN_ID" "$TIDEFLOW_TASK" "$TIDEFLOW_ATTEMPT" "$M" "$(date +%s.%N)" "$2" >> "$L"; }
+rec start ''
+child='printf "{\"ev\":\"proc\",\"run\":%s,\"task_run\":%s,\"task\":\"%s\",\"attempt\":%s,\"pid\":%s,\
+\"child\":%s,\"t\":%s}\n" "$TIDEFLOW_RUN_ID" "$TIDEFLOW_TASK_RUN_ID" "$TIDEFLOW_TASK" "$TIDEFLOW_ATTEMPT" \
+  "$M" $$ "$(date +%s.%N)" >> "$L"
+exec sleep SECONDS'
+sh -c "$child" &
+(setsid sh -c "$child" &)
+sleep SECONDS
+wait
+rec end ',"status":"ok"'
+echo ok"""
+
+
+def shell_command(seconds: float) -> str:
+    """The shell body: ``seconds`` of sleep in the shell and in two background children, one of which leaves
+    the shell's process group and session (double fork + setsid), as a body's helpers may. The shell waits for
+    the first; the escaped one ends about when the shell does (or is terminated by the reaper then). Ledger
+    lines as the python bodies write them (one ``printf`` to an ``O_APPEND`` descriptor: one write)."""
+    return _SHELL_BODY.replace("SECONDS", f"{seconds:g}")
+
+
 # -- the workflows ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Workload:
-    """chaos-mixed: ``start`` -> fan-out (``fan0..``, ``slow``, ``flaky``, ``sub`` = chaos-child) -> ``join``
-    (fan-in) -> ``tail``; chaos-child: ``c1`` -> ``c2``. Python tasks get ``retries``: a lost attempt (worker
-    killed, lease lost) counts as a failed attempt."""
+    """chaos-mixed: ``start`` -> fan-out (``fan0..``, ``slow``, ``flaky``, ``shell``, ``sub`` = chaos-child) ->
+    ``join`` (fan-in) -> ``tail``; chaos-child: ``c1`` -> ``c2``. Tasks get ``retries``: a lost attempt (worker
+    killed, lease lost) counts as a failed attempt. ``shell`` (:func:`shell_command`) forks children."""
 
     slow_seconds: float = 3.0
+    shell_seconds: float = 3.5
     fan_out: int = 3
     retries: int = 5
     retry_delay: float = 0.2
@@ -136,9 +164,11 @@ class Workload:
             *[self._task(f, seconds=0.1, deps=["start"]) for f in fans],
             self._task("slow", seconds=self.slow_seconds, deps=["start"]),
             self._task("flaky", fn="flaky", deps=["start"]),
+            {"name": "shell", "type": "shell", "command": shell_command(self.shell_seconds), "depends_on": ["start"],
+             "retries": self.retries, "retry_delay": self.retry_delay, "retry_backoff": 1.5},
             {"name": "sub", "type": "subworkflow", "workflow": CHILD, "params": {"parent": "{{ run.id }}"},
              "depends_on": ["start"]},
-            self._task("join", deps=[*fans, "slow", "flaky", "sub"]),
+            self._task("join", deps=[*fans, "slow", "flaky", "shell", "sub"]),
             self._task("tail", deps=["join"]),
         ]}
         return [child, mixed]
@@ -147,15 +177,19 @@ class Workload:
     def tasks_per_run(self) -> int:
         return sum(len(d["tasks"]) for d in self.definitions())
 
+    def task_seconds(self) -> dict[str, float]:
+        """How long each task's body takes (subworkflow tasks have none)."""
+        out = {t["name"]: t["args"]["seconds"] for d in self.definitions() for t in d["tasks"] if "args" in t}
+        return {**out, "shell": self.shell_seconds}
+
     @property
     def body_seconds(self) -> float:
-        """Body time of one run (all its python tasks, one attempt each, plus flaky's second attempt)."""
-        return sum(t["args"]["seconds"] for d in self.definitions() for t in d["tasks"] if t["type"] == "python") \
-            + self.quick_seconds
+        """Body time of one run (all its tasks, one attempt each, plus flaky's second attempt)."""
+        return sum(self.task_seconds().values()) + self.quick_seconds
 
     def critical_path(self, step_overhead: float) -> float:
         """Seconds one run needs on an idle cluster: the longest chain of bodies, ``step_overhead`` per hop
         (dispatch, claim, advance), flaky's planned failure and retry delay."""
-        fan_branch = max(0.1, self.slow_seconds, 2 * self.quick_seconds + self.retry_delay + step_overhead,
-                         2 * self.quick_seconds + step_overhead)
+        fan_branch = max(0.1, self.slow_seconds, self.shell_seconds, 2 * self.quick_seconds + step_overhead,
+                         2 * self.quick_seconds + self.retry_delay + step_overhead)
         return 3 * self.quick_seconds + fan_branch + 4 * step_overhead

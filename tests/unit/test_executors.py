@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,9 +19,12 @@ from app.definitions import TaskSpec
 from app.errors import TaskFailure, TaskStopped
 from app.executors import ExecutionContext, LogBuffer, executor_for
 from app.executors.python import PythonExecutor
-from app.executors.shell import ShellExecutor
+from app.executors.shell import REAPER, TERM_GRACE_SECONDS, ShellExecutor
+from tests.support.shellbody import FORKING_BODY, body_is_up, kill_body, read_body_log, wait_body_dead
+from tests.support.wait import wait_until
 
 JOBS = "tests.support.jobs_unit"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_ctx(
@@ -280,6 +288,186 @@ def test_shell_stop_set_before_start_does_not_run(tmp_path: Path) -> None:
 
 def test_shell_stdin_is_devnull() -> None:
     assert ShellExecutor().run(shell("cat; echo eof"), make_ctx()) == "eof"
+
+
+# -- shell: the reaper ----------------------------------------------------------------------------
+
+#: runs one shell body (attempt 1) through the executor, in the main thread or in a thread of its own
+_EXECUTOR_CHILD = """
+import sys, threading
+from tests.unit.test_executors import make_ctx, shell
+from app.executors.shell import REAPER, TERM_GRACE_SECONDS, ShellExecutor
+from tests.support.shellbody import FORKING_BODY, body_is_up, kill_body, read_body_log, wait_body_dead
+from tests.support.wait import wait_until
+spec = shell(sys.argv[1], env={"BODY_LOG": sys.argv[2]})
+ctx = make_ctx()
+ctx.attempt = 1
+if sys.argv[3] == "thread":
+    t = threading.Thread(target=ShellExecutor().run, args=(spec, ctx))
+    t.start()
+    t.join()
+else:
+    ShellExecutor().run(spec, ctx)
+"""
+
+
+def _reapers_of(parent: int) -> list[int]:
+    """Live reaper processes started by ``parent`` (argv: python -I -S REAPER PARENT ...)."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(REAPER) in argv and argv[argv.index(os.fsencode(REAPER)) + 1:][:1] == [str(parent).encode()] \
+                and not process_gone(int(name)):
+            found.append(int(name))
+    return found
+
+
+@pytest.mark.parametrize("where", ["main thread", "thread"])
+def test_shell_body_dies_with_the_process_running_the_executor(tmp_path: Path, where: str) -> None:
+    """SIGKILL of the process that runs the executor (a pool process, say): every process of the command dies
+    within the reaper's grace, including children that left its process group and session (double fork +
+    setsid), instead of running on as orphans."""
+    log = tmp_path / "body.log"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _EXECUTOR_CHILD, FORKING_BODY, str(log), "thread" if where == "thread" else "main"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    try:
+        procs = wait_until(lambda: body_is_up(log), timeout=30, message="the body's processes never all started")
+        assert len({p.sid for p in procs}) >= 2, procs  # one of them escaped the session
+        assert _reapers_of(child.pid), "the command should run under a reaper"
+        child.kill()
+        child.wait()
+        killed = time.time()
+        assert wait_body_dead(log, timeout=TERM_GRACE_SECONDS + 3) - killed < TERM_GRACE_SECONDS + 1
+        wait_until(lambda: not _reapers_of(child.pid), timeout=5, message="the reaper should exit")
+        ticks = [line for line in read_body_log(log) if line.event == "tick"]
+        assert len({line.pid for line in ticks}) == 2, ticks  # both tick loops ran, until they were killed
+    finally:
+        child.kill()
+        kill_body(log)
+
+
+def test_reaper_whose_parent_died_before_it_armed_the_death_signal_runs_nothing(tmp_path: Path) -> None:
+    """The race PR_SET_PDEATHSIG leaves open: the parent dies before the reaper asks for the signal. The reaper
+    checks getppid() afterwards; here it is told its parent is a pid that is not its parent."""
+    marker = tmp_path / "ran"
+    job_r, job_w = os.pipe()
+    status_r, status_w = os.pipe()
+    not_my_parent = os.getpid() + 1 if os.getpid() != 1 else 2
+    reaper = subprocess.Popen([sys.executable, "-I", "-S", REAPER, str(not_my_parent), "2", str(job_r), str(status_w)],
+                              pass_fds=(job_r, status_w), start_new_session=True)
+    os.close(job_r)
+    os.close(status_w)
+    with contextlib.suppress(BrokenPipeError), open(job_w, "wb") as pipe:
+        pipe.write(f"touch {marker}\0PATH=/usr/bin:/bin".encode())
+    assert reaper.wait(timeout=10) == 0
+    with open(status_r, "rb") as status:
+        assert status.read() == b"stopped\n"
+    assert not marker.exists()
+
+
+def test_shell_reaper_reports_exit_status_and_pid(tmp_path: Path) -> None:
+    job_r, job_w = os.pipe()
+    status_r, status_w = os.pipe()
+    reaper = subprocess.Popen([sys.executable, "-I", "-S", REAPER, str(os.getpid()), "2", str(job_r), str(status_w)],
+                              pass_fds=(job_r, status_w), start_new_session=True, stdout=subprocess.DEVNULL)
+    os.close(job_r)
+    os.close(status_w)
+    with open(job_w, "wb") as pipe:
+        pipe.write(b'echo "$X" > ' + os.fsencode(tmp_path / "x") + b"; exit 7\0X=a=b c\0PATH=/usr/bin:/bin")
+    assert reaper.wait(timeout=10) == 0
+    with open(status_r, "rb") as status:
+        lines = status.read().decode().splitlines()
+    assert lines[0].startswith("pid ") and lines[1:] == ["leftovers 0", "exit 7"]
+    assert (tmp_path / "x").read_text() == "a=b c\n"
+
+
+def test_shell_leftovers_are_terminated_when_the_command_ends(tmp_path: Path) -> None:
+    """Background processes still running when the shell exits are terminated (SIGTERM; SIGKILL for one that
+    ignores it), so nothing of an attempt outlives it; the result and status are the shell's."""
+    pidfile = tmp_path / "bg.pid"
+    ctx = make_ctx()
+    started = time.monotonic()
+    result = ShellExecutor().run(shell(
+        f"sleep 60 & echo $! > {pidfile}; (setsid sh -c 'trap \"\" TERM; echo $$ >> {pidfile}; exec sleep 60' &);"
+        f" while [ $(wc -l < {pidfile}) -lt 2 ]; do sleep 0.01; done; echo done"), ctx)
+    assert result == "done"
+    pids = [int(p) for p in pidfile.read_text().split()]
+    assert len(pids) == 2 and all(process_gone(pid) for pid in pids)
+    assert time.monotonic() - started < TERM_GRACE_SECONDS + 3
+    assert ctx.log.getvalue().endswith("[tideflow] the command left 2 process(es) running: terminated\n")
+
+
+def test_shell_without_leftovers_adds_nothing_to_the_log() -> None:
+    ctx = make_ctx()
+    assert ShellExecutor().run(shell("echo a; (sleep 0.1; echo b) & wait"), ctx) == "b"
+    assert ctx.log.getvalue() == "a\nb\n"
+
+
+def test_shell_stop_kills_children_that_left_the_session(tmp_path: Path) -> None:
+    pidfile = tmp_path / "escaped.pid"
+    ctx = make_ctx()
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            ShellExecutor().run(shell(f"(setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' &); sleep 60"), ctx)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), what="the pid file")
+    escaped = int(pidfile.read_text())
+    assert os.getsid(escaped) != os.getsid(os.getpid())
+    ctx.stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert errors and isinstance(errors[0], TaskStopped)
+    assert process_gone(escaped)
+
+
+@pytest.mark.parametrize(("sig", "message"), [
+    (signal.SIGKILL, r"^the command's reaper died \(status -9\) before the command ended$"),
+    (signal.SIGTERM, r"^the command's reaper was terminated by a signal from outside Tideflow$"),
+])
+def test_shell_reaper_killed_from_outside(tmp_path: Path, sig: int, message: str) -> None:
+    """Not something Tideflow does; if someone does, the attempt fails and the command does not run on."""
+    pidfile = tmp_path / "sh.pid"
+    ctx = make_ctx()
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            ShellExecutor().run(shell(f"echo $$ > {pidfile}; sleep 60"), ctx)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), what="the pid file")
+    (reaper,) = _reapers_of(os.getpid())
+    os.kill(reaper, sig)
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert errors and isinstance(errors[0], TaskFailure), errors
+    assert re.match(message, str(errors[0])), errors[0]
+    wait_for(lambda: process_gone(int(pidfile.read_text())), timeout=5, what="the shell to die")
+
+
+def test_shell_cannot_start_reaper(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with pytest.raises(TaskFailure, match=r"^cannot start the command's reaper \(/nonexistent/python\)"):
+        ShellExecutor().run(shell("true"), make_ctx())
+
+
+@pytest.mark.parametrize("env", [{"A": "x\0y"}, {"A=B": "x"}])
+def test_shell_invalid_environment_fails(env: dict[str, str]) -> None:
+    with pytest.raises(TaskFailure, match="invalid environment variable"):
+        ShellExecutor().run(shell("true", env=env), make_ctx())
 
 
 # -- python --------------------------------------------------------------------------------------
