@@ -34,7 +34,7 @@ from tests.chaos import invariants as inv
 from tests.chaos.evidence import collect_evidence
 from tests.chaos.faults import EXTRA_INTERVALS, FAULT_KINDS, FAULTS, FULL_INTERVALS, FaultContext, FaultRecord, Injector
 from tests.chaos.procs import REPO_ROOT, ManagedProcess, PidWatch, Supervisor, build_processes
-from tests.chaos.workload import LEDGER_ENV, MIXED, Workload, read_ledger
+from tests.chaos.workload import FRAGILE, LEDGER_ENV, MIXED, NOSTART, Workload, read_ledger
 from tests.support.cluster import TEST_TIMINGS
 from tests.support.postgres import PostgresServer, create_database
 from tests.support.procs import free_port
@@ -122,8 +122,19 @@ class CampaignResult:
         return self.config.name
 
     @property
+    def workload_checks(self) -> dict[str, int]:
+        """The workload's own cases: runs whose subworkflow cannot start (all must end failed), and the
+        ``retries: 0`` task whose attempts were lost (each must still succeed)."""
+        nostart = [r for r in self.runs if r.workflow == NOSTART]
+        lost = {a.task_run_id for a in self.attempts if a.outcome == "lost"}
+        fragile = [t for t in self.tasks if t.name == FRAGILE and t.id in lost]
+        return {"nostart_runs": len(nostart), "nostart_failed": sum(r.state == "failed" for r in nostart),
+                "fragile_lost": len(fragile),
+                "fragile_lost_then_succeeded": sum(t.state == "succeeded" for t in fragile)}
+
+    @property
     def top_runs(self) -> list[inv.RunRow]:
-        return [r for r in self.runs if r.parent_task_run_id is None]
+        return [r for r in self.runs if r.parent_task_run_id is None and r.workflow == MIXED]
 
     @property
     def outcomes(self) -> Counter[str]:
@@ -237,6 +248,9 @@ class Campaign:
                 if run_id is None and self._closing.wait(0.5):
                     break
         self.started[key] = inv.StartedRun(key, run_id, called, time.time(), errors)
+        if run_id is not None and key.endswith("0"):  # every tenth: a run whose subworkflow cannot start
+            with contextlib.suppress(Exception):  # best effort: an outage may refuse it; it is checked if it exists
+                self.tf.start_run(NOSTART, {"key": key})
 
     def start_runs(self, k: int) -> list[str]:
         """Start ``k`` runs now, each from its own thread (from the budget while it lasts, then extra ones)."""

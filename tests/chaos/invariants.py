@@ -375,6 +375,24 @@ def check_orphans(execs: Sequence[Execution], attempts: Sequence[AttemptRow], fi
     return out
 
 
+def check_cannot_start(runs: Sequence[RunRow], tasks: Sequence[TaskRow]) -> list[Violation]:
+    """A run whose subworkflow task cannot start (``chaos-nostart``) ends failed: that task failed, its
+    downstream task skipped, its independent branch succeeded (nothing left running or pending)."""
+    want = {"nochild": "failed", "after": "skipped", "side": "succeeded", "start": "succeeded"}
+    by_run: dict[int, dict[str, str]] = defaultdict(dict)
+    for t in tasks:
+        by_run[t.run_id][t.name] = t.state
+    out = []
+    for r in runs:
+        if r.workflow != "chaos-nostart":
+            continue
+        got = by_run.get(r.id, {})
+        if r.state != "failed" or got != want:
+            out.append(Violation("cannot-start", f"run is {r.state} with tasks {got}, expected failed with {want}",
+                                 r.id))
+    return out
+
+
 def check_unended(execs: Sequence[Execution]) -> list[Violation]:
     return [Violation("unended", f"{x.task} attempt {x.attempt} (pid {x.pid}) is still running", x.run, x.task_run)
             for x in execs if x.status == "open"]
@@ -398,6 +416,7 @@ def check_all(snap: Snapshot, timing: Timing) -> Checked:
                   + check_history(snap.runs, snap.tasks, snap.events, snap.attempts)
                   + check_ledger_in_db(execs, snap.tasks, snap.attempts)
                   + check_lost(snap.started, snap.runs, snap.tasks, snap.attempts, execs) + check_unended(execs)
+                  + check_cannot_start(snap.runs, snap.tasks)
                   + check_orphans(execs, snap.attempts, snap.first_dead, timing))
     return Checked(violations, execs, legal)
 

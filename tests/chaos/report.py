@@ -105,7 +105,8 @@ def as_json(results: Sequence[CampaignResult]) -> str:
     def one(r: CampaignResult) -> dict[str, Any]:
         return {"summary": row(r), "faults": [vars(f) for f in r.faults], "fault_errors": r.fault_errors,
                 "violations": [vars(v) for v in r.checked.violations], "evidence": r.evidence,
-                "outcomes": dict(r.outcomes), "recovery": r.recovery, "drain_seconds": r.drain_seconds,
+                "outcomes": dict(r.outcomes), "workload": r.workload_checks, "recovery": r.recovery,
+                "drain_seconds": r.drain_seconds,
                 "bound": vars(r.bound) | {"total": r.bound.total}, "restarts": r.restarts,
                 "workdir": str(r.workdir) if not r.ok or r.config.keep_workdir else None}
     return json.dumps([one(r) for r in results], indent=2, default=str)
@@ -113,7 +114,8 @@ def as_json(results: Sequence[CampaignResult]) -> str:
 
 def details(r: CampaignResult, limit: int = 30) -> list[str]:
     lines = [f"{r.name}: faults {dict(r.fault_counts())}, restarts {len(r.restarts)}, outcomes "
-             f"{dict(r.outcomes)}, drain bound {r.bound}", f"  evidence: {r.evidence}"]
+             f"{dict(r.outcomes)}, drain bound {r.bound}", f"  evidence: {r.evidence}",
+             f"  workload: {r.workload_checks}"]
     lines += [f"  fault error: {e}" for e in r.fault_errors[:10]]
     lines += [f"  VIOLATION {v}" for v in r.checked.violations[:limit]]
     if len(r.checked.violations) > limit:

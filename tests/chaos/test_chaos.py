@@ -128,6 +128,8 @@ def test_all_faults_mixed_keep_every_invariant(campaign_results: list[CampaignRe
     assert all(counts[kind] >= 1 for kind in FAULT_KINDS), f"not every fault was injected: {dict(counts)}"
     e = result.evidence
     assert e["lost_attempts"] >= 1 and e["republished"] >= 1 and e["duplicates_ignored"] >= 1, e
+    w = result.workload_checks  # the invariant "cannot-start" checked each of these ended failed
+    assert w["nostart_runs"] >= 1 and w["nostart_failed"] == w["nostart_runs"], w
 
 
 def test_a_partitioned_worker_stops_its_body_within_the_bound(campaign_results: list[CampaignResult]) -> None:

@@ -200,3 +200,13 @@ def test_a_python_body_is_its_supervisor() -> None:
     snap.first_dead[101] = 6.0  # attempt 2's pool process died after its body ended
     assert inv.check_orphans(inv.executions(snap.ledger, snap.first_dead), snap.attempts, snap.first_dead,
                              TIMING) == []
+
+
+def test_a_run_whose_subworkflow_cannot_start_must_end_failed() -> None:
+    runs = [inv.RunRow(1, "chaos-nostart", "failed"), inv.RunRow(2, "chaos-nostart", "running")]
+    ok = {"start": "succeeded", "nochild": "failed", "after": "skipped", "side": "succeeded"}
+    tasks = [inv.TaskRow(10 + i, 1, name, state, 1) for i, (name, state) in enumerate(ok.items())]
+    tasks += [inv.TaskRow(20 + i, 2, name, state, 1) for i, (name, state) in enumerate(
+        {**ok, "nochild": "failed", "after": "pending"}.items())]
+    violations = inv.check_cannot_start(runs, tasks)
+    assert [(v.kind, v.run_id) for v in violations] == [("cannot-start", 2)]

@@ -21,6 +21,12 @@ from typing import Any
 LEDGER_ENV = "TIDEFLOW_CHAOS_LEDGER"
 MIXED = "chaos-mixed"
 CHILD = "chaos-child"
+#: a run whose subworkflow task cannot start (its child's parameter is a placeholder with no value): it must end
+#: ``failed`` (``after`` skipped, the independent ``side`` succeeded), never stay running
+NOSTART = "chaos-nostart"
+#: the MIXED task with ``retries: 0``: a worker killed under it must not fail it (lost attempts have their own
+#: budget), it succeeds on a later attempt
+FRAGILE = "fragile"
 _MODULE = "tests.chaos.workload"
 
 
@@ -146,13 +152,14 @@ class Workload:
     retries: int = 5
     retry_delay: float = 0.2
     quick_seconds: float = 0.05
+    fragile_seconds: float = 1.5
 
     def _task(self, name: str, fn: str = "step", seconds: float | None = None, deps: list[str] | None = None,
               ) -> dict[str, Any]:
         return {"name": name, "type": "python", "function": f"{_MODULE}:{fn}",
                 "args": {"seconds": self.quick_seconds if seconds is None else seconds},
                 "depends_on": deps or [], "retries": self.retries, "retry_delay": self.retry_delay,
-                "retry_backoff": 1.5}
+                "retry_backoff": 1.5, "max_lost_attempts": self.retries}
 
     def definitions(self) -> list[dict[str, Any]]:
         """Child first (a subworkflow must be registered before its parent)."""
@@ -168,18 +175,28 @@ class Workload:
              "retries": self.retries, "retry_delay": self.retry_delay, "retry_backoff": 1.5},
             {"name": "sub", "type": "subworkflow", "workflow": CHILD, "params": {"parent": "{{ run.id }}"},
              "depends_on": ["start"]},
-            self._task("join", deps=[*fans, "slow", "flaky", "shell", "sub"]),
+            {**self._task(FRAGILE, seconds=self.fragile_seconds, deps=["start"]), "retries": 0,
+             "max_lost_attempts": 8},
+            self._task("join", deps=[*fans, "slow", "flaky", "shell", "sub", FRAGILE]),
             self._task("tail", deps=["join"]),
         ]}
-        return [child, mixed]
+        nostart = {"name": NOSTART, "params": {"key": ""}, "on_failure": "continue", "tasks": [
+            self._task("start"),
+            {"name": "nochild", "type": "subworkflow", "workflow": CHILD,
+             "params": {"parent": "{{ upstream.start.missing }}"}, "depends_on": ["start"]},
+            self._task("after", deps=["nochild"]),
+            self._task("side", deps=["start"]),
+        ]}
+        return [child, mixed, nostart]
 
     @property
     def tasks_per_run(self) -> int:
-        return sum(len(d["tasks"]) for d in self.definitions())
+        return sum(len(d["tasks"]) for d in self.definitions() if d["name"] != NOSTART)
 
     def task_seconds(self) -> dict[str, float]:
         """How long each task's body takes (subworkflow tasks have none)."""
-        out = {t["name"]: t["args"]["seconds"] for d in self.definitions() for t in d["tasks"] if "args" in t}
+        out = {t["name"]: t["args"]["seconds"] for d in self.definitions() for t in d["tasks"]
+               if "args" in t and d["name"] != NOSTART}
         return {**out, "shell": self.shell_seconds}
 
     @property
@@ -190,6 +207,7 @@ class Workload:
     def critical_path(self, step_overhead: float) -> float:
         """Seconds one run needs on an idle cluster: the longest chain of bodies, ``step_overhead`` per hop
         (dispatch, claim, advance), flaky's planned failure and retry delay."""
-        fan_branch = max(0.1, self.slow_seconds, self.shell_seconds, 2 * self.quick_seconds + step_overhead,
+        fan_branch = max(0.1, self.slow_seconds, self.shell_seconds, self.fragile_seconds,
+                         2 * self.quick_seconds + step_overhead,
                          2 * self.quick_seconds + self.retry_delay + step_overhead)
         return 3 * self.quick_seconds + fan_branch + 4 * step_overhead
