@@ -15,6 +15,9 @@ that whole tree (SIGTERM, then SIGKILL after :data:`TERM_GRACE_SECONDS`):
 * when the shell exits: whatever the command left running in the background is terminated too, so nothing of
   an attempt outlives it (a retry never runs beside the previous attempt's leftovers); the attempt's log says
   how many processes that was.
+
+What it costs: the reaper is ``python -I -S`` importing C modules only, about 10 ms of CPU per command on the
+2-core test machine (``ShellExecutor.run`` of ``true``: p50 1.5 ms before the reaper, 12 ms with it).
 """
 
 from __future__ import annotations
