@@ -142,9 +142,11 @@ def shell_command(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Workload:
-    """chaos-mixed: ``start`` -> fan-out (``fan0..``, ``slow``, ``flaky``, ``shell``, ``sub`` = chaos-child) ->
-    ``join`` (fan-in) -> ``tail``; chaos-child: ``c1`` -> ``c2``. Tasks get ``retries``: a lost attempt (worker
-    killed, lease lost) counts as a failed attempt. ``shell`` (:func:`shell_command`) forks children."""
+    """chaos-mixed: ``start`` -> fan-out (``fan0..``, ``slow``, ``flaky``, ``shell``, ``sub`` = chaos-child,
+    ``fragile``) -> ``join`` (fan-in) -> ``tail``; chaos-child: ``c1`` -> ``c2``; chaos-nostart (every tenth run):
+    ``start`` -> ``nochild`` (a subworkflow that cannot start) -> ``after``, and ``side``. Tasks get ``retries`` for
+    failures of the body and the same number of lost attempts (worker killed, lease lost) as their own budget;
+    ``fragile`` has ``retries: 0``. ``shell`` (:func:`shell_command`) forks children."""
 
     slow_seconds: float = 3.0
     shell_seconds: float = 3.5
