@@ -57,14 +57,6 @@ def py(function: str, args: dict[str, Any] | None = None) -> TaskSpec:
     return TaskSpec.model_validate({"name": "t", "type": "python", "function": function, "args": args})
 
 
-def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def process_gone(pid: int) -> bool:
     """True when ``pid`` does not exist or is a zombie (our PID 1 may not reap orphans promptly)."""
     try:
@@ -239,7 +231,8 @@ def test_shell_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), what="the pid file")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), timeout=10, interval=0.02,
+               message="timed out waiting for the pid file")
     bg_pid = int(pidfile.read_text())
     assert not process_gone(bg_pid)
 
@@ -249,7 +242,8 @@ def test_shell_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert not thread.is_alive()
     assert time.monotonic() - stopped_at < 5
     assert isinstance(outcome.get("error"), TaskStopped)
-    wait_for(lambda: process_gone(bg_pid), timeout=5, what="the background sleep to die")
+    wait_until(lambda: process_gone(bg_pid), timeout=5, interval=0.02,
+               message="timed out waiting for the background sleep to die")
     assert "started" in ctx.log.getvalue()
 
 
@@ -268,13 +262,15 @@ def test_shell_stop_kills_children_that_ignore_sigterm(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), what="the pid file")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), timeout=10, interval=0.02,
+               message="timed out waiting for the pid file")
     bg_pid = int(pidfile.read_text())
     ctx.stop.set()
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert errors and isinstance(errors[0], TaskStopped)
-    wait_for(lambda: process_gone(bg_pid), timeout=5, what="the TERM-ignoring child to die")
+    wait_until(lambda: process_gone(bg_pid), timeout=5, interval=0.02,
+               message="timed out waiting for the TERM-ignoring child to die")
 
 
 def test_shell_stop_set_before_start_does_not_run(tmp_path: Path) -> None:
@@ -420,7 +416,8 @@ def test_shell_stop_kills_children_that_left_the_session(tmp_path: Path) -> None
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), what="the pid file")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), timeout=10, interval=0.02,
+               message="timed out waiting for the pid file")
     escaped = int(pidfile.read_text())
     assert os.getsid(escaped) != os.getsid(os.getpid())
     ctx.stop.set()
@@ -448,14 +445,16 @@ def test_shell_reaper_killed_from_outside(tmp_path: Path, sig: int, message: str
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), what="the pid file")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), timeout=10, interval=0.02,
+               message="timed out waiting for the pid file")
     (reaper,) = _reapers_of(os.getpid())
     os.kill(reaper, sig)
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert errors and isinstance(errors[0], TaskFailure), errors
     assert re.match(message, str(errors[0])), errors[0]
-    wait_for(lambda: process_gone(int(pidfile.read_text())), timeout=5, what="the shell to die")
+    wait_until(lambda: process_gone(int(pidfile.read_text())), timeout=5, interval=0.02,
+               message="timed out waiting for the shell to die")
 
 
 def test_shell_cannot_start_reaper(monkeypatch: pytest.MonkeyPatch) -> None:
