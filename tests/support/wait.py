@@ -73,6 +73,20 @@ def read_lines(path: Path | str) -> list[str]:
     return lines[:-1]  # the last element is "" or an incomplete line still being written
 
 
+def pid_in(path: Path | str) -> int | None:
+    """The process id written to ``path`` (a body's ``echo $! > path``); None until it is there, complete."""
+    try:
+        text = Path(path).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def wait_for_pid(path: Path | str, timeout: float = 30.0, interval: float = 0.05) -> int:
+    """Wait until ``path`` holds a process id; return it."""
+    return wait_until(lambda: pid_in(path), timeout=timeout, interval=interval, message=f"{path} never got a pid")
+
+
 def wait_for_file_lines(path: Path | str, n: int, timeout: float = 30.0, interval: float = 0.05) -> list[str]:
     """Wait until ``path`` holds at least ``n`` complete lines; return all of them."""
     def enough() -> tuple[list[str]] | None:

@@ -21,7 +21,7 @@ from app.executors import ExecutionContext, LogBuffer, executor_for
 from app.executors.python import PythonExecutor
 from app.executors.shell import REAPER, TERM_GRACE_SECONDS, ShellExecutor
 from tests.support.shellbody import FORKING_BODY, body_is_up, kill_body, read_body_log, wait_body_dead
-from tests.support.wait import wait_until
+from tests.support.wait import wait_for_pid, wait_until
 
 JOBS = "tests.support.jobs_unit"
 REPO = Path(__file__).resolve().parents[2]
@@ -231,9 +231,7 @@ def test_shell_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), timeout=10, interval=0.02,
-               message="timed out waiting for the pid file")
-    bg_pid = int(pidfile.read_text())
+    bg_pid = wait_for_pid(pidfile, timeout=10, interval=0.02)
     assert not process_gone(bg_pid)
 
     stopped_at = time.monotonic()
@@ -262,9 +260,7 @@ def test_shell_stop_kills_children_that_ignore_sigterm(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), timeout=10, interval=0.02,
-               message="timed out waiting for the pid file")
-    bg_pid = int(pidfile.read_text())
+    bg_pid = wait_for_pid(pidfile, timeout=10, interval=0.02)
     ctx.stop.set()
     thread.join(timeout=10)
     assert not thread.is_alive()
@@ -416,9 +412,7 @@ def test_shell_stop_kills_children_that_left_the_session(tmp_path: Path) -> None
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), timeout=10, interval=0.02,
-               message="timed out waiting for the pid file")
-    escaped = int(pidfile.read_text())
+    escaped = wait_for_pid(pidfile, timeout=10, interval=0.02)
     assert os.getsid(escaped) != os.getsid(os.getpid())
     ctx.stop.set()
     thread.join(timeout=10)
@@ -445,15 +439,14 @@ def test_shell_reaper_killed_from_outside(tmp_path: Path, sig: int, message: str
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), timeout=10, interval=0.02,
-               message="timed out waiting for the pid file")
+    shell_pid = wait_for_pid(pidfile, timeout=10, interval=0.02)
     (reaper,) = _reapers_of(os.getpid())
     os.kill(reaper, sig)
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert errors and isinstance(errors[0], TaskFailure), errors
     assert re.match(message, str(errors[0])), errors[0]
-    wait_until(lambda: process_gone(int(pidfile.read_text())), timeout=5, interval=0.02,
+    wait_until(lambda: process_gone(shell_pid), timeout=5, interval=0.02,
                message="timed out waiting for the shell to die")
 
 
