@@ -12,7 +12,6 @@ import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
-SCOPES = ("params", "upstream", "run")
 _ANY = re.compile(r"\{\{(.*?)\}\}", re.S)
 _REF = re.compile(r"^\s*(params|upstream|run)((?:\.[A-Za-z0-9_\-]+)+)\s*$")
 

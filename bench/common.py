@@ -34,6 +34,7 @@ from app.db.schema import WorkflowRun
 from app.states import RunState
 from tests.support.cluster import Cluster
 from tests.support.postgres import create_database, drop_database, psycopg_conninfo, with_database
+from tests.support.wait import poll
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -220,13 +221,10 @@ class TideflowDeployment:
 
     def wait_all_finished(self, timeout: float, interval: float = 0.05) -> float:
         """Poll until no run is running; returns the monotonic time it was first seen so."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.unfinished() == 0:
-                return time.monotonic()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.unfinished()} runs still running after {timeout}s")
-            time.sleep(interval)
+        seen = poll(lambda: time.monotonic() if self.unfinished() == 0 else None, timeout, interval)
+        if seen is None:
+            raise TimeoutError(f"{self.unfinished()} runs still running after {timeout}s")
+        return seen
 
 
 def delete_queues(broker_url: str, queues: Sequence[str]) -> None:
@@ -289,12 +287,11 @@ class RawCeleryWorker:
         return int(self.counter.get(f"{self.key_prefix}done:{batch}") or 0)
 
     def wait_done(self, batch: str, n: int, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while self.done(batch) < n:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"raw celery: {self.done(batch)}/{n} done after {timeout}s")
-            time.sleep(0.01)
-        return time.monotonic()
+        """Poll until ``n`` tasks of ``batch`` are done; returns the monotonic time it was first seen so."""
+        seen = poll(lambda: time.monotonic() if self.done(batch) >= n else None, timeout, 0.01)
+        if seen is None:
+            raise TimeoutError(f"raw celery: {self.done(batch)}/{n} done after {timeout}s")
+        return seen
 
 
 def workdir(name: str) -> Path:

@@ -36,6 +36,7 @@ from bench.common import (
     workdir,
 )
 from bench.throughput import chain10
+from tests.support.wait import poll
 
 TARGET_P50_MS = 5.0
 TARGET_P99_MS = 25.0
@@ -66,11 +67,8 @@ def raw_chain_hops(raw: RawCeleryWorker, batch: str, timeout: float = 30.0) -> l
 
     chain(raw.raw.link.si(batch, i) for i in range(LENGTH)).apply_async()
     end_key = f"{raw.key_prefix}end:{batch}"
-    deadline = time.monotonic() + timeout
-    while raw.counter.hlen(end_key) < LENGTH:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"raw chain {batch}: {raw.counter.hlen(end_key)}/{LENGTH} links after {timeout}s")
-        time.sleep(0.01)
+    if not poll(lambda: raw.counter.hlen(end_key) >= LENGTH, timeout, 0.01):
+        raise TimeoutError(f"raw chain {batch}: {raw.counter.hlen(end_key)}/{LENGTH} links after {timeout}s")
     start = {int(k): float(v) for k, v in raw.counter.hgetall(f"{raw.key_prefix}start:{batch}").items()}
     end = {int(k): float(v) for k, v in raw.counter.hgetall(end_key).items()}
     return [start[i + 1] - end[i] for i in range(LENGTH - 1)]

@@ -54,6 +54,7 @@ from bench.common import (
     report,
     workdir,
 )
+from tests.support.wait import poll
 
 PROFILES: dict[str, dict[str, str]] = {
     "default": {},  # bench.common.DEFAULT_TIMINGS: the production defaults
@@ -73,18 +74,6 @@ SLEEP = "bench-recovery-sleep"
 NOOP_WF: dict[str, Any] = {"name": NOOP, "tasks": [{"name": "only", "type": "python", "function": "bench.bodies:noop"}]}
 SLEEP_WF: dict[str, Any] = {"name": SLEEP, "tasks": [
     {"name": "sleeper", "type": "python", "function": "bench.bodies:sleep", "args": {"seconds": 3600}, "retries": 1}]}
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned), or None after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(interval)
 
 
 def events(tf: Tideflow, run_id: int) -> list[Any]:
@@ -113,7 +102,7 @@ def only_task(tf: Tideflow, run_id: int) -> Any:
 
 
 def lost_publish_result(tf: Tideflow, run_id: int, timeout: float) -> dict[str, float]:
-    if wait_for(claimed(tf, run_id), timeout) is None:
+    if poll(claimed(tf, run_id), timeout) is None:
         raise TimeoutError(f"run {run_id}: task not claimed {timeout:.0f}s after its first publish")
     evs = events(tf, run_id)
     t0 = first(evs, "submitted", src="pending")
@@ -153,7 +142,7 @@ def flush_prefix(dep: TideflowDeployment, bound: float, window: float) -> dict[s
     dep.tf.wait(warm, timeout=60, interval=0.05)
     purge_prefix(dep.broker_url, dep.key_prefix)
     normal = dep.tf.start_run(NOOP)
-    t_normal = wait_for(claimed(dep.tf, normal), window, interval=0.05)
+    t_normal = poll(claimed(dep.tf, normal), window, interval=0.05)
     normal_t0 = first(events(dep.tf, normal), "submitted", src="pending")
     assert normal_t0 is not None
     out: dict[str, Any] = {"new_run_claim_s": (t_normal - normal_t0) if t_normal else float("inf")}
@@ -162,7 +151,7 @@ def flush_prefix(dep: TideflowDeployment, bound: float, window: float) -> dict[s
         run_id = dropper.start_run(NOOP)
     finally:
         dropper.close()
-    t_claim = wait_for(claimed(dep.tf, run_id), max(window, bound * 3), interval=0.1)
+    t_claim = poll(claimed(dep.tf, run_id), max(window, bound * 3), interval=0.1)
     evs = events(dep.tf, run_id)
     t0 = first(evs, "submitted", src="pending")
     t_republish = first(evs, "submitted", src="submitted")
@@ -173,13 +162,13 @@ def flush_prefix(dep: TideflowDeployment, bound: float, window: float) -> dict[s
         dep.master.terminate()
         t_restart = time.time()
         dep.start_master()
-        t_claim = wait_for(claimed(dep.tf, run_id), bound * 3 + 30, interval=0.2)
+        t_claim = poll(claimed(dep.tf, run_id), bound * 3 + 30, interval=0.2)
         out["claimed_after_master_restart_s"] = (t_claim - t_restart) if t_claim else float("inf")
     return out
 
 
 def wait_running(dep: TideflowDeployment, run_id: int, timeout: float = 60) -> Any:
-    task = wait_for(lambda: (t := only_task(dep.tf, run_id)).state == "running" and t, timeout)
+    task = poll(lambda: (t := only_task(dep.tf, run_id)).state == "running" and t, timeout)
     if not task:
         raise TimeoutError(f"run {run_id}: the sleeping task did not start")
     return task
@@ -188,7 +177,7 @@ def wait_running(dep: TideflowDeployment, run_id: int, timeout: float = 60) -> A
 def kill_result(dep: TideflowDeployment, run_id: int, t_kill: float, bound: float) -> dict[str, float]:
     task = only_task(dep.tf, run_id)  # nobody renews the lease any more: this is the last heartbeat's
     last_heartbeat = task.lease_expires_at.timestamp() - dep.tf.runtime.settings.lease_seconds
-    if wait_for(claimed(dep.tf, run_id, attempt=2), bound * 3 + 30, interval=0.1) is None:
+    if poll(claimed(dep.tf, run_id, attempt=2), bound * 3 + 30, interval=0.1) is None:
         raise TimeoutError(f"run {run_id}: attempt 2 not claimed {bound * 3 + 30:.0f}s after the kill")
     evs = events(dep.tf, run_id)
     t_lost = first(evs, "submitted", src="running", attempt=2)
@@ -302,19 +291,19 @@ def raw_baseline(servers: Servers, window: float) -> list[dict[str, Any]]:
         deleted = client.delete(*keys) if keys else 0
         client.close()
         raw.start_worker()
-        ran = wait_for(lambda: raw.done("lost"), window, interval=0.2)
+        ran = poll(lambda: raw.done("lost"), window, interval=0.2)
         rows.append({"fault": "queue deleted (worker stopped, restarted)", "keys_deleted": deleted,
                      "outcome": f"ran after {ran}" if ran else f"never ran within {window:.0f} s",
                      "configured": "no re-publish mechanism"})
     # 2. worker group SIGKILLed mid-task, a fresh worker started
     with RawCeleryWorker(servers.redis_url, servers.redis_url, workdir=wd) as raw:
         raw.raw.sleep.apply_async(args=["group", 3600])
-        if not wait_for(lambda: raw_starts(raw, "group"), 30):
+        if not poll(lambda: raw_starts(raw, "group"), 30):
             raise TimeoutError("raw sleep task did not start")
         t_kill = time.time()
         raw.proc.kill()
         raw.start_worker()
-        again = wait_for(lambda: len(raw_starts(raw, "group")) > 1, window, interval=0.2)
+        again = poll(lambda: len(raw_starts(raw, "group")) > 1, window, interval=0.2)
         unacked = raw.counter.hlen(f"{raw.key_prefix}unacked")
         raw.proc.kill()
         rows.append({"fault": "worker group SIGKILLed (fresh worker started)",
@@ -325,12 +314,12 @@ def raw_baseline(servers: Servers, window: float) -> list[dict[str, Any]]:
     # 3. pool child SIGKILLed mid-task (reject_on_worker_lost requeues it)
     with RawCeleryWorker(servers.redis_url, servers.redis_url, workdir=wd) as raw:
         raw.raw.sleep.apply_async(args=["child", 3600])
-        started = wait_for(lambda: raw_starts(raw, "child"), 30)
+        started = poll(lambda: raw_starts(raw, "child"), 30)
         if not started:
             raise TimeoutError("raw sleep task did not start")
         t_kill = time.time()
         os.kill(int(started[0][1]), signal.SIGKILL)
-        again = wait_for(lambda: len(raw_starts(raw, "child")) > 1, window, interval=0.05)
+        again = poll(lambda: len(raw_starts(raw, "child")) > 1, window, interval=0.05)
         raw.proc.kill()
         rows.append({"fault": "pool child SIGKILLed (worker main survives)",
                      "outcome": (f"redelivered {raw_starts(raw, 'child')[1][0] - t_kill:.2f} s after the kill"

@@ -46,6 +46,7 @@ from bench.common import (
     report,
     workdir,
 )
+from tests.support.wait import poll
 
 NOOP = "bench.bodies:noop"
 
@@ -84,12 +85,7 @@ def run_state(rt: Runtime, run_id: int) -> str:
 
 
 def wait_run(dep: TideflowDeployment, run_id: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while run_state(dep.tf.runtime, run_id) == "running":
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.25)
-    return True
+    return bool(poll(lambda: run_state(dep.tf.runtime, run_id) != "running", timeout, 0.25))
 
 
 # -- (a) one big run -------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def _sigterm_handler_for_bodies(**_kwargs: Any) -> None:
 
 
 @signals.beat_init.connect
-def _log_beat_exit(sender: Any = None, **_kwargs: Any) -> None:
+def _log_beat_exit(**_kwargs: Any) -> None:
     """Celery beat logs nothing when SIGTERM stops it (it saves its schedule and raises SystemExit,
     celery/apps/beat.py ``install_sync_handler``); say so, for operators and tests/acceptance/test_procfile.py.
     An exit handler only runs on a normal interpreter exit: a killed beat logs nothing."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -51,10 +50,3 @@ def _mount_metrics(app: FastAPI, tf: Tideflow) -> None:
     def prometheus(_request: Request) -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
-
-
-
-
-def asgi() -> Any:
-    """Factory for ``uvicorn --factory app.api.app:asgi``."""
-    return create_app()

@@ -145,13 +145,6 @@ def list_runs(
     return [RunRecord.from_row(r) for r in s.execute(q)]
 
 
-def child_runs(s: Session, parent_task_run_ids: Iterable[int]) -> list[RunRecord]:
-    ids = list(parent_task_run_ids)
-    if not ids:
-        return []
-    return [RunRecord.from_row(r) for r in s.execute(select(R).where(R.c.parent_task_run_id.in_(ids)))]
-
-
 def transition_run(
     s: Session, run: RunRecord, to: RunState, *, actor: str, reason: str, error: str | None = None,
 ) -> bool:

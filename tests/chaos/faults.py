@@ -26,6 +26,7 @@ from sqlalchemy import Engine, text
 from tests.chaos.procs import ManagedProcess, _alive, is_celery
 from tests.support.postgres import PostgresServer, psycopg_conninfo
 from tests.support.redis_server import RedisServer
+from tests.support.wait import poll
 
 #: seconds between two injections of each fault in a full campaign (the issue's numbers where it gives them)
 FULL_INTERVALS: dict[str, tuple[float, float]] = {
@@ -343,14 +344,13 @@ def _running_slow_attempts(ctx: FaultContext, task: str = "slow") -> list[Any]:
 def _wait_lost(ctx: FaultContext, task_run: int, attempt: int, since: float) -> float | None:
     """Poll (this is the fault's own duration, not a test synchronisation) until the attempt's outcome is no
     longer ``running`` (the reconciler declared it lost); when that was seen, or None at the deadline."""
-    deadline = since + 2 * ctx.lease_seconds + 10 * ctx.reconcile_seconds + 5
-    while time.time() < deadline:
+    def lost_at() -> float | None:
         found = ctx.query("SELECT outcome FROM task_attempts WHERE task_run_id = :i AND attempt = :a",
                           i=task_run, a=attempt)
-        if found and found[0].outcome != "running":
-            return time.time()
-        time.sleep(0.1)
-    return None
+        return time.time() if found and found[0].outcome != "running" else None
+
+    deadline = since + 2 * ctx.lease_seconds + 10 * ctx.reconcile_seconds + 5
+    return poll(lost_at, deadline - time.time(), interval=0.1)
 
 
 class Pause(Fault):

@@ -18,7 +18,7 @@ from app.services.reconciler import reconcile_once
 from tests.support.harness import client_for, history, live_tasks, wait_run
 from tests.support.jobs import read_ledger
 from tests.support.servers import psycopg_conninfo
-from tests.support.wait import wait_until
+from tests.support.wait import holds_for, wait_until
 
 
 @pytest.fixture
@@ -61,11 +61,13 @@ def test_seed_scenario_task_table_locked_longer_than_30s(cluster, broker, pg_url
     starter = threading.Thread(target=lambda: started.setdefault("id", tf.start_run("seed")))
     starter.start()
     cluster.start_worker("w1")  # takes `early`'s message and blocks reading the locked table
-    hold = threading.Event()
-    while time.monotonic() - t0 < 32:  # the fault's duration, not a synchronisation
+
+    def blocked_and_unpublished() -> bool:
         assert starter.is_alive(), "start_run should be blocked by the lock"
         assert queue_len(broker) == 0, "nothing may be published before the run's transaction commits"
-        hold.wait(1)
+        return True
+
+    holds_for(blocked_and_unpublished, 32 - (time.monotonic() - t0), interval=1)  # the fault's duration
     lock.rollback()
     lock.close()
     starter.join(30)

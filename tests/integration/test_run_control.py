@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.harness import client_for, history, live_tasks, wait_run
 from tests.support.jobs import read_ledger
-from tests.support.wait import wait_until
+from tests.support.wait import wait_for_pid, wait_until
 
 #: a shell body whose real work is a background child: stopping the shell alone would leave it behind
 BACKGROUND = "sleep 60 & echo $! > {{ params.pidfile }}; wait"
@@ -27,17 +27,9 @@ def cluster_db_url(pg_url: str) -> str:
 # -- helpers ----------------------------------------------------------------------------------------------
 
 
-def _pid_in(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
 def _wait_for_sleeper(path: Path, timeout: float = 30.0) -> int:
     """The pid the shell body wrote, once it is a live ``sleep`` process."""
-    pid = wait_until(lambda: _pid_in(path), timeout=timeout, message=f"{path} never got a pid")
+    pid = wait_for_pid(path, timeout=timeout)
     proc = psutil.Process(pid)
     assert proc.name() == "sleep" and proc.status() != psutil.STATUS_ZOMBIE
     return pid
@@ -313,7 +305,7 @@ def test_timeouts_stop_shell_and_python_bodies(cluster, tmp_path):
     started = time.monotonic()
     run_id = tf.start_run("slowpokes", {"pidfile": str(pidfile)})
     # not checked for being alive: under load the 1 s timeout may already have hit when the test looks
-    sleeper = wait_until(lambda: _pid_in(pidfile), timeout=30, message=f"{pidfile} never got a pid")
+    sleeper = wait_for_pid(pidfile, timeout=30)
 
     run = wait_run(tf, run_id, "failed", timeout=20)
     assert time.monotonic() - started < 15, "the timeouts did not cut 60 s bodies short"

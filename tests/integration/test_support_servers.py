@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import os
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from tests.support.servers import (
     drop_database,
     psycopg_conninfo,
 )
-from tests.support.wait import wait_for_file_lines, wait_until
+from tests.support.wait import holds_for, poll, wait_for_file_lines, wait_until
 
 try:
     import app.db.migrate  # noqa: F401
@@ -269,6 +270,31 @@ def test_wait_until_can_ignore_exceptions() -> None:
         wait_until(refused, timeout=5)  # not ignored: raised at once
 
 
+def test_poll_returns_the_truthy_value_or_none_at_the_deadline() -> None:
+    calls = iter([0, None, "", "done"])
+    assert poll(lambda: next(calls), timeout=5, interval=0.001) == "done"
+    seen: list[float] = []
+    t0 = time.monotonic()
+    assert poll(lambda: seen.append(time.monotonic()) or 0, timeout=0.2, interval=0.01) is None  # not the 0
+    assert seen[-1] - t0 >= 0.2 and len(seen) > 2  # called until the deadline, once more after it
+    assert poll(lambda: seen.append(0.0), timeout=0) is None and seen[-1] == 0.0  # called at least once
+
+
+def test_holds_for_fails_as_soon_as_the_condition_breaks() -> None:
+    holds_for(lambda: True, 0.1, interval=0.01)
+    values = iter([True, True, False, True])
+    t0 = time.monotonic()
+    with pytest.raises(AssertionError, match="went false"):
+        holds_for(lambda: next(values), 5, interval=0.01, message="went false")
+    assert time.monotonic() - t0 < 5
+
+    def asserts() -> bool:
+        raise AssertionError("its own message")
+
+    with pytest.raises(AssertionError, match="its own message"):
+        holds_for(asserts, 5)
+
+
 def test_wait_for_file_lines_counts_complete_lines_only(tmp_path: Path) -> None:
     path = tmp_path / "ledger.txt"
     with pytest.raises(AssertionError, match="did not reach 1"):
@@ -277,6 +303,7 @@ def test_wait_for_file_lines_counts_complete_lines_only(tmp_path: Path) -> None:
     assert wait_for_file_lines(path, 2, timeout=1) == ["a", "b"]
     with pytest.raises(AssertionError, match="has 2"):
         wait_for_file_lines(path, 3, timeout=0.1)
+    assert wait_for_file_lines(tmp_path / "missing.txt", 0, timeout=0.1) == []
 
 
 # -- Celery processes -------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.wait import poll
+
 _TICK = 'while :; do echo "tick $TIDEFLOW_ATTEMPT $$ $(date +%s.%N)" >> "$BODY_LOG"; sleep 0.2; done'
 
 #: the body's command; ``BODY_LOG`` must be in its environment (``env``) or set by a prefix (:data:`WITH_LOG_PARAM`)
@@ -128,10 +130,14 @@ def kill_body(log: Path | str) -> None:
 def wait_body_dead(log: Path | str, timeout: float, what: str = "its supervisor") -> float:
     """Poll (every 20 ms) until no process of the body is left; when that was seen (``time.time()``). Fails
     listing the survivors."""
-    deadline = time.monotonic() + timeout
-    while procs := body_processes(log):
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{len(procs)} process(es) of the body survived {what} by more than "
-                                 f"{timeout:.1f}s: {procs}")
-        time.sleep(0.02)
-    return time.time()
+    procs: list[BodyProcess] = []  # the last ones seen
+
+    def none_left() -> float | None:
+        procs[:] = body_processes(log)
+        return None if procs else time.time()
+
+    gone_at = poll(none_left, timeout, interval=0.02)
+    if gone_at is None:
+        raise AssertionError(f"{len(procs)} process(es) of the body survived {what} by more than "
+                             f"{timeout:.1f}s: {procs}")
+    return gone_at

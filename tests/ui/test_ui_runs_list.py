@@ -3,11 +3,11 @@ the URL; auto-refresh can be paused."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from selenium.webdriver.support.select import Select
 
+from tests.support.wait import holds_for
 from tests.ui.harness import STATE_RGB, Page, System, rgb
 
 GATED = """
@@ -114,10 +114,8 @@ def test_pausing_stops_the_auto_refresh(page: Page, system: System) -> None:
     system.wait_run(run_id, "succeeded")
     refreshed = page.text("#live-text")
     # a refresh happens every 2 s: three periods without one show that the list is really paused
-    deadline = time.monotonic() + 6
-    while time.monotonic() < deadline:
-        assert rows(page) == [] and page.text("#live-text") == refreshed, "the list refreshed while paused"
-        time.sleep(0.2)
+    holds_for(lambda: rows(page) == [] and page.text("#live-text") == refreshed, 6, interval=0.2,
+              message="the list refreshed while paused")
 
     page.css("#pause-btn").click()
     page.wait(lambda: rows(page) == [(run_id, "succeeded")], message="resuming did not refresh the list")

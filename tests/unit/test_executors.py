@@ -21,7 +21,7 @@ from app.executors import ExecutionContext, LogBuffer, executor_for
 from app.executors.python import PythonExecutor
 from app.executors.shell import REAPER, TERM_GRACE_SECONDS, ShellExecutor
 from tests.support.shellbody import FORKING_BODY, body_is_up, kill_body, read_body_log, wait_body_dead
-from tests.support.wait import wait_until
+from tests.support.wait import wait_for_pid, wait_until
 
 JOBS = "tests.support.jobs_unit"
 REPO = Path(__file__).resolve().parents[2]
@@ -55,14 +55,6 @@ def shell(command: str, **kw: Any) -> TaskSpec:
 
 def py(function: str, args: dict[str, Any] | None = None) -> TaskSpec:
     return TaskSpec.model_validate({"name": "t", "type": "python", "function": function, "args": args})
-
-
-def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def process_gone(pid: int) -> bool:
@@ -239,8 +231,7 @@ def test_shell_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), what="the pid file")
-    bg_pid = int(pidfile.read_text())
+    bg_pid = wait_for_pid(pidfile, timeout=10, interval=0.02)
     assert not process_gone(bg_pid)
 
     stopped_at = time.monotonic()
@@ -249,7 +240,8 @@ def test_shell_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert not thread.is_alive()
     assert time.monotonic() - stopped_at < 5
     assert isinstance(outcome.get("error"), TaskStopped)
-    wait_for(lambda: process_gone(bg_pid), timeout=5, what="the background sleep to die")
+    wait_until(lambda: process_gone(bg_pid), timeout=5, interval=0.02,
+               message="timed out waiting for the background sleep to die")
     assert "started" in ctx.log.getvalue()
 
 
@@ -268,13 +260,13 @@ def test_shell_stop_kills_children_that_ignore_sigterm(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), what="the pid file")
-    bg_pid = int(pidfile.read_text())
+    bg_pid = wait_for_pid(pidfile, timeout=10, interval=0.02)
     ctx.stop.set()
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert errors and isinstance(errors[0], TaskStopped)
-    wait_for(lambda: process_gone(bg_pid), timeout=5, what="the TERM-ignoring child to die")
+    wait_until(lambda: process_gone(bg_pid), timeout=5, interval=0.02,
+               message="timed out waiting for the TERM-ignoring child to die")
 
 
 def test_shell_stop_set_before_start_does_not_run(tmp_path: Path) -> None:
@@ -420,8 +412,7 @@ def test_shell_stop_kills_children_that_left_the_session(tmp_path: Path) -> None
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), what="the pid file")
-    escaped = int(pidfile.read_text())
+    escaped = wait_for_pid(pidfile, timeout=10, interval=0.02)
     assert os.getsid(escaped) != os.getsid(os.getpid())
     ctx.stop.set()
     thread.join(timeout=10)
@@ -448,14 +439,15 @@ def test_shell_reaper_killed_from_outside(tmp_path: Path, sig: int, message: str
 
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), what="the pid file")
+    shell_pid = wait_for_pid(pidfile, timeout=10, interval=0.02)
     (reaper,) = _reapers_of(os.getpid())
     os.kill(reaper, sig)
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert errors and isinstance(errors[0], TaskFailure), errors
     assert re.match(message, str(errors[0])), errors[0]
-    wait_for(lambda: process_gone(int(pidfile.read_text())), timeout=5, what="the shell to die")
+    wait_until(lambda: process_gone(shell_pid), timeout=5, interval=0.02,
+               message="timed out waiting for the shell to die")
 
 
 def test_shell_cannot_start_reaper(monkeypatch: pytest.MonkeyPatch) -> None:
