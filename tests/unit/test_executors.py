@@ -66,6 +66,27 @@ def process_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+class ShellInThread:
+    """A shell body run by the executor in a thread of its own; :meth:`ended` waits for it and returns what
+    it raised (None if it returned)."""
+
+    def __init__(self, command: str, ctx: ExecutionContext) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(command, ctx), daemon=True)
+        self.thread.start()
+
+    def _run(self, command: str, ctx: ExecutionContext) -> None:
+        try:
+            ShellExecutor().run(shell(command), ctx)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.error = exc
+
+    def ended(self, timeout: float = 10) -> BaseException | None:
+        self.thread.join(timeout=timeout)
+        assert not self.thread.is_alive(), "the body is still running"
+        return self.error
+
+
 # -- LogBuffer ---------------------------------------------------------------------------------
 
 
@@ -219,27 +240,14 @@ def test_shell_log_is_capped() -> None:
 def test_shell_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "bg.pid"
     ctx = make_ctx()
-    outcome: dict[str, BaseException | object] = {}
-
-    def body() -> None:
-        try:
-            outcome["result"] = ShellExecutor().run(
-                shell(f"sleep 60 & echo $! > {pidfile}; echo started; sleep 60"), ctx
-            )
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
+    body = ShellInThread(f"sleep 60 & echo $! > {pidfile}; echo started; sleep 60", ctx)
     bg_pid = wait_for_pid(pidfile, timeout=10, interval=0.02)
     assert not process_gone(bg_pid)
 
     stopped_at = time.monotonic()
     ctx.stop.set()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
+    assert isinstance(body.ended(), TaskStopped)
     assert time.monotonic() - stopped_at < 5
-    assert isinstance(outcome.get("error"), TaskStopped)
     wait_until(lambda: process_gone(bg_pid), timeout=5, interval=0.02,
                message="timed out waiting for the background sleep to die")
     assert "started" in ctx.log.getvalue()
@@ -248,23 +256,10 @@ def test_shell_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
 def test_shell_stop_kills_children_that_ignore_sigterm(tmp_path: Path) -> None:
     pidfile = tmp_path / "bg.pid"
     ctx = make_ctx()
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            ShellExecutor().run(
-                shell(f"sh -c 'trap \"\" TERM; echo $$ > {pidfile}; sleep 60; sleep 60' & wait"), ctx
-            )
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
+    body = ShellInThread(f"sh -c 'trap \"\" TERM; echo $$ > {pidfile}; sleep 60; sleep 60' & wait", ctx)
     bg_pid = wait_for_pid(pidfile, timeout=10, interval=0.02)
     ctx.stop.set()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
-    assert errors and isinstance(errors[0], TaskStopped)
+    assert isinstance(body.ended(), TaskStopped)
     wait_until(lambda: process_gone(bg_pid), timeout=5, interval=0.02,
                message="timed out waiting for the TERM-ignoring child to die")
 
@@ -402,22 +397,11 @@ def test_shell_without_leftovers_adds_nothing_to_the_log() -> None:
 def test_shell_stop_kills_children_that_left_the_session(tmp_path: Path) -> None:
     pidfile = tmp_path / "escaped.pid"
     ctx = make_ctx()
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            ShellExecutor().run(shell(f"(setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' &); sleep 60"), ctx)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
+    body = ShellInThread(f"(setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' &); sleep 60", ctx)
     escaped = wait_for_pid(pidfile, timeout=10, interval=0.02)
     assert os.getsid(escaped) != os.getsid(os.getpid())
     ctx.stop.set()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
-    assert errors and isinstance(errors[0], TaskStopped)
+    assert isinstance(body.ended(), TaskStopped)
     assert process_gone(escaped)
 
 
@@ -428,24 +412,13 @@ def test_shell_stop_kills_children_that_left_the_session(tmp_path: Path) -> None
 def test_shell_reaper_killed_from_outside(tmp_path: Path, sig: int, message: str) -> None:
     """Not something Tideflow does; if someone does, the attempt fails and the command does not run on."""
     pidfile = tmp_path / "sh.pid"
-    ctx = make_ctx()
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            ShellExecutor().run(shell(f"echo $$ > {pidfile}; sleep 60"), ctx)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
+    body = ShellInThread(f"echo $$ > {pidfile}; sleep 60", make_ctx())
     shell_pid = wait_for_pid(pidfile, timeout=10, interval=0.02)
     (reaper,) = _reapers_of(os.getpid())
     os.kill(reaper, sig)
-    thread.join(timeout=10)
-    assert not thread.is_alive()
-    assert errors and isinstance(errors[0], TaskFailure), errors
-    assert re.match(message, str(errors[0])), errors[0]
+    error = body.ended()
+    assert isinstance(error, TaskFailure), error
+    assert re.match(message, str(error)), error
     wait_until(lambda: process_gone(shell_pid), timeout=5, interval=0.02,
                message="timed out waiting for the shell to die")
 
