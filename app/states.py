@@ -69,8 +69,6 @@ TASK_LIVE_ORDERED = tuple(st for st in TaskState if st in TASK_LIVE)
 #: a task in one of these did not succeed, so its downstream tasks never run
 TASK_UNSUCCESSFUL = frozenset({TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED})
 RUN_TERMINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
-#: attempt outcomes that count as a failure of the body (against ``retries``)
-BODY_FAILURES = frozenset({AttemptOutcome.FAILED, AttemptOutcome.TIMED_OUT})
 
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset(
