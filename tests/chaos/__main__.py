@@ -1,4 +1,4 @@
-"""``python -m tests.chaos --runs 1000 [--faults mixed|all-each|KIND,KIND...] [--workers 3] [--seed N]
+"""``python -m tests.chaos --runs 1000 [--faults mixed|all-each|KIND,KIND...] [--workers 6] [--seed N]
 [--json out.json] [--markdown out.md]``: run fault-injection campaigns and print one summary row each.
 Exit status 1 if any invariant was violated."""
 
@@ -24,7 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--faults", default="mixed",
                    help=f"mixed (all at once), all-each (each alone, then mixed), or a list of: {','.join(FAULTS)} "
                         "(pg-partition, an extra fault, is only run when named)")
-    p.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
+    p.add_argument("--workers", type=int, default=6,
+                   help="worker processes (default 6: the workload needs ~8 s of bodies per run, so 1 run/s wants more "
+                        "than 8 pool processes to keep up)")
     p.add_argument("--concurrency", type=int, default=2, help="pool processes per worker (default 2)")
     p.add_argument("--masters", type=int, default=1, help="master processes (default 1)")
     p.add_argument("--rate", type=float, default=1.0, help="runs started per second (default 1)")

@@ -154,7 +154,7 @@ class Workload:
     retries: int = 5
     retry_delay: float = 0.2
     quick_seconds: float = 0.05
-    fragile_seconds: float = 1.5
+    fragile_seconds: float = 0.5
 
     def _task(self, name: str, fn: str = "step", seconds: float | None = None, deps: list[str] | None = None,
               ) -> dict[str, Any]:
