@@ -145,13 +145,16 @@ class Workload:
     """chaos-mixed: ``start`` -> fan-out (``fan0..``, ``slow``, ``flaky``, ``shell``, ``sub`` = chaos-child,
     ``fragile``) -> ``join`` (fan-in) -> ``tail``; chaos-child: ``c1`` -> ``c2``; chaos-nostart (every tenth run):
     ``start`` -> ``nochild`` (a subworkflow that cannot start) -> ``after``, and ``side``. Tasks get ``retries`` for
-    failures of the body and the same number of lost attempts (worker killed, lease lost) as their own budget;
+    failures of the body and ``max_lost_attempts`` lost attempts (worker killed, lease lost) as their own budget;
     ``fragile`` has ``retries: 0``. ``shell`` (:func:`shell_command`) forks children."""
 
     slow_seconds: float = 3.0
     shell_seconds: float = 3.5
     fan_out: int = 3
     retries: int = 5
+    #: the faults aim at busy workers (procfile-stop at ones running the shell body), so one task can lose
+    #: several attempts in a row; a real deployment's default is 3
+    max_lost_attempts: int = 8
     retry_delay: float = 0.2
     quick_seconds: float = 0.05
     fragile_seconds: float = 0.5
@@ -161,7 +164,7 @@ class Workload:
         return {"name": name, "type": "python", "function": f"{_MODULE}:{fn}",
                 "args": {"seconds": self.quick_seconds if seconds is None else seconds},
                 "depends_on": deps or [], "retries": self.retries, "retry_delay": self.retry_delay,
-                "retry_backoff": 1.5, "max_lost_attempts": self.retries}
+                "retry_backoff": 1.5, "max_lost_attempts": self.max_lost_attempts}
 
     def definitions(self) -> list[dict[str, Any]]:
         """Child first (a subworkflow must be registered before its parent)."""
@@ -174,11 +177,11 @@ class Workload:
             self._task("slow", seconds=self.slow_seconds, deps=["start"]),
             self._task("flaky", fn="flaky", deps=["start"]),
             {"name": "shell", "type": "shell", "command": shell_command(self.shell_seconds), "depends_on": ["start"],
-             "retries": self.retries, "retry_delay": self.retry_delay, "retry_backoff": 1.5},
+             "retries": self.retries, "retry_delay": self.retry_delay, "retry_backoff": 1.5,
+             "max_lost_attempts": self.max_lost_attempts},
             {"name": "sub", "type": "subworkflow", "workflow": CHILD, "params": {"parent": "{{ run.id }}"},
              "depends_on": ["start"]},
-            {**self._task(FRAGILE, seconds=self.fragile_seconds, deps=["start"]), "retries": 0,
-             "max_lost_attempts": 8},
+            {**self._task(FRAGILE, seconds=self.fragile_seconds, deps=["start"]), "retries": 0},
             self._task("join", deps=[*fans, "slow", "flaky", "shell", "sub", FRAGILE]),
             self._task("tail", deps=["join"]),
         ]}
