@@ -137,3 +137,21 @@ class RunRecord:
             on_failure=m["on_failure"], parent_task_run_id=m["parent_task_run_id"], error=m["error"],
             created_at=m["created_at"], updated_at=m["updated_at"], finished_at=m["finished_at"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRecord:
+    """One registered version of a definition (never changes once stored)."""
+
+    id: int
+    name: str
+    version: int
+    digest: str
+    definition: dict[str, Any]
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> WorkflowRecord:
+        m = row._mapping
+        return cls(id=m["id"], name=m["name"], version=m["version"], digest=m["digest"],
+                   definition=dict(m["definition"]), created_at=m["created_at"])

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.clock import utcnow
 from app.db.schema import Counter, Event, TaskAttempt, TaskRun, Workflow, WorkflowRun
-from app.records import RunRecord, TaskRecord
+from app.records import RunRecord, TaskRecord, WorkflowRecord
 from app.states import (
     TASK_LIVE_ORDERED,
     TASK_TERMINAL,
@@ -58,27 +58,31 @@ def _is_pg(s: Session) -> bool:
 # -- workflows --------------------------------------------------------------------------------------
 
 
-def workflow(s: Session, name: str, version: int | None = None) -> Row[Any] | None:
+def _workflow(row: Row[Any] | None) -> WorkflowRecord | None:
+    return WorkflowRecord.from_row(row) if row is not None else None
+
+
+def workflow(s: Session, name: str, version: int | None = None) -> WorkflowRecord | None:
     q = select(W).where(W.c.name == name)
     q = q.where(W.c.version == version) if version is not None else q.order_by(W.c.version.desc()).limit(1)
-    return s.execute(q).first()
+    return _workflow(s.execute(q).first())
 
 
-def workflow_by_id(s: Session, workflow_id: int) -> Row[Any] | None:
-    return s.execute(select(W).where(W.c.id == workflow_id)).first()
+def workflow_by_id(s: Session, workflow_id: int) -> WorkflowRecord | None:
+    return _workflow(s.execute(select(W).where(W.c.id == workflow_id)).first())
 
 
-def workflow_versions(s: Session, name: str) -> Sequence[Row[Any]]:
-    return s.execute(select(W).where(W.c.name == name).order_by(W.c.version)).all()
+def workflow_versions(s: Session, name: str) -> list[WorkflowRecord]:
+    return [WorkflowRecord.from_row(r) for r in s.execute(select(W).where(W.c.name == name).order_by(W.c.version))]
 
 
-def list_workflows(s: Session) -> Sequence[Row[Any]]:
+def list_workflows(s: Session) -> list[WorkflowRecord]:
     latest = select(W.c.name, func.max(W.c.version).label("version")).group_by(W.c.name).subquery()
     q = select(W).join(latest, and_(W.c.name == latest.c.name, W.c.version == latest.c.version))
-    return s.execute(q.order_by(W.c.name)).all()
+    return [WorkflowRecord.from_row(r) for r in s.execute(q.order_by(W.c.name))]
 
 
-def insert_workflow(s: Session, name: str, digest: str, definition: dict[str, Any]) -> Row[Any]:
+def insert_workflow(s: Session, name: str, digest: str, definition: dict[str, Any]) -> WorkflowRecord:
     version = (s.execute(select(func.max(W.c.version)).where(W.c.name == name)).scalar() or 0) + 1
     s.execute(insert(W).values(name=name, version=version, digest=digest, definition=definition,
                                created_at=utcnow()))
@@ -91,7 +95,7 @@ def insert_workflow(s: Session, name: str, digest: str, definition: dict[str, An
 
 
 def insert_run(
-    s: Session, *, workflow_row: Row[Any], params: dict[str, Any], priority: int, on_failure: str,
+    s: Session, *, workflow_row: WorkflowRecord, params: dict[str, Any], priority: int, on_failure: str,
     parent_task_run_id: int | None, actor: str, reason: str, kind: RunKind = RunKind.DAG,
 ) -> int:
     now = utcnow()

@@ -9,12 +9,13 @@ from sqlalchemy.orm import Session
 from app.db import repository as repo
 from app.definitions import WorkflowSpec, parse_definition
 from app.errors import DefinitionError, InvalidState, NotFound
+from app.records import WorkflowRecord
 from app.runtime import Runtime
 from app.services.master import advance_locked, cancel_locked
 from app.states import RUN_TERMINAL, RunState, TaskState
 
 
-def register_workflow(s: Session, definition: WorkflowSpec | dict[str, Any]) -> tuple[Any, bool]:
+def register_workflow(s: Session, definition: WorkflowSpec | dict[str, Any]) -> tuple[WorkflowRecord, bool]:
     """Store a definition. Same content as the latest version: returns it (created=False); anything else
     becomes the new latest version. Invalid: :class:`DefinitionError` and nothing is stored."""
     spec = parse_definition(definition)
