@@ -42,7 +42,8 @@ def collect_evidence(records: Sequence[FaultRecord], snap: inv.Snapshot, checked
     # shell bodies cut off by the death of the process that supervised them (and reaped: see check_orphans)
     reaped = [x for x in checked.executions
               if x.status != "ok" and x.end is not None and (sup := supervisor.get((x.task_run, x.attempt))) not in
-              (None, x.pid) and sup in snap.first_dead and snap.first_dead[sup] <= x.end + 0.2]
+              (None, x.pid) and (died := inv.died_after(snap.first_dead, sup, x.start)) is not None
+              and died <= x.end + 0.2]
     started = {s.key: s for s in snap.started}
     run_state = {r.id: r.state for r in snap.runs}
     blocked = [started[k] for r in of("table-lock") for k in r.data["keys"]

@@ -17,6 +17,8 @@ from typing import Any
 from app.states import RUN_TRANSITIONS, TASK_TRANSITIONS, RunState, TaskState
 
 RUN_TERMINAL = {"succeeded", "failed", "cancelled"}
+#: pid -> when it was first seen dead: one time, or one per process that had the pid
+Deaths = dict[int, float] | dict[int, list[float]]
 TASK_LIVE = {"pending", "submitted", "running"}
 #: attempt outcomes written when an attempt is taken away from a worker that may still be running it
 STOPPED_OUTCOMES = {"lost", "cancelled"}
@@ -139,14 +141,25 @@ class Snapshot:
     events: list[EventRow]
     ledger: list[dict[str, Any]]
     started: list[StartedRun] = field(default_factory=list)
-    first_dead: dict[int, float] = field(default_factory=dict)  # pid -> first seen dead
+    #: pid -> first seen dead (a list: every process that had the pid, as pids are reused in a long campaign)
+    first_dead: Deaths = field(default_factory=dict)
     resumed: dict[int, float] = field(default_factory=dict)  # pid -> last SIGCONT after a pause
 
 
 # -- ledger -> executions -------------------------------------------------------------------------------
 
 
-def executions(ledger: Iterable[dict[str, Any]], first_dead: dict[int, float]) -> list[Execution]:
+def died_after(first_dead: Deaths, pid: int, t: float) -> float | None:
+    """When the process with ``pid`` that was alive at ``t`` was first seen dead: the first death recorded at or
+    after ``t`` (an earlier one was another process that had the same pid), or None."""
+    seen = first_dead.get(pid)
+    if seen is None:
+        return None
+    times = seen if isinstance(seen, list) else [seen]
+    return next((d for d in sorted(times) if d >= t - 0.2), None)
+
+
+def executions(ledger: Iterable[dict[str, Any]], first_dead: Deaths) -> list[Execution]:
     starts: dict[tuple[int, int, int], dict[str, Any]] = {}
     ends: dict[tuple[int, int, int], dict[str, Any]] = {}
     children: dict[tuple[int, int, int], list[int]] = defaultdict(list)
@@ -160,17 +173,19 @@ def executions(ledger: Iterable[dict[str, Any]], first_dead: dict[int, float]) -
     out = []
     for key, s in starts.items():
         e = ends.get(key)
+        start = float(s["t"])
         end: float | None
         if e is not None:
             end, status = float(e["t"]), str(e.get("status", "ok"))
-        elif key[2] in first_dead:
-            end, status = first_dead[key[2]], "killed"
+        elif (died := died_after(first_dead, key[2], start)) is not None:
+            end, status = died, "killed"
         else:
             end, status = None, "open"
         kids = tuple(children.get(key, ()))
         if end is not None and kids:
-            if all(k in first_dead for k in kids):
-                end = max([end, *(first_dead[k] for k in kids)])
+            kid_deaths = [died_after(first_dead, k, start) for k in kids]
+            if all(d is not None for d in kid_deaths):
+                end = max([end, *(d for d in kid_deaths if d is not None)])
             else:
                 end, status = None, "open"
         out.append(Execution(key[0], key[1], key[2], int(s["run"]), str(s["task"]), float(s["t"]), end, status,
@@ -356,7 +371,7 @@ def check_lost(started: Sequence[StartedRun], runs: Sequence[RunRow], tasks: Seq
     return out
 
 
-def check_orphans(execs: Sequence[Execution], attempts: Sequence[AttemptRow], first_dead: dict[int, float],
+def check_orphans(execs: Sequence[Execution], attempts: Sequence[AttemptRow], first_dead: Deaths,
                   timing: Timing) -> list[Violation]:
     """A body that runs in processes of its own (a shell command, the ledger's pid is not the attempt's) never
     outlives the process that supervised it (the attempt's pid: the pool process) by more than ``timing.reap``,
@@ -365,9 +380,9 @@ def check_orphans(execs: Sequence[Execution], attempts: Sequence[AttemptRow], fi
     out = []
     for x in execs:
         sup = supervisor.get((x.task_run, x.attempt))
-        if sup is None or sup == x.pid or sup not in first_dead:
+        died = died_after(first_dead, sup, x.start) if sup is not None and sup != x.pid else None
+        if died is None:
             continue
-        died = first_dead[sup]
         if x.end is None or x.end > died + timing.reap:
             late = f"{x.end - died:.2f}s" if x.end is not None else "ever"
             out.append(Violation("orphan", f"{x.task} attempt {x.attempt} (pid {x.pid}, children {list(x.children)}) "

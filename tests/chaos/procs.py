@@ -171,7 +171,8 @@ class PidWatch:
 
     def __init__(self, ledger: Path) -> None:
         self.ledger = ledger
-        self.first_dead: dict[int, float] = {}
+        #: pid -> the times each process with that pid was first seen dead (pids are reused in a long campaign)
+        self.first_dead: dict[int, list[float]] = {}
         self.last_alive: dict[int, float] = {}
         self._procs: dict[int, psutil.Process] = {}
         self._lock = threading.Lock()
@@ -200,12 +201,18 @@ class PidWatch:
 
     def watch(self, pids: Sequence[int]) -> None:
         for pid in pids:
-            if pid in self._procs or pid in self.first_dead:
+            if pid in self._procs:
                 continue
+            deaths = self.first_dead.get(pid)
             try:
-                self._procs[pid] = psutil.Process(pid)
+                proc = psutil.Process(pid)
+                # a long campaign wraps the pid space: a pid seen dead may come back as another process
+                if deaths and proc.create_time() <= deaths[-1]:
+                    continue
+                self._procs[pid] = proc
             except psutil.Error:
-                self.first_dead[pid] = time.time()
+                if not deaths:
+                    self.first_dead[pid] = [time.time()]
 
     def sample(self, extra: Sequence[int] = ()) -> None:
         with self._lock:
@@ -216,7 +223,7 @@ class PidWatch:
                 if _alive(proc):
                     self.last_alive[pid] = now
                 else:
-                    self.first_dead.setdefault(pid, now)
+                    self.first_dead.setdefault(pid, []).append(now)
                     del self._procs[pid]
 
     def alive(self, pid: int) -> bool:

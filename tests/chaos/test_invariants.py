@@ -210,3 +210,14 @@ def test_a_run_whose_subworkflow_cannot_start_must_end_failed() -> None:
         {**ok, "nochild": "failed", "after": "pending"}.items())]
     violations = inv.check_cannot_start(runs, tasks)
     assert [(v.kind, v.run_id) for v in violations] == [("cannot-start", 2)]
+
+
+def test_a_reused_pid_is_not_the_supervisor_that_died_long_before() -> None:
+    """A long campaign wraps the pid space: the pool process of attempt 2 (pid 101) may have the pid of a process
+    killed minutes earlier. Its death must not be taken for the death of attempt 2's supervisor (the 1000-run
+    campaign reported 25 such false orphans), while a death after the body started still counts."""
+    snap = shell_history({201: 2.1, 202: 2.2})
+    snap.first_dead = {**snap.first_dead, 101: [0.5]}  # an earlier process with pid 101 died at 0.5
+    assert kinds(snap) == []
+    snap.first_dead = {**snap.first_dead, 101: [0.5, 6.9 - TIMING.reap - 0.5]}  # attempt 2's own pool process
+    assert kinds(snap) == ["orphan"]  # died while its shell (pid 300) ran on until 6.9
