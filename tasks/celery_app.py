@@ -66,6 +66,42 @@ def _log_beat_exit(**_kwargs: Any) -> None:
     atexit.register(logging.getLogger("celery.beat").info, "beat: schedule saved, exiting")
 
 
+@signals.beat_init.connect
+def _beat_stops_between_ticks(sender: Any = None, **_kwargs: Any) -> None:
+    graceful_beat_stop(sender)
+
+
+def graceful_beat_stop(service: Any) -> None:
+    """SIGTERM/SIGINT stop beat between two ticks, never inside one. Celery's own handler
+    (celery/apps/beat.py ``install_sync_handler``) closes the schedule and raises SystemExit wherever beat is:
+    in the middle of publishing a due task it cuts the publish (a Redis read) and the tick then touches the
+    closed schedule (``ValueError: invalid operation on closed shelf``, a traceback at every such stop). Here a
+    signal during a tick is kept until the tick returns; between ticks (beat sleeping) it stops at once. Either way
+    ``Service.start`` catches the SystemExit and saves the schedule (celery/beat.py)."""
+    scheduler = service.scheduler
+    tick = scheduler.tick
+    state = {"ticking": False, "stop": False}
+
+    def tick_then_maybe_stop(*args: Any, **kwargs: Any) -> Any:
+        state["ticking"] = True
+        try:
+            return tick(*args, **kwargs)
+        finally:
+            state["ticking"] = False
+            if state["stop"]:
+                raise SystemExit()
+
+    def stop(_signum: int, _frame: object) -> None:
+        if state["ticking"]:
+            state["stop"] = True
+        else:
+            raise SystemExit()
+
+    scheduler.tick = tick_then_maybe_stop
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def runtime() -> Runtime:
     """The per-process :class:`~app.runtime.Runtime` (created lazily, again after a fork)."""
     from app.runtime import Runtime
