@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import repository as repo
 from app.db.engine import Database
-from app.definitions import TaskSpec, WorkflowSpec
+from app.definitions import TaskSpec, WorkflowSpec, task_row_values
 from app.dispatch import Dispatcher
 from app.errors import NotFound
 
@@ -31,6 +31,7 @@ class LoadedWorkflow:
     name: str
     version: int
     spec: WorkflowSpec
+    _task_rows: dict[int, list[dict[str, Any]]] = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def deps(self) -> dict[str, list[str]]:
@@ -39,6 +40,16 @@ class LoadedWorkflow:
     @cached_property
     def _tasks(self) -> dict[str, TaskSpec]:
         return self.spec.tasks_by_name()
+
+    def task_rows(self, default_max_lost_attempts: int) -> list[dict[str, Any]]:
+        """What each new task row snapshots of the definition (``definitions.task_row_values``), computed once
+        per process: starting a run then costs an insert, not a parse of every task's placeholders."""
+        cached = self._task_rows.get(default_max_lost_attempts)
+        if cached is None:
+            cached = [task_row_values(self.spec, t, default_max_lost_attempts=default_max_lost_attempts)
+                      for t in self.spec.tasks]
+            self._task_rows[default_max_lost_attempts] = cached
+        return cached
 
     def task(self, name: str) -> TaskSpec:
         """A task's definition (``spec.task`` rebuilds its map on each call: O(tasks) on the hot path)."""

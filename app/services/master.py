@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from app import templating
 from app.clock import utcnow
 from app.db import repository as repo
-from app.definitions import check_run_params, task_row_values
+from app.definitions import check_run_params
 from app.dispatch import ExecuteMessage, publish_after_commit
 from app.errors import DefinitionError, NotFound, TideflowError
 from app.records import RunRecord, TaskRecord
@@ -73,9 +73,9 @@ def create_run(
         parent_task_run_id=parent_task.id if parent_task is not None else None, actor=actor, reason=reason,
     )
     repo.insert_tasks(s, run_id, [
-        {**task_row_values(wf.spec, t, default_max_lost_attempts=rt.settings.max_lost_attempts),
-         "queue": t.queue or rt.settings.default_queue, "priority": t.priority if t.priority is not None else prio}
-        for t in wf.spec.tasks
+        {**row, "queue": t.queue or rt.settings.default_queue,
+         "priority": t.priority if t.priority is not None else prio}
+        for t, row in zip(wf.spec.tasks, wf.task_rows(rt.settings.max_lost_attempts), strict=True)
     ])
     run = repo.get_run(s, run_id)
     assert run is not None
