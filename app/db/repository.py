@@ -97,17 +97,18 @@ def insert_workflow(s: Session, name: str, digest: str, definition: dict[str, An
 def insert_run(
     s: Session, *, workflow_row: WorkflowRecord, params: dict[str, Any], priority: int, on_failure: str,
     parent_task_run_id: int | None, actor: str, reason: str, kind: RunKind = RunKind.DAG,
-) -> int:
+) -> RunRecord:
+    """The new run (its row as inserted: ``RETURNING``, no read after the insert)."""
     now = utcnow()
-    run_id = s.execute(
+    run = RunRecord.from_row(s.execute(
         insert(R).values(
             workflow_id=workflow_row.id, workflow_name=workflow_row.name, state=RunState.RUNNING, kind=kind,
             params=params, priority=priority, on_failure=on_failure, parent_task_run_id=parent_task_run_id,
             created_at=now, updated_at=now,
-        ).returning(R.c.id)
-    ).scalar_one()
-    add_event(s, run_id=run_id, from_state=None, to_state=RunState.RUNNING, actor=actor, reason=reason, now=now)
-    return int(run_id)
+        ).returning(*R.c)
+    ).one())
+    add_event(s, run_id=run.id, from_state=None, to_state=RunState.RUNNING, actor=actor, reason=reason, now=now)
+    return run
 
 
 def _run(row: Row[Any] | None) -> RunRecord | None:

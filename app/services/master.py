@@ -68,17 +68,15 @@ def create_run(
         raise DefinitionError([f"priority must be between 0 and 9, not {priority}"])
     prio = wf.spec.priority if priority is None else priority
     reason = "started" if parent_task is None else f"started as child of task run {parent_task.id}"
-    run_id = repo.insert_run(
+    run = repo.insert_run(
         s, workflow_row=wf_row, params=merged, priority=prio, on_failure=wf.spec.on_failure,
         parent_task_run_id=parent_task.id if parent_task is not None else None, actor=actor, reason=reason,
     )
-    repo.insert_tasks(s, run_id, [
+    repo.insert_tasks(s, run.id, [
         {**row, "queue": t.queue or rt.settings.default_queue,
          "priority": t.priority if t.priority is not None else prio}
         for t, row in zip(wf.spec.tasks, wf.task_rows(rt.settings.max_lost_attempts), strict=True)
     ])
-    run = repo.get_run(s, run_id)
-    assert run is not None
     return run
 
 
@@ -98,12 +96,12 @@ def advance_locked(
     """The advance loop. The caller holds the run's lock. ``finished``: the task the caller just ended (and
     wrote as handled), instead of reading the run's unhandled tasks; ``full``: decide from the whole run."""
     changed = [finished] if finished is not None else repo.unhandled_tasks(s, run.id)
-    decider = None
+    if run.state != RunState.RUNNING:
+        repo.mark_handled(s, [t.id for t in changed if not t.handled])  # nothing follows from them
+        return
+    decider = decider_for(s, rt, run)
     while True:
         repo.mark_handled(s, [t.id for t in changed if not t.handled])
-        if run.state != RunState.RUNNING:
-            return
-        decider = decider or decider_for(s, rt, run)
         plan = decider.decide(s, run, changed, full=full)
         if plan.empty:
             return
@@ -113,7 +111,7 @@ def advance_locked(
             return
         if not ended:
             return
-        changed, full = ended, False
+        changed, full = ended, False  # the tasks the loop's own actions ended: decided next
 
 
 def _apply(s: Session, rt: Runtime, run: RunRecord, plan: Plan, actor: str) -> list[TaskRecord]:
