@@ -24,6 +24,20 @@ DB_UNAVAILABLE = (OperationalError, InterfaceError)
 app = create_app()
 
 
+def _import_workflow_modules() -> None:
+    """Workers and beat import the users' workflow modules at start: a module that does not import stops the
+    process here, with the module's name, instead of failing each task it would have run."""
+    from app.code.registry import load_modules
+    from app.config import load_settings
+
+    modules = load_settings().workflow_modules
+    if modules:
+        load_modules(modules)
+
+
+_import_workflow_modules()
+
+
 # -- SIGTERM is for the main process -------------------------------------------------------------------
 # Process managers that signal a whole process group (honcho and foreman: os.killpg) hit Celery's pool
 # processes too, and a pool process exits at once on SIGTERM
