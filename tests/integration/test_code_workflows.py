@@ -335,3 +335,20 @@ def test_non_json_arguments_fail_at_the_call_site(code: Code) -> None:
     run = code.run(code.start("not_json"))
     assert run["state"] == "failed"
     assert "the arguments of activity 'add' must be JSON" in run["error"]
+
+
+def test_a_process_without_the_code_cannot_start_it_and_one_without_it_blocks_runs(code: Code, db_url: str) -> None:
+    from app.code import registry
+    from app.errors import TideflowError
+
+    run_id = code.start("sleeper", {"seconds": 60})
+    saved = registry._workflows.pop("sleeper")
+    try:
+        with pytest.raises(TideflowError, match="not registered in this process"):
+            code.tf.start_run("sleeper", {"seconds": 1})
+        code.fire_timers()  # the advance runs in a process without the code: blocked, saying why
+        run = code.run(run_id)
+        assert run["state"] == "blocked" and "TIDEFLOW_WORKFLOW_MODULES" in run["error"]
+    finally:
+        registry._workflows["sleeper"] = saved
+    assert code.tf.resume(run_id) == "succeeded"
