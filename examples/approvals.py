@@ -10,6 +10,8 @@ Run it (every process needs the module)::
     tideflow run signal ID approve --data '{"approved": true, "by": "ann"}'
     tideflow run show ID --json                      # "result": {"approved": true, "by": "ann", ...}
 
+or, from application code: ``tideflow.Client.from_env().signal(ID, "approve", {"approved": True, "by": "ann"})``.
+
 Nothing holds a worker while the run waits: the wait is a row with a due time, and the reconciler ends it with
 ``None`` at the timeout (also when every process was down over it). A signal sent before the run waits for it is
 kept and delivered to the next wait; ``--key`` makes a repeated send deliver once.

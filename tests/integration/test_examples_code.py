@@ -213,3 +213,16 @@ def test_replay_of_an_exported_history(ex: Examples, tmp_path: Path) -> None:
                                 default=str))
     assert tideflow.replay(order_saga, happy).ok
     assert tideflow.replay(order_saga_undo_forward, happy).ok
+
+
+@pytest.mark.parametrize("module", ["orders", "approvals", "batches"])
+def test_each_example_says_how_to_run_it(module: str) -> None:
+    import importlib
+
+    from app.code import registry
+
+    mod = importlib.import_module(f"examples.{module}")
+    doc = mod.__doc__ or ""
+    assert f"TIDEFLOW_WORKFLOW_MODULES=examples.{module}" in doc
+    names = [w.name for w in registry.workflows() if w.module == mod.__name__]
+    assert names and all(f"tideflow run start {n}" in doc for n in names), (names, doc)
