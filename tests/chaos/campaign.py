@@ -157,6 +157,8 @@ class CampaignResult:
                 first_event.setdefault(e.task_run_id, e)
         activities = {t.id for t in steps if t.type == "activity"}
         late = inv.timer_lateness(steps, self.events)
+        created = {r.id: r.created_at for r in self.runs}
+        to_wait = [e.at - created[e.run_id] for e in first_event.values() if e.run_id in created]
         return {
             "code_runs": len(self.code_runs),
             "code_results_ok": len(self.code_runs) - len([v for v in self.checked.of("code-result")
@@ -168,6 +170,8 @@ class CampaignResult:
             "activity_attempts_lost": sum(a.outcome == "lost" for a in self.attempts if a.task_run_id in activities),
             "activity_attempts_failed": sum(a.outcome == "failed" for a in self.attempts
                                             if a.task_run_id in activities),
+            "wait_reached_p50_s": round(inv.percentile(to_wait, 50) or 0.0, 1),
+            "wait_reached_max_s": round(max(to_wait, default=0.0), 1),
             "timers": len(late),
             "timer_late_p50": round(inv.percentile(late, 50) or 0.0, 2),
             "timer_late_max": round(max(late, default=0.0), 2),
@@ -307,18 +311,36 @@ class Campaign:
                     break
         return None
 
+    def _wait_stage(self, run_id: int, stage: str, timeout: float = 300.0) -> bool:
+        """Poll (the workload's own pace, not a test synchronisation) until code run ``run_id`` published
+        ``stage`` (or got past it: the stages come in order); False if the campaign is closing."""
+        order = ["sleeping", "waiting", "done"]
+        assert self.engine is not None
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with contextlib.suppress(Exception):  # the database may be down: poll again
+                with self.engine.connect() as conn:
+                    row = conn.execute(select(repo.R.c.state_values, repo.R.c.state)
+                                       .where(repo.R.c.id == run_id)).one()
+                got = (row.state_values or {}).get("stage")
+                if got in order and order.index(got) >= order.index(stage) or row.state in inv.RUN_TERMINAL:
+                    return True
+            if self._closing.wait(0.2):
+                return False
+        return True
+
     def _start_code(self, key: str, n: int) -> None:
         """Start the code run beside mixed run ``key`` (idempotent start key), then send its ``approve`` signal
-        (idempotency key) after a random delay: right away (it waits in the signals table until the run gets to
-        its wait) or while the run sleeps or waits for it."""
+        (idempotency key), by ``n % 3``: right away (it is kept until the run gets to its wait), once the run
+        sleeps, or once it waits for it (the stage the workflow publishes with ``ctx.set_state``)."""
         assert self.tf is not None
         tf, ckey, called, errors = self.tf, f"{key}-code", time.time(), [0]
         run_id = self._retry(lambda: tf.start_run(codeflows.CODE, {"n": n}, key=ckey), errors)
         self.started[ckey] = inv.StartedRun(ckey, run_id, called, time.time(), errors[0])
         if run_id is None:
             return
-        delay = random.Random(self.cfg.seed * 7919 + n).uniform(*self.cfg.workload.signal_delay)
-        if self._closing.wait(delay):
+        stage = (None, "sleeping", "waiting")[n % 3]
+        if stage is not None and not self._wait_stage(run_id, stage):
             return
         sent = [0]
         self._retry(lambda: tf.signal(run_id, codeflows.SIGNAL, codeflows.signal_data(n), key=f"{ckey}-approve"), sent)
@@ -435,7 +457,7 @@ class Campaign:
         work = sum(seconds.get(r.name, 0.0) + STEP_OVERHEAD for r in live if r.type != "subworkflow" and r.seq is None)
         work += code_live * (codeflows.body_seconds() + 8 * STEP_OVERHEAD)
         # every signal has been sent by now (the start threads have returned)
-        run = max(w.critical_path(STEP_OVERHEAD), codeflows.critical_path(STEP_OVERHEAD, 0.0) if w.code else 0.0)
+        run = max(w.critical_path(STEP_OVERHEAD), codeflows.critical_path(STEP_OVERHEAD) if w.code else 0.0)
         return DrainBound(recovery, run, work / (self.cfg.workers * self.cfg.concurrency))
 
     def _not_terminal(self) -> int:

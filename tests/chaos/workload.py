@@ -159,9 +159,8 @@ class Workload:
     quick_seconds: float = 0.05
     fragile_seconds: float = 0.5
     #: start a ``chaos-code`` run (``tests.chaos.codeflows``) beside each mixed run, and send its ``approve``
-    #: signal this many seconds (uniform) after its start: before its wait, while it sleeps, or while it waits
+    #: signal right away (before its wait), while it sleeps, or while it waits (by its parameter ``n % 3``)
     code: bool = True
-    signal_delay: tuple[float, float] = (0.0, 12.0)
 
     def _task(self, name: str, fn: str = "step", seconds: float | None = None, deps: list[str] | None = None,
               ) -> dict[str, Any]:
