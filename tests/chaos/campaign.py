@@ -157,6 +157,18 @@ class CampaignResult:
                 first_event.setdefault(e.task_run_id, e)
         activities = {t.id for t in steps if t.type == "activity"}
         late = inv.timer_lateness(steps, self.events)
+        # queueing: from a task's first "-> submitted" to its first "-> running" (the claim), code steps vs DAG tasks
+        submitted: dict[int, float] = {}
+        queued: dict[int, float] = {}
+        for e in self.events:
+            if e.task_run_id is None:
+                continue
+            if e.to_state == "submitted":
+                submitted.setdefault(e.task_run_id, e.at)
+            elif e.to_state == "running" and e.task_run_id in submitted:
+                queued.setdefault(e.task_run_id, e.at - submitted[e.task_run_id])
+        code_queue = [v for k, v in queued.items() if k in activities]
+        dag_queue = [v for k, v in queued.items() if k not in activities]
         created = {r.id: r.created_at for r in self.runs}
         to_wait = [e.at - created[e.run_id] for e in first_event.values() if e.run_id in created]
         return {
@@ -172,6 +184,8 @@ class CampaignResult:
                                             if a.task_run_id in activities),
             "wait_reached_p50_s": round(inv.percentile(to_wait, 50) or 0.0, 1),
             "wait_reached_max_s": round(max(to_wait, default=0.0), 1),
+            "activity_queue_p50_s": round(inv.percentile(code_queue, 50) or 0.0, 2),
+            "dag_task_queue_p50_s": round(inv.percentile(dag_queue, 50) or 0.0, 2),
             "timers": len(late),
             "timer_late_p50": round(inv.percentile(late, 50) or 0.0, 2),
             "timer_late_max": round(max(late, default=0.0), 2),
