@@ -169,6 +169,26 @@ class CampaignResult:
                 queued.setdefault(e.task_run_id, e.at - submitted[e.task_run_id])
         code_queue = [v for k, v in queued.items() if k in activities]
         dag_queue = [v for k, v in queued.items() if k not in activities]
+        # advancing: from the moment a code run's earlier steps were all done to its next step's row (a pass)
+        born: dict[int, float] = {}
+        done_at: dict[int, float] = {}
+        for e in self.events:
+            if e.task_run_id is not None:
+                born.setdefault(e.task_run_id, e.at)
+                if e.to_state == "succeeded":
+                    done_at[e.task_run_id] = e.at
+        by_run: dict[int, list[inv.TaskRow]] = {}
+        for t in steps:
+            by_run.setdefault(t.run_id, []).append(t)
+        hops = []
+        for rows in by_run.values():
+            rows.sort(key=lambda t: t.seq if t.seq is not None else -1)
+            for i, t in enumerate(rows[1:], 1):
+                before = [done_at.get(x.id) for x in rows[:i]]
+                if all(d is not None for d in before) and t.id in born:
+                    hop = born[t.id] - max(d for d in before if d is not None)
+                    if hop >= 0:
+                        hops.append(hop)
         created = {r.id: r.created_at for r in self.runs}
         to_wait = [e.at - created[e.run_id] for e in first_event.values() if e.run_id in created]
         return {
@@ -186,6 +206,8 @@ class CampaignResult:
             "wait_reached_max_s": round(max(to_wait, default=0.0), 1),
             "activity_queue_p50_s": round(inv.percentile(code_queue, 50) or 0.0, 2),
             "dag_task_queue_p50_s": round(inv.percentile(dag_queue, 50) or 0.0, 2),
+            "advance_p50_s": round(inv.percentile(hops, 50) or 0.0, 2),
+            "advance_p90_s": round(inv.percentile(hops, 90) or 0.0, 2),
             "timers": len(late),
             "timer_late_p50": round(inv.percentile(late, 50) or 0.0, 2),
             "timer_late_max": round(max(late, default=0.0), 2),
