@@ -359,3 +359,15 @@ def test_an_attempt_on_a_timer_or_a_code_step_without_its_birth_event_is_reporte
     snap = code_run()
     snap.events = [e for e in snap.events if e.id != 9]  # the timer's row appeared without an event
     assert "history" in kinds(snap)
+
+
+def test_a_succeeded_code_run_may_hold_cancelled_steps_but_no_live_ones() -> None:
+    """A code run that returns without waiting for a step it started stops it (cancelled): not a history error;
+    a step still running is."""
+    snap = code_run()
+    snap.tasks.append(inv.TaskRow(25, 2, "scale#5", "cancelled", 0, "activity", seq=5))
+    snap.events.append(ev(23, 25, None, "cancelled", 0, 6.6, run=2))
+    assert kinds(snap) == []
+    snap.tasks[-1] = inv.TaskRow(25, 2, "scale#5", "running", 0, "activity", seq=5)
+    snap.events[-1] = ev(23, 25, None, "running", 0, 6.6, run=2)
+    assert "history" in kinds(snap) and "stuck" in kinds(snap)
