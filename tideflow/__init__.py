@@ -26,9 +26,11 @@ from app.code.engine import (
 )
 from app.code.registry import activity, workflow
 from app.code.replay import ReplayReport, replay
+from app.executors.activity import ActivityInfo, activity_info
 
 __all__ = [
     "ActivityError",
+    "ActivityInfo",
     "AsyncContext",
     "Cancelled",
     "ChildWorkflowError",
@@ -39,6 +41,7 @@ __all__ = [
     "ReplayReport",
     "WorkflowError",
     "activity",
+    "activity_info",
     "replay",
     "workflow",
 ]

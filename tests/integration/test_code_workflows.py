@@ -352,3 +352,13 @@ def test_a_process_without_the_code_cannot_start_it_and_one_without_it_blocks_ru
     finally:
         registry._workflows["sleeper"] = saved
     assert code.tf.resume(run_id) == "succeeded"
+
+
+def test_an_activity_knows_its_run_position_and_attempt(code: Code) -> None:
+    run = code.run(code.start("introspect"))
+    assert run["state"] == "succeeded", run
+    step = run["tasks"][1]
+    assert run["result"] == {"activity": "whoami", "run_id": run["id"], "seq": 1, "attempt": 1,
+                             "key": f"{run['id']}-{step['id']}"}
+    with pytest.raises(RuntimeError, match="only available while an activity runs"):
+        codeflows.tideflow.activity_info()

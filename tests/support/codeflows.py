@@ -137,3 +137,16 @@ async def async_adder(ctx: tideflow.AsyncContext, x: int) -> int:
     left, right = await ctx.gather(a, b)
     await ctx.sleep(0)
     return left + right
+
+
+@tideflow.activity
+def whoami() -> dict[str, Any]:
+    info = tideflow.activity_info()
+    return {"activity": info.activity, "run_id": info.run_id, "seq": info.seq, "attempt": info.attempt,
+            "key": info.idempotency_key}
+
+
+@tideflow.workflow(name="introspect")
+def introspect(ctx: tideflow.Context) -> Any:
+    ctx.now()
+    return ctx.activity(whoami)
