@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from app.config import load_settings
 from app.errors import TideflowError
@@ -114,12 +114,14 @@ def workflow_list(as_json: bool) -> None:
     rows = _read(views.list_workflows)
 
     def render(rows: list[dict[str, Any]]) -> None:
-        t = Table("name", "kind", "version", "tasks / function", "registered")
+        # the names and module:function whole (a narrow terminal wraps the time instead)
+        t = Table(Column("name", no_wrap=True), "kind", "version", Column("tasks / function", no_wrap=True),
+                  "registered")
         for r in rows:
             what = f"{r['module']}:{r['function']}" if r["kind"] == "code" else str(r["tasks"])
             # a code workflow no run has stored yet has no version (it is stored when first started)
             t.add_row(r["name"], r["kind"], str(r["version"]) if r["version"] is not None else "-", what,
-                      r["created_at"] or "")
+                      (r["created_at"] or "")[:19].replace("T", " "))
         console.print(t)
 
     _emit(rows, as_json, render)
