@@ -18,7 +18,7 @@ from app.code import registry
 from app.code.engine import NewStep, describe, to_json
 from app.db import repository as repo
 from app.dispatch import publish_after_commit
-from app.errors import InvalidState, NotFound
+from app.errors import InvalidState, NotFound, TideflowError
 from app.records import RunRecord, TaskRecord, WorkflowRecord
 from app.runtime import Runtime
 from app.states import RUN_TERMINAL, RunKind, RunState, TaskKind, TaskState
@@ -54,6 +54,11 @@ def insert_run(
     s: Session, row: WorkflowRecord, params: dict[str, Any], *, priority: int | None, actor: str, reason: str,
     parent_task_run_id: int | None, key: str | None,
 ) -> RunRecord:
+    if registry.get_workflow(row.name) is None:
+        # its first pass runs here, in this transaction: a process without the code cannot start it (nor should
+        # the run wait, blocked, for a process that has it)
+        raise TideflowError(f"workflow '{row.name}' is a code workflow not registered in this process: import its "
+                            "module (TIDEFLOW_WORKFLOW_MODULES) to start it")
     d = row.definition
     checked = registry.check_params(row.name, list(d.get("params", [])), list(d.get("required", [])), params)
     prio = int(d.get("priority", 5)) if priority is None else priority

@@ -23,11 +23,11 @@ def _duration(start: datetime | None, end: datetime | None) -> float | None:
 def workflow_summary(row: Any) -> dict[str, Any]:
     d = row.definition
     kind = "code" if d.get("kind") == "code" else "dag"
-    out = {"name": row.name, "kind": kind, "version": row.version, "id": row.id, "digest": row.digest[:12],
-           "tasks": len(d.get("tasks", [])), "created_at": _ts(row.created_at)}
-    if kind == "code":
-        out.update(module=d.get("module"), function=d.get("function"), params=d.get("params", []))
-    return out
+    code = kind == "code"
+    return {"name": row.name, "kind": kind, "version": row.version, "id": row.id, "digest": row.digest[:12],
+            "tasks": len(d.get("tasks", [])), "created_at": _ts(row.created_at),
+            "module": d.get("module") if code else None, "function": d.get("function") if code else None,
+            "params": list(d.get("params", [])) if code else None}
 
 
 def list_workflows(s: Session) -> list[dict[str, Any]]:

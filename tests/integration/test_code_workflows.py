@@ -291,3 +291,64 @@ def test_bad_parameters_are_one_clear_error_and_store_nothing(code: Code) -> Non
     with pytest.raises(DefinitionError, match="'z' is not a parameter"):
         code.tf.start_run("adder", {"x": 1, "z": 2})
     assert code.tf.read(__import__("app.services.views", fromlist=["list_runs"]).list_runs) == []
+
+
+def test_a_dag_start_key_is_idempotent_too(code: Code) -> None:
+    code.tf.register({"name": "one", "tasks": [{"name": "a", "type": "python",
+                                                "function": "tests.support.jobs_unit:echo"}]})
+    a = code.tf.start_run_keyed("one", key="k")
+    b = code.tf.start_run_keyed("one", key="k")
+    assert a == (a[0], True) and b == (a[0], False)
+
+
+def test_a_signal_in_the_caller_s_transaction_exists_only_if_it_commits(code: Code) -> None:
+    run_id = code.start("approval")
+    with pytest.raises(RuntimeError), code.rt.db.transaction() as s:
+        code.tf.signal(run_id, "approve", "rolled back", session=s)
+        raise RuntimeError("the caller's transaction fails")
+    code.stub.drain(code.rt)
+    assert code.run(run_id)["tasks"][0]["state"] == "running"  # still waiting: nothing was delivered
+    with code.rt.db.transaction() as s:
+        code.tf.signal(run_id, "approve", "one", session=s)
+        code.tf.signal(run_id, "approve", "two", session=s)
+    code.stub.drain(code.rt)
+    assert code.run(run_id)["result"] == {"approved": ["one", "two"]}
+
+
+def test_a_signal_to_a_dag_run_or_a_missing_run_is_a_clear_error(code: Code) -> None:
+    from app.errors import NotFound
+
+    code.tf.register({"name": "one", "tasks": [{"name": "a", "type": "python",
+                                                "function": "tests.support.jobs_unit:echo"}]})
+    dag_run = code.tf.start_run("one")
+    with pytest.raises(InvalidState, match="DAG run"):
+        code.tf.signal(dag_run, "approve")
+    with pytest.raises(NotFound):
+        code.tf.signal(999_999, "approve")
+
+
+def test_non_json_arguments_fail_at_the_call_site(code: Code) -> None:
+    @codeflows.tideflow.workflow(name="not_json")
+    def not_json(ctx: Any) -> Any:
+        return ctx.activity(codeflows.add, object(), 1)
+
+    run = code.run(code.start("not_json"))
+    assert run["state"] == "failed"
+    assert "the arguments of activity 'add' must be JSON" in run["error"]
+
+
+def test_a_process_without_the_code_cannot_start_it_and_one_without_it_blocks_runs(code: Code, db_url: str) -> None:
+    from app.code import registry
+    from app.errors import TideflowError
+
+    run_id = code.start("sleeper", {"seconds": 60})
+    saved = registry._workflows.pop("sleeper")
+    try:
+        with pytest.raises(TideflowError, match="not registered in this process"):
+            code.tf.start_run("sleeper", {"seconds": 1})
+        code.fire_timers()  # the advance runs in a process without the code: blocked, saying why
+        run = code.run(run_id)
+        assert run["state"] == "blocked" and "TIDEFLOW_WORKFLOW_MODULES" in run["error"]
+    finally:
+        registry._workflows["sleeper"] = saved
+    assert code.tf.resume(run_id) == "succeeded"
