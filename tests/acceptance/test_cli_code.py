@@ -324,6 +324,11 @@ def test_a_module_that_does_not_import_is_one_line_naming_it(tmp_path: Path, sql
             assert done.returncode == 1, (args, done.stdout, done.stderr)
             assert done.stderr.splitlines() == [expected], done.stderr
             assert "Traceback" not in done.stdout + done.stderr
+        # a celery worker (and beat: the same app module) stops at start, with the same one line
+        worker = subprocess.run([sys.executable, "-m", "celery", "-A", "tasks", "worker"], cwd=REPO_ROOT, env=env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert worker.returncode == 1, worker.stdout + worker.stderr
+        assert worker.stderr.splitlines() == [expected], worker.stderr
 
 
 @pytest.fixture
