@@ -137,3 +137,48 @@ async def async_adder(ctx: tideflow.AsyncContext, x: int) -> int:
     left, right = await ctx.gather(a, b)
     await ctx.sleep(0)
     return left + right
+
+
+# -- for real worker processes (tests/integration/test_code_delivery.py): CALLS is per process, so these
+# activities write to a marker file named by the test, one line per event, and a test counts the lines.
+
+
+def _mark(path: str, event: str) -> int:
+    """Append ``<event> <pid>`` to ``path``; return how many ``event`` lines it holds now (this one included)."""
+    import os
+
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{event} {os.getpid()}\n")
+        f.flush()
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.split(" ", 1)[0] == event)
+
+
+@tideflow.activity
+def hang_first_time(path: str, seconds: float) -> int:
+    """The first execution hangs for ``seconds`` (to be killed mid-activity); the effect (an ``effect`` line)
+    happens only when an execution completes. Returns which execution completed (1, 2, ...)."""
+    import time
+
+    n = _mark(path, "start")
+    if n == 1:
+        time.sleep(seconds)
+    _mark(path, "effect")
+    return n
+
+
+@tideflow.workflow(name="crash_once")
+def crash_once(ctx: tideflow.Context, path: str, seconds: float = 120.0) -> dict[str, Any]:
+    execution = ctx.activity(hang_first_time, path, seconds)
+    after = ctx.activity(add, execution, 100)
+    return {"execution": execution, "after": after}
+
+
+@tideflow.workflow(name="late_approval")
+def late_approval(ctx: tideflow.Context, seconds: float) -> Any:
+    """Sleeps before it waits: signals sent meanwhile must be kept until the waits take them."""
+    ctx.sleep(seconds)
+    ctx.set_state("stage", "waiting")
+    first = ctx.wait_signal("approve")
+    second = ctx.wait_signal("approve")
+    return [first, second]

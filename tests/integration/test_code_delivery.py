@@ -1,0 +1,232 @@
+"""Code workflows through real ``celery worker`` / ``celery beat`` processes, real Redis and PostgreSQL (and
+SQLite where the test does not need PostgreSQL's concurrency): activities and gather, durable timers across a
+restart of every process and their latency, signals before the wait / duplicate keys / to a finished run, cancel
+during a sleep, racing idempotent starts, an activity whose worker is SIGKILLed, a DAG ``subworkflow`` task
+starting a code workflow. The same features in process (StubDispatcher): test_code_workflows.py."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from app.client import Tideflow
+from app.clock import utcnow
+from app.db.schema import WorkflowRun
+from app.errors import InvalidState
+from tests.support.cluster import Cluster, Proc
+from tests.support.harness import client_for, history, wait_run
+from tests.support.wait import read_lines, wait_until
+
+RECONCILE_INTERVAL = 1.0
+
+# every process (and the in-test client) imports the test workflows; timers are fired by the reconciler, every
+# RECONCILE_INTERVAL seconds
+pytestmark = pytest.mark.cluster_env(TIDEFLOW_WORKFLOW_MODULES="tests.support.codeflows",
+                                     TIDEFLOW_RECONCILE_INTERVAL_SECONDS=str(RECONCILE_INTERVAL))
+
+
+@pytest.fixture
+def tf(cluster: Cluster) -> Any:
+    client = client_for(cluster)
+    yield client
+    client.close()
+
+
+def start_all(cluster: Cluster, concurrency: int = 2) -> Proc:
+    """One worker on both queues (activities, workflow steps, the reconcile job) and beat."""
+    w1 = cluster.start_worker("w1", concurrency=concurrency)
+    cluster.start_beat()
+    return w1
+
+
+def ts(value: str) -> datetime:
+    at = datetime.fromisoformat(value)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def step(tf: Tideflow, run_id: int, seq: int, kind: str, state: str = "running", timeout: float = 30) -> dict:
+    """Wait until step ``seq`` of the run exists, is a ``kind`` step and is in ``state``; return it."""
+    def found() -> dict | None:
+        tasks = [t for t in tf.run(run_id)["tasks"] if t["seq"] == seq]
+        return tasks[0] if tasks and tasks[0]["type"] == kind and tasks[0]["state"] == state else None
+
+    return wait_until(found, timeout=timeout, message=f"run {run_id}: no {state} {kind} step at position {seq}")
+
+
+def test_activities_and_gather_succeed_through_real_workers(cluster: Cluster, tf: Tideflow) -> None:
+    w1 = start_all(cluster)
+    run_id = tf.start_run("adder", {"x": 2, "y": 3})
+    run = wait_run(tf, run_id, "succeeded")
+    assert run["result"] == {"first": 5, "left": 6, "right": 7}
+    assert run["state_values"] == {"stage": "added"}
+    tasks = run["tasks"]
+    assert [(t["seq"], t["type"], t["state"]) for t in tasks] == [(i, "activity", "succeeded") for i in range(3)]
+    assert [t["result"] for t in tasks] == [5, 6, 7]
+    # each activity was one attempt on a real worker (not run inline by the client)
+    pool = w1.children()
+    assert all(len(t["attempts"]) == 1 and t["attempts"][0]["pid"] in pool for t in tasks), (pool, tasks)
+    # the two gathered activities were both started before either result was needed: same pass
+    submitted = {e["task"]: e["at"] for e in history(tf, run_id) if e["to"] == "submitted"}
+    assert submitted[tasks[1]["name"]] == submitted[tasks[2]["name"]], submitted
+
+
+def test_a_timer_fires_within_the_reconcile_interval_of_its_due_time(cluster: Cluster, tf: Tideflow) -> None:
+    start_all(cluster)
+    run_id = tf.start_run("sleeper", {"seconds": 2})
+    timer = step(tf, run_id, 0, "timer")
+    assert tf.run(run_id)["state_values"] == {"stage": "sleeping"}
+    run = wait_run(tf, run_id, "succeeded", timeout=30)
+    assert run["result"] == "woke" and run["state_values"] == {"stage": "woke"}
+    fired = run["tasks"][0]
+    late = (ts(fired["finished_at"]) - ts(timer["due_at"])).total_seconds()
+    # the issue's bound is interval + 1 s; loosely here (2 shared cores, beat and the reconcile task's queue hop)
+    print(f"timer fired {late:.2f}s after its due time")
+    assert 0 <= late <= RECONCILE_INTERVAL + 3, late
+    assert any(e["actor"] == "reconciler" and "timer fired" in e["reason"] for e in history(tf, run_id))
+
+
+def test_a_sleep_survives_a_restart_of_every_process(cluster: Cluster, tf: Tideflow) -> None:
+    start_all(cluster)
+    run_id = tf.start_run("sleeper", {"seconds": 4})
+    timer = step(tf, run_id, 0, "timer")
+    cluster.stop()  # every worker and beat
+    assert not any(p.is_alive() for p in cluster.procs)
+    due = ts(timer["due_at"])
+    wait_until(lambda: utcnow() > due + timedelta(seconds=2), timeout=30, interval=0.2)  # down over the due time
+    run = tf.run(run_id)
+    assert run["state"] == "running" and run["tasks"][0]["state"] == "running", run  # nobody fired it
+
+    restarting = utcnow()
+    start_all(cluster)
+    up = utcnow()  # the worker is ready and beat is running: the next reconcile pass fires the overdue timer
+    run = wait_run(tf, run_id, "succeeded", timeout=30)
+    assert run["result"] == "woke"
+    fired_at = ts(run["tasks"][0]["finished_at"])
+    late = (fired_at - up).total_seconds()
+    print(f"overdue timer fired {late:.2f}s after every process was up again")
+    assert restarting <= fired_at and late <= RECONCILE_INTERVAL + 3, (restarting, up, fired_at)
+    assert any(e["actor"] == "reconciler" and "timer fired" in e["reason"] for e in history(tf, run_id))
+
+
+def test_signals_before_the_wait_are_kept_a_duplicate_key_delivers_once(cluster: Cluster, tf: Tideflow) -> None:
+    start_all(cluster)
+    run_id = tf.start_run("late_approval", {"seconds": 3})
+    step(tf, run_id, 0, "timer")
+    first = tf.signal(run_id, "approve", {"by": "ann"}, key="k1")
+    assert tf.signal(run_id, "approve", {"by": "ann", "again": True}, key="k1") == first  # one signal
+    second = tf.signal(run_id, "approve", {"by": "bob"}, key="k2")
+    assert second != first
+    # both arrived while the workflow was still asleep: nothing waited for them yet
+    run = tf.run(run_id)
+    assert [(t["type"], t["state"]) for t in run["tasks"]] == [("timer", "running")], run
+    kept = [e for e in history(tf, run_id) if "kept until the workflow waits for it" in e["reason"]]
+    assert len(kept) == 2, kept
+
+    run = wait_run(tf, run_id, "succeeded", timeout=30)
+    assert run["result"] == [{"by": "ann"}, {"by": "bob"}]  # arrival order, k1 once
+    signals = [(t["type"], t["result"]) for t in run["tasks"][1:]]
+    assert signals == [("signal", {"by": "ann"}), ("signal", {"by": "bob"})]
+    with pytest.raises(InvalidState, match=f"run {run_id} is already succeeded: signal 'approve' was not delivered"):
+        tf.signal(run_id, "approve", {"by": "late"})
+    with pytest.raises(InvalidState, match="already succeeded"):
+        tf.signal(run_id, "approve", {"by": "ann"}, key="k1")  # even a key seen before
+
+
+def test_cancel_during_a_sleep_runs_the_compensation(cluster: Cluster, tf: Tideflow) -> None:
+    w1 = start_all(cluster)
+    run_id = tf.start_run("cancellable", {"order_id": 3})
+    step(tf, run_id, 1, "timer")  # charged, now sleeping for an hour
+    tf.cancel(run_id)
+    run = wait_run(tf, run_id, "cancelled", timeout=30)
+    assert [(t["type"], t["state"]) for t in run["tasks"]] == [
+        ("activity", "succeeded"), ("timer", "cancelled"), ("activity", "succeeded")], run["tasks"]
+    refund = run["tasks"][2]
+    assert refund["name"] == "refund#2" and refund["result"] == "refunded 3"
+    assert refund["attempts"] and refund["attempts"][0]["pid"] in w1.children()  # ran on the real worker
+
+
+class TestOnPostgres:
+    @pytest.fixture
+    def cluster_db_url(self, pg_url: str) -> str:
+        return pg_url
+
+    def test_eight_threads_racing_one_start_key_create_one_run(self, cluster: Cluster, tf: Tideflow) -> None:
+        cluster.start_worker("w1")
+        clients = [client_for(cluster) for _ in range(8)]  # each thread its own client, Runtime and sessions
+        barrier = threading.Barrier(len(clients))
+        results: list[tuple[int, bool] | BaseException] = [ValueError("not run")] * len(clients)
+
+        def race(i: int) -> None:
+            try:
+                barrier.wait(timeout=30)
+                results[i] = clients[i].start_run_keyed("adder", {"x": 1}, key="order-42")
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                results[i] = exc
+
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(len(clients))]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+        finally:
+            for c in clients:
+                c.close()
+        assert all(isinstance(r, tuple) for r in results), results
+        ids = {r[0] for r in results if isinstance(r, tuple)}
+        assert len(ids) == 1, results
+        assert sum(1 for r in results if isinstance(r, tuple) and r[1]) == 1, results  # one created it
+        with tf.runtime.db.read() as s:
+            assert s.scalar(select(func.count()).select_from(WorkflowRun)
+                            .where(WorkflowRun.key == "order-42")) == 1
+            assert s.scalar(select(func.count()).select_from(WorkflowRun)) == 1
+        (run_id,) = ids
+        run = wait_run(tf, run_id, "succeeded")
+        assert run["result"] == {"first": 2, "left": 3, "right": 4}
+        assert len(run["tasks"]) == 3
+
+    def test_an_activity_whose_worker_is_killed_is_retried_and_the_workflow_succeeds(
+        self, cluster: Cluster, tf: Tideflow, tmp_path: Path,
+    ) -> None:
+        """``hang_first_time`` has no retries: its second execution is the lost-attempt budget's."""
+        marker = tmp_path / "hang.txt"
+        cluster.start_worker("master", queues=("tideflow.master",), concurrency=1)
+        cluster.start_beat()
+        w1 = cluster.start_worker("w1", queues=("tideflow.default",), concurrency=1)
+        run_id = tf.start_run("crash_once", {"path": str(marker), "seconds": 120})
+        wait_until(lambda: len(read_lines(marker)) == 1, timeout=30, message="the activity never started")
+        task = step(tf, run_id, 0, "activity")
+        assert task["attempt"] == 1
+        w1.kill()  # SIGKILL mid-activity: no result, no failure, only a lease that stops being renewed
+        w2 = cluster.start_worker("w2", queues=("tideflow.default",), concurrency=1)
+
+        run = wait_run(tf, run_id, "succeeded", timeout=60)
+        assert run["result"] == {"execution": 2, "after": 102}
+        activity = run["tasks"][0]
+        assert [a["outcome"] for a in activity["attempts"]] == ["lost", "succeeded"], activity["attempts"]
+        assert activity["failures"] == 0 and activity["attempts"][1]["pid"] in w2.children()
+        lines = [line.split() for line in read_lines(marker)]
+        assert [event for event, _pid in lines] == ["start", "start", "effect"], lines
+        assert lines[0][1] != lines[1][1] == lines[2][1]  # the effect happened once, in the second execution
+        assert any(e["actor"] == "reconciler" and "lease expired" in e["reason"] for e in history(tf, run_id))
+
+
+def test_a_dag_subworkflow_task_starts_a_code_workflow(cluster: Cluster, tf: Tideflow) -> None:
+    w1 = start_all(cluster)
+    tf.register({"name": "dag-parent", "params": {"x": 1}, "tasks": [
+        {"name": "kid", "type": "subworkflow", "workflow": "adder", "params": {"x": "{{ params.x }}"}},
+        {"name": "after", "type": "python", "function": "tests.support.jobs:record", "depends_on": ["kid"]},
+    ]})
+    run_id = tf.start_run("dag-parent", {"x": 4})
+    run = wait_run(tf, run_id, "succeeded", timeout=60)
+    kid = run["tasks"][0]
+    assert kid["result"] == {"first": 5, "left": 6, "right": 7}
+    child = tf.run(kid["child_run_id"])
+    assert child["workflow"] == "adder" and child["state"] == "succeeded"
+    assert child["result"] == kid["result"]
+    assert all(t["attempts"] and t["attempts"][0]["pid"] in w1.children() for t in child["tasks"]), child["tasks"]
