@@ -115,7 +115,7 @@ def test_a_sleep_survives_a_restart_of_every_process(cluster: Cluster, tf: Tidef
 
 def test_signals_before_the_wait_are_kept_a_duplicate_key_delivers_once(cluster: Cluster, tf: Tideflow) -> None:
     start_all(cluster)
-    run_id = tf.start_run("late_approval", {"seconds": 3})
+    run_id = tf.start_run("late_approval", {"seconds": 5})
     step(tf, run_id, 0, "timer")
     first = tf.signal(run_id, "approve", {"by": "ann"}, key="k1")
     assert tf.signal(run_id, "approve", {"by": "ann", "again": True}, key="k1") == first  # one signal
