@@ -20,7 +20,7 @@ from app.db.schema import WorkflowRun
 from app.errors import InvalidState
 from tests.support.cluster import Cluster, Proc
 from tests.support.harness import client_for, history, wait_run
-from tests.support.wait import read_lines, wait_until
+from tests.support.wait import holds_for, read_lines, wait_until
 
 RECONCILE_INTERVAL = 1.0
 
@@ -230,3 +230,89 @@ def test_a_dag_subworkflow_task_starts_a_code_workflow(cluster: Cluster, tf: Tid
     assert child["workflow"] == "adder" and child["state"] == "succeeded"
     assert child["result"] == kid["result"]
     assert all(t["attempts"] and t["attempts"][0]["pid"] in w1.children() for t in child["tasks"]), child["tasks"]
+
+
+def test_cancel_during_a_running_activity_stops_it_through_its_lease(
+    cluster: Cluster, tf: Tideflow, tmp_path: Path,
+) -> None:
+    w1 = start_all(cluster)
+    marker = tmp_path / "hang.txt"
+    run_id = tf.start_run("crash_once", {"path": str(marker), "seconds": 120})
+    wait_until(lambda: len(read_lines(marker)) == 1, timeout=30, message="the activity never started")
+    step(tf, run_id, 0, "activity")
+    tf.cancel(run_id)
+    run = wait_run(tf, run_id, "cancelled", timeout=30)
+    assert [(t["type"], t["state"]) for t in run["tasks"]] == [("activity", "cancelled")], run["tasks"]
+    # the body (sleeping for 120 s) is stopped by its heartbeat noticing the lost lease, long before it ends
+    wait_until(lambda: "stopping the body" in w1.log() and "'stopped'" in w1.log(), timeout=30,
+               message="the running activity should be stopped")
+    assert [line.split()[0] for line in read_lines(marker)] == ["start"]  # its effect never happened
+
+
+def test_children_continue_as_new_and_async_workflows_through_real_workers(cluster: Cluster, tf: Tideflow) -> None:
+    start_all(cluster)
+    parent = tf.start_run("parent", {"x": 5})
+    counter = tf.start_run("counter", {"n": 0, "until": 3})
+    async_run = tf.start_run("async_adder", {"x": 1})
+    assert wait_run(tf, parent)["result"] == {"child": {"first": 15, "left": 16, "right": 17},
+                                              "other": {"first": 2, "left": 3, "right": 4}}
+    assert wait_run(tf, async_run)["result"] == 3 + 4
+    run = wait_run(tf, counter)
+    chain = [run]
+    while chain[-1]["continued_run_id"]:
+        chain.append(wait_run(tf, chain[-1]["continued_run_id"]))
+    assert [r["params"]["n"] for r in chain] == [0, 1, 2] and chain[-1]["result"] == 3
+
+
+def test_cancelling_a_parent_cancels_its_code_child(cluster: Cluster, tf: Tideflow) -> None:
+    start_all(cluster)
+    run_id = tf.start_run("waits_for_sleeper")
+    child_task = step(tf, run_id, 0, "subworkflow")
+    child_id = child_task["child_run_id"]
+    step(tf, child_id, 0, "timer")
+    tf.cancel(run_id)
+    assert wait_run(tf, run_id, "cancelled", timeout=30)["tasks"][0]["state"] == "cancelled"
+    child = wait_run(tf, child_id, "cancelled", timeout=30)
+    assert child["tasks"][0]["state"] == "cancelled"
+
+
+class TestDeployingAChange:
+    @pytest.fixture
+    def cluster_db_url(self, pg_url: str) -> str:
+        return pg_url
+
+    def test_an_incompatible_deploy_blocks_the_run_and_resume_continues_it_after_the_fix(
+        self, cluster: Cluster, tf: Tideflow, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.delenv("TIDEFLOW_TEST_CODE_VERSION", raising=False)
+        start_all(cluster)
+        run_id = tf.start_run("deployed", {"seconds": 2})
+        step(tf, run_id, 1, "timer")  # version 1 recorded add at position 0
+        cluster.stop()
+        cluster.env["TIDEFLOW_TEST_CODE_VERSION"] = "2"  # the incompatible deploy
+        start_all(cluster)
+
+        def blocked() -> dict | None:
+            run = tf.run(run_id)
+            return run if run["state"] == "blocked" else None
+
+        run = wait_until(blocked, timeout=30, message="the replay on the new code should block the run")
+        assert "position 0" in run["error"] and "activity 'add'" in run["error"], run["error"]
+        assert "activity 'refund'" in run["error"], run["error"]
+        events = len(history(tf, run_id))
+        holds_for(lambda: tf.run(run_id)["state"] == "blocked" and len(history(tf, run_id)) == events,
+                  seconds=3 * RECONCILE_INTERVAL, interval=0.2,
+                  message="a blocked run must be neither retried in a loop nor changed")
+        # the replay check, against the current code of this process
+        monkeypatch.setenv("TIDEFLOW_TEST_CODE_VERSION", "2")
+        assert not tf.replay(run_id).ok
+        monkeypatch.delenv("TIDEFLOW_TEST_CODE_VERSION")
+        assert tf.replay(run_id).ok
+
+        cluster.stop()
+        del cluster.env["TIDEFLOW_TEST_CODE_VERSION"]  # the fix deployed
+        start_all(cluster)
+        tf.resume(run_id)
+        run = wait_run(tf, run_id, "succeeded", timeout=30)
+        assert run["result"] == "done"
+        assert [(t["type"], t["state"]) for t in run["tasks"]] == [("activity", "succeeded"), ("timer", "succeeded")]

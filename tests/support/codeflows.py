@@ -182,3 +182,22 @@ def late_approval(ctx: tideflow.Context, seconds: float) -> Any:
     first = ctx.wait_signal("approve")
     second = ctx.wait_signal("approve")
     return [first, second]
+
+
+@tideflow.workflow(name="waits_for_sleeper")
+def waits_for_sleeper(ctx: tideflow.Context, seconds: float = 3600) -> Any:
+    return ctx.child("sleeper", seconds=seconds)
+
+
+@tideflow.workflow(name="deployed")
+def deployed(ctx: tideflow.Context, seconds: float) -> str:
+    """Its first call depends on the deployed code's version (``TIDEFLOW_TEST_CODE_VERSION`` of the process that
+    replays it): version 2 is an incompatible change for runs started under version 1."""
+    import os
+
+    if os.environ.get("TIDEFLOW_TEST_CODE_VERSION") == "2":
+        ctx.activity(refund, 1)
+    else:
+        ctx.activity(add, 1, 1)
+    ctx.sleep(seconds)
+    return "done"
