@@ -266,7 +266,7 @@ def test_children_continue_as_new_and_async_workflows_through_real_workers(clust
 
 def test_cancelling_a_parent_cancels_its_code_child(cluster: Cluster, tf: Tideflow) -> None:
     start_all(cluster)
-    run_id = tf.start_run("waits_for_sleeper")
+    run_id = tf.start_run("sleepy_parent")
     child_task = step(tf, run_id, 0, "subworkflow")
     child_id = child_task["child_run_id"]
     step(tf, child_id, 0, "timer")
@@ -274,6 +274,35 @@ def test_cancelling_a_parent_cancels_its_code_child(cluster: Cluster, tf: Tidefl
     assert wait_run(tf, run_id, "cancelled", timeout=30)["tasks"][0]["state"] == "cancelled"
     child = wait_run(tf, child_id, "cancelled", timeout=30)
     assert child["tasks"][0]["state"] == "cancelled"
+
+
+def test_a_signal_sent_in_a_transaction_exists_only_if_it_commits(cluster: Cluster, tf: Tideflow) -> None:
+    start_all(cluster)
+    run_id = tf.start_run("approval")
+    step(tf, run_id, 0, "signal")  # waiting
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), tf.runtime.db.transaction() as s:
+        tf.signal(run_id, "approve", "rolled back", session=s)
+        raise Rollback
+    holds_for(lambda: tf.run(run_id)["tasks"][0]["state"] == "running", seconds=2 * RECONCILE_INTERVAL,
+              interval=0.2, message="a rolled-back signal must not be delivered")
+    with tf.runtime.db.transaction() as s:
+        tf.signal(run_id, "approve", "first", session=s)
+        tf.signal(run_id, "approve", "second", session=s)
+    run = wait_run(tf, run_id, "succeeded", timeout=30)
+    assert run["result"] == {"approved": ["first", "second"]}
+
+
+def test_a_signal_wait_times_out_with_none(cluster: Cluster, tf: Tideflow) -> None:
+    start_all(cluster)
+    run_id = tf.start_run("approval", {"timeout": 1})
+    run = wait_run(tf, run_id, "succeeded", timeout=30)
+    assert run["result"] == {"approved": None}
+    assert any(e["actor"] == "reconciler" and "wait for signal 'approve' timed out" in e["reason"]
+               for e in history(tf, run_id))
 
 
 class TestDeployingAChange:
@@ -316,3 +345,24 @@ class TestDeployingAChange:
         run = wait_run(tf, run_id, "succeeded", timeout=30)
         assert run["result"] == "done"
         assert [(t["type"], t["state"]) for t in run["tasks"]] == [("activity", "succeeded"), ("timer", "succeeded")]
+
+    def test_patched_lets_a_new_deploy_branch_while_old_runs_replay_the_old_branch(
+        self, cluster: Cluster, tf: Tideflow, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.delenv("TIDEFLOW_TEST_CODE_VERSION", raising=False)
+        start_all(cluster)
+        old = tf.start_run("patched_flow", {"seconds": 0.5})
+        step(tf, old, 2, "signal")  # version 1 recorded add at position 1, and waits
+        cluster.stop()
+        cluster.env["TIDEFLOW_TEST_CODE_VERSION"] = "2"
+        start_all(cluster)
+        new = tf.start_run("patched_flow", {"seconds": 0.5})
+        step(tf, new, 3, "signal")  # version 2: a patch marker at position 1, refund at 2
+        for run_id in (old, new):
+            tf.signal(run_id, "finish")
+        assert wait_run(tf, old, "succeeded", timeout=30)["result"] == "4"
+        run = wait_run(tf, new, "succeeded", timeout=30)
+        assert run["result"] == "refunded 2"
+        assert [t["type"] for t in run["tasks"]] == ["timer", "marker", "activity", "signal"]
+        monkeypatch.setenv("TIDEFLOW_TEST_CODE_VERSION", "2")
+        assert tf.replay(old).ok and tf.replay(new).ok

@@ -184,8 +184,8 @@ def late_approval(ctx: tideflow.Context, seconds: float) -> Any:
     return [first, second]
 
 
-@tideflow.workflow(name="waits_for_sleeper")
-def waits_for_sleeper(ctx: tideflow.Context, seconds: float = 3600) -> Any:
+@tideflow.workflow(name="sleepy_parent")
+def sleepy_parent(ctx: tideflow.Context, seconds: float = 3600) -> Any:
     return ctx.child("sleeper", seconds=seconds)
 
 
@@ -201,3 +201,18 @@ def deployed(ctx: tideflow.Context, seconds: float) -> str:
         ctx.activity(add, 1, 1)
     ctx.sleep(seconds)
     return "done"
+
+
+@tideflow.workflow(name="patched_flow")
+def patched_flow(ctx: tideflow.Context, seconds: float) -> str:
+    """Version 2 (``TIDEFLOW_TEST_CODE_VERSION``) takes a new branch behind ``ctx.patched``; runs that recorded
+    the old branch keep replaying it. The final signal keeps a run open across a deploy."""
+    import os
+
+    ctx.sleep(seconds)
+    if os.environ.get("TIDEFLOW_TEST_CODE_VERSION") == "2" and ctx.patched("use-refund"):
+        value = str(ctx.activity(refund, 2))
+    else:
+        value = str(ctx.activity(add, 2, 2))
+    ctx.wait_signal("finish")
+    return value
