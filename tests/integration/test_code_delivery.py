@@ -7,6 +7,7 @@ starting a code workflow. The same features in process (StubDispatcher): test_co
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from app.db.schema import WorkflowRun
 from app.errors import InvalidState
 from tests.support.cluster import Cluster, Proc
 from tests.support.harness import client_for, history, wait_run
+from tests.support.jobs import read_ledger
 from tests.support.wait import holds_for, read_lines, wait_until
 
 RECONCILE_INTERVAL = 1.0
@@ -47,6 +49,12 @@ def start_all(cluster: Cluster, concurrency: int = 2) -> Proc:
 def ts(value: str) -> datetime:
     at = datetime.fromisoformat(value)
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def execs(cluster: Cluster, run_id: int) -> Counter[tuple[int, str]]:
+    """How many times each DAG task body of the run ran (the ledger of tests.support.jobs)."""
+    return Counter((e["run"], e["task"]) for e in read_ledger(cluster.ledger)
+                   if e["event"] == "exec" and e["run"] == run_id)
 
 
 def step(tf: Tideflow, run_id: int, seq: int, kind: str, state: str = "running", timeout: float = 30) -> dict:
@@ -155,8 +163,16 @@ class TestOnPostgres:
     def cluster_db_url(self, pg_url: str) -> str:
         return pg_url
 
-    def test_eight_threads_racing_one_start_key_create_one_run(self, cluster: Cluster, tf: Tideflow) -> None:
+    @pytest.mark.parametrize("kind", ["code", "dag"])
+    def test_eight_threads_racing_one_start_key_create_one_run(
+        self, cluster: Cluster, tf: Tideflow, kind: str,
+    ) -> None:
         cluster.start_worker("w1")
+        workflow = "adder"
+        if kind == "dag":
+            workflow = "keyed-dag"
+            tf.register({"name": workflow, "params": {"x": 0}, "tasks": [
+                {"name": "t0", "type": "python", "function": "tests.support.jobs:record"}]})
         clients = [client_for(cluster) for _ in range(8)]  # each thread its own client, Runtime and sessions
         barrier = threading.Barrier(len(clients))
         results: list[tuple[int, bool] | BaseException] = [ValueError("not run")] * len(clients)
@@ -164,7 +180,7 @@ class TestOnPostgres:
         def race(i: int) -> None:
             try:
                 barrier.wait(timeout=30)
-                results[i] = clients[i].start_run_keyed("adder", {"x": 1}, key="order-42")
+                results[i] = clients[i].start_run_keyed(workflow, {"x": 1}, key="order-42")
             except BaseException as exc:  # noqa: BLE001 - reported below
                 results[i] = exc
 
@@ -187,8 +203,12 @@ class TestOnPostgres:
             assert s.scalar(select(func.count()).select_from(WorkflowRun)) == 1
         (run_id,) = ids
         run = wait_run(tf, run_id, "succeeded")
-        assert run["result"] == {"first": 2, "left": 3, "right": 4}
-        assert len(run["tasks"]) == 3
+        if kind == "code":
+            assert run["result"] == {"first": 2, "left": 3, "right": 4}
+            assert len(run["tasks"]) == 3
+        else:
+            assert [t["name"] for t in run["tasks"]] == ["t0"]
+            assert execs(cluster, run_id) == {(run_id, "t0"): 1}
 
     def test_an_activity_whose_worker_is_killed_is_retried_and_the_workflow_succeeds(
         self, cluster: Cluster, tf: Tideflow, tmp_path: Path,
