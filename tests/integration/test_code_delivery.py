@@ -386,3 +386,39 @@ class TestDeployingAChange:
         assert [t["type"] for t in run["tasks"]] == ["timer", "marker", "activity", "signal"]
         monkeypatch.setenv("TIDEFLOW_TEST_CODE_VERSION", "2")
         assert tf.replay(old).ok and tf.replay(new).ok
+
+
+def test_duplicate_messages_run_an_activity_once_and_change_no_step(
+    cluster: Cluster, tf: Tideflow, tmp_path: Path,
+) -> None:
+    """Redis may deliver a message twice: copies of an activity's execute message, and of a run's advance
+    message, are fenced (the activity's body runs once; replays add no step)."""
+    from app.dispatch import ExecuteMessage
+
+    marker = tmp_path / "once.txt"
+    run_id = tf.start_run("crash_once", {"path": str(marker), "seconds": 0})  # no worker yet: waits in the queue
+    activity = step(tf, run_id, 0, "activity", state="submitted")
+    for _ in range(3):
+        tf.runtime.dispatcher.execute([ExecuteMessage(activity["id"], activity["attempt"], activity["queue"],
+                                                      activity["priority"])])
+        tf.runtime.dispatcher.advance([run_id, run_id])
+    w1 = start_all(cluster, concurrency=4)
+    run = wait_run(tf, run_id, "succeeded", timeout=30)
+    assert run["result"] == {"execution": 1, "after": 101}
+    assert [(t["seq"], t["name"], t["attempt"]) for t in run["tasks"]] == [
+        (0, "hang_first_time#0", 1), (1, "add#1", 1)], run["tasks"]
+    wait_until(lambda: w1.log().count("'ignored'") >= 3, timeout=20,
+               message="the duplicate execute messages should be acknowledged and ignored")
+    assert [line.split()[0] for line in read_lines(marker)] == ["start", "effect"]
+
+
+def test_many_gathers_finishing_together_each_replay_to_one_result(cluster: Cluster, tf: Tideflow) -> None:
+    """Both gathered activities of a run finish at about the same time on different pool processes: each
+    triggers a replay; the run lock serialises them, so no step is recorded twice and no run blocks."""
+    start_all(cluster, concurrency=4)
+    runs = {tf.start_run("adder", {"x": i}): i for i in range(20)}
+    for run_id, x in runs.items():
+        run = wait_run(tf, run_id, "succeeded", timeout=90)
+        assert run["result"] == {"first": x + 1, "left": x + 2, "right": x + 3}, run
+        assert [t["seq"] for t in run["tasks"]] == [0, 1, 2]
+        assert all(len(t["attempts"]) == 1 for t in run["tasks"])
