@@ -422,3 +422,25 @@ def test_many_gathers_finishing_together_each_replay_to_one_result(cluster: Clus
         assert run["result"] == {"first": x + 1, "left": x + 2, "right": x + 3}, run
         assert [t["seq"] for t in run["tasks"]] == [0, 1, 2]
         assert all(len(t["attempts"]) == 1 for t in run["tasks"])
+
+
+def test_an_activity_past_its_timeout_is_stopped_and_raises_activity_error(cluster: Cluster, tf: Tideflow) -> None:
+    start_all(cluster)
+    run_id = tf.start_run("timeboxed", {"seconds": 60})
+    run = wait_run(tf, run_id, "succeeded", timeout=30)
+    assert "timed out after 1s" in run["result"]["message"], run["result"]
+    (activity,) = run["tasks"]
+    assert activity["state"] == "failed" and activity["duration"] < 30, activity
+
+
+def test_an_activity_runs_only_on_a_worker_serving_its_queue(cluster: Cluster, tf: Tideflow) -> None:
+    start_all(cluster)
+    run_id = tf.start_run("payer", {"order_id": 7})
+    activity = step(tf, run_id, 0, "activity", state="submitted")
+    assert activity["queue"] == "tf-test-payments"
+    holds_for(lambda: tf.run(run_id)["tasks"][0]["state"] == "submitted", seconds=2, interval=0.2,
+              message="no worker serves the activity's queue: it must wait")
+    payments = cluster.start_worker("payments", queues=("tf-test-payments",), concurrency=1)
+    run = wait_run(tf, run_id, "succeeded", timeout=30)
+    assert run["result"] == "paid 7"
+    assert run["tasks"][0]["attempts"][0]["pid"] in payments.children()

@@ -216,3 +216,29 @@ def patched_flow(ctx: tideflow.Context, seconds: float) -> str:
         value = str(ctx.activity(add, 2, 2))
     ctx.wait_signal("finish")
     return value
+
+
+@tideflow.activity(timeout=1)
+def overrun(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "finished"
+
+
+@tideflow.workflow(name="timeboxed")
+def timeboxed(ctx: tideflow.Context, seconds: float) -> dict[str, Any]:
+    try:
+        return {"result": ctx.activity(overrun, seconds)}
+    except tideflow.ActivityError as exc:
+        return {"error": exc.type, "message": exc.message}
+
+
+@tideflow.activity(queue="tf-test-payments")
+def pay(order_id: int) -> str:
+    return f"paid {order_id}"
+
+
+@tideflow.workflow(name="payer")
+def payer(ctx: tideflow.Context, order_id: int) -> str:
+    return str(ctx.activity(pay, order_id))
