@@ -444,3 +444,27 @@ def test_an_activity_runs_only_on_a_worker_serving_its_queue(cluster: Cluster, t
     run = wait_run(tf, run_id, "succeeded", timeout=30)
     assert run["result"] == "paid 7"
     assert run["tasks"][0]["attempts"][0]["pid"] in payments.children()
+
+
+@pytest.mark.cluster_env(TIDEFLOW_INLINE_ADVANCE="false")
+def test_a_code_run_completes_when_every_advance_message_is_lost(cluster: Cluster, tf: Tideflow) -> None:
+    """No process consumes the master queue, and workers do not advance runs inline, so every advance message
+    (an activity finished) is lost; the reconciler's scan of unhandled steps alone replays the workflow to its
+    end."""
+    from app.services.reconciler import reconcile_once
+
+    cluster.start_worker("w1", queues=("tideflow.default",))  # activities only
+    run_id = tf.start_run("adder", {"x": 2, "y": 3})
+    wait_until(lambda: tf.run(run_id)["tasks"][0]["state"] == "succeeded", timeout=30)
+    holds_for(lambda: len(tf.run(run_id)["tasks"]) == 1, seconds=1, interval=0.2,
+              message="without a master, nothing may replay the workflow")
+
+    def reconciled() -> bool:
+        reconcile_once(tf.runtime)
+        return tf.run(run_id)["state"] == "succeeded"
+
+    wait_until(reconciled, timeout=60, interval=0.3)
+    run = tf.run(run_id)
+    assert run["result"] == {"first": 5, "left": 6, "right": 7}
+    inserted = [e for e in history(tf, run_id) if e["task"] and e["from"] is None]
+    assert [e["actor"] for e in inserted] == ["api", "reconciler", "reconciler"], inserted
