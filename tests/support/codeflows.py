@@ -150,3 +150,108 @@ def whoami() -> dict[str, Any]:
 def introspect(ctx: tideflow.Context) -> Any:
     ctx.now()
     return ctx.activity(whoami)
+
+
+# -- for real worker processes (tests/integration/test_code_delivery.py): CALLS is per process, so these
+# activities write to a marker file named by the test, one line per event, and a test counts the lines.
+
+
+def _mark(path: str, event: str) -> int:
+    """Append ``<event> <pid>`` to ``path``; return how many ``event`` lines it holds now (this one included)."""
+    import os
+
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{event} {os.getpid()}\n")
+        f.flush()
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.split(" ", 1)[0] == event)
+
+
+@tideflow.activity
+def hang_first_time(path: str, seconds: float) -> int:
+    """The first execution hangs for ``seconds`` (to be killed mid-activity); the effect (an ``effect`` line)
+    happens only when an execution completes. Returns which execution completed (1, 2, ...)."""
+    import time
+
+    n = _mark(path, "start")
+    if n == 1:
+        time.sleep(seconds)
+    _mark(path, "effect")
+    return n
+
+
+@tideflow.workflow(name="crash_once")
+def crash_once(ctx: tideflow.Context, path: str, seconds: float = 120.0) -> dict[str, Any]:
+    execution = ctx.activity(hang_first_time, path, seconds)
+    after = ctx.activity(add, execution, 100)
+    return {"execution": execution, "after": after}
+
+
+@tideflow.workflow(name="late_approval")
+def late_approval(ctx: tideflow.Context, seconds: float) -> Any:
+    """Sleeps before it waits: signals sent meanwhile must be kept until the waits take them."""
+    ctx.sleep(seconds)
+    ctx.set_state("stage", "waiting")
+    first = ctx.wait_signal("approve")
+    second = ctx.wait_signal("approve")
+    return [first, second]
+
+
+@tideflow.workflow(name="sleepy_parent")
+def sleepy_parent(ctx: tideflow.Context, seconds: float = 3600) -> Any:
+    return ctx.child("sleeper", seconds=seconds)
+
+
+@tideflow.workflow(name="deployed")
+def deployed(ctx: tideflow.Context, seconds: float) -> str:
+    """Its first call depends on the deployed code's version (``TIDEFLOW_TEST_CODE_VERSION`` of the process that
+    replays it): version 2 is an incompatible change for runs started under version 1."""
+    import os
+
+    if os.environ.get("TIDEFLOW_TEST_CODE_VERSION") == "2":
+        ctx.activity(refund, 1)
+    else:
+        ctx.activity(add, 1, 1)
+    ctx.sleep(seconds)
+    return "done"
+
+
+@tideflow.workflow(name="patched_flow")
+def patched_flow(ctx: tideflow.Context, seconds: float) -> str:
+    """Version 2 (``TIDEFLOW_TEST_CODE_VERSION``) takes a new branch behind ``ctx.patched``; runs that recorded
+    the old branch keep replaying it. The final signal keeps a run open across a deploy."""
+    import os
+
+    ctx.sleep(seconds)
+    if os.environ.get("TIDEFLOW_TEST_CODE_VERSION") == "2" and ctx.patched("use-refund"):
+        value = str(ctx.activity(refund, 2))
+    else:
+        value = str(ctx.activity(add, 2, 2))
+    ctx.wait_signal("finish")
+    return value
+
+
+@tideflow.activity(timeout=1)
+def overrun(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "finished"
+
+
+@tideflow.workflow(name="timeboxed")
+def timeboxed(ctx: tideflow.Context, seconds: float) -> dict[str, Any]:
+    try:
+        return {"result": ctx.activity(overrun, seconds)}
+    except tideflow.ActivityError as exc:
+        return {"error": exc.type, "message": exc.message}
+
+
+@tideflow.activity(queue="tf-test-payments")
+def pay(order_id: int) -> str:
+    return f"paid {order_id}"
+
+
+@tideflow.workflow(name="payer")
+def payer(ctx: tideflow.Context, order_id: int) -> str:
+    return str(ctx.activity(pay, order_id))
