@@ -45,7 +45,14 @@ class ActivityError(WorkflowError):
         self.activity = activity
         self.error = error
         head, sep, tail = error.partition(": ")
-        self.type, self.message = (head, tail) if sep and head.isidentifier() else ("Error", error)
+        if sep and head.isidentifier():
+            self.type, self.message = head, tail
+        elif error.startswith("timed out after"):  # the lease keeper stopped it at its timeout
+            self.type, self.message = "TimeoutError", error
+        elif "attempts lost" in error or "lost:" in error:  # its lost-attempt budget ran out
+            self.type, self.message = "LostAttempts", error
+        else:
+            self.type, self.message = "Error", error
         super().__init__(f"activity '{activity}' failed: {error}")
 
 

@@ -429,6 +429,7 @@ def test_an_activity_past_its_timeout_is_stopped_and_raises_activity_error(clust
     run_id = tf.start_run("timeboxed", {"seconds": 60})
     run = wait_run(tf, run_id, "succeeded", timeout=30)
     assert "timed out after 1s" in run["result"]["message"], run["result"]
+    assert run["result"]["error"] == "TimeoutError"
     (activity,) = run["tasks"]
     assert activity["state"] == "failed" and activity["duration"] < 30, activity
 

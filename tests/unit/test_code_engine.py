@@ -206,3 +206,10 @@ def test_registration_errors_are_clear() -> None:
             return x
     with pytest.raises(DefinitionError, match="retries"):
         tideflow.activity(retries=-1)(lambda: None)
+
+
+def test_activity_error_types_for_timeouts_and_lost_attempts() -> None:
+    assert tideflow.ActivityError("a", "timed out after 5s").type == "TimeoutError"
+    lost = tideflow.ActivityError("a", "attempt 3 lost: lease expired; 3 attempts lost (max_lost_attempts: 3)")
+    assert lost.type == "LostAttempts"
+    assert tideflow.ActivityError("a", "KeyError: 'x'").type == "KeyError"
