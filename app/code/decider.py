@@ -41,7 +41,7 @@ class PrefixCache:
     so that an advance reads only the steps from the first live one on, not the whole history: replay must not
     make a long workflow's advances cost in proportion to its length (issue 10: a 1,000-activity workflow costs
     at most 3x per activity what a 10-activity one does). A cached prefix is used only while the database still
-    holds it (:func:`app.db.code_history.terminal_prefix`: count, highest id, latest ``updated_at``), so a prefix
+    holds it (:func:`app.db.code_history.history_since`: count, highest id, latest ``updated_at``), so a prefix
     read in a transaction that rolled back, or from another database, is read again."""
 
     def __init__(self, max_runs: int = 256):
@@ -54,13 +54,16 @@ class PrefixCache:
             cached = self._runs.get(key)
         prefix: list[Step] = []
         prefix_updated: list[Any] = []
-        if cached is not None:
+        rows: list[code_history.HistoryRow] | None = None
+        if cached is not None:  # one query: the tail, and whether the database still holds the cached prefix
             steps, stamp = cached
-            if code_history.terminal_prefix(s, run_id, steps[-1].seq + 1) == stamp:
-                prefix, prefix_updated = steps, [stamp[2]]
+            held, tail = code_history.history_since(s, run_id, steps[-1].seq + 1)
+            if held == stamp:
+                prefix, prefix_updated, rows = steps, [stamp[2]], tail
             else:
                 self.drop(key)
-        rows = code_history.history_from(s, run_id, prefix[-1].seq + 1 if prefix else 0)
+        if rows is None:
+            rows = code_history.history_from(s, run_id, 0)
         history = prefix + [Step(seq, TaskKind(kind), step_name(name), TaskState(state), result, error, tid, child)
                             for seq, kind, name, state, result, error, tid, child, _ in rows]
         n = len(prefix)
@@ -99,7 +102,8 @@ class CodeDecider:
         history = PREFIXES.history(s, (self.rt.settings.database_url, run.id, run.created_at), run.id)
         ctx_type = AsyncContext if wf.is_async else Context
         ctx = ctx_type(run_id=run.id, workflow=run.workflow_name, params=run.params, history=history,
-                       now=utcnow(), signals=repo.pending_signals(s, run.id), cancel_requested=run.cancel_requested,
+                       now=utcnow(), signals=lambda: repo.pending_signals(s, run.id),
+                       cancel_requested=run.cancel_requested,
                        state_values=run.state_values)
         res = run_pass(wf, run.params, ctx)
         settings = self.rt.settings

@@ -216,7 +216,8 @@ class Context:
 
     def __init__(
         self, *, run_id: int, workflow: str, params: Mapping[str, Any], history: Sequence[Step], now: datetime,
-        signals: Sequence[PendingSignal] = (), cancel_requested: bool = False,
+        signals: Sequence[PendingSignal] | Callable[[], Sequence[PendingSignal]] = (),
+        cancel_requested: bool = False,
         state_values: Mapping[str, Any] | None = None,
     ):
         self.run_id = run_id
@@ -225,7 +226,9 @@ class Context:
         self._history = {st.seq: st for st in history}
         self._length = len(history)
         self._now = now
-        self._signals = list(signals)
+        # the pending signals, or how to read them: read only when a pass reaches a new signal wait
+        self._signals_source = signals
+        self._signals: list[PendingSignal] | None = None if callable(signals) else list(signals)
         self._pos = 0
         self._new: dict[int, NewStep] = {}
         self._suspended = False
@@ -363,6 +366,9 @@ class Context:
             raise _Suspend
         seq, step = self._next(TaskKind.SIGNAL, name)
         if step is None:
+            if self._signals is None:
+                source = self._signals_source
+                self._signals = list(source() if callable(source) else source)
             pending = next((sig for sig in self._signals if sig[1] == name), None)
             body: dict[str, Any] = {"signal": name, "timeout": timeout}
             if pending is not None and not self._cancel_pending:

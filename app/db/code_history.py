@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, and_, func, select
 from sqlalchemy.orm import Session
 
 from app.db.schema import TaskRun
@@ -23,13 +23,17 @@ HistoryRow = tuple[int, str, str, str, Any, str | None, int, int | None, Any]
 _TERMINAL = sorted(str(s) for s in TASK_TERMINAL)
 
 
+_COLUMNS = (T.c.seq, T.c.type, T.c.name, T.c.state, T.c.result, T.c.error, T.c.id, T.c.child_run_id, T.c.updated_at)
+
+
+def _row(r: Any) -> HistoryRow:
+    return int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], r[5], int(r[6]), r[7], r[8]
+
+
 def history_from(s: Session, run_id: int, from_seq: int = 0) -> list[HistoryRow]:
     """A code run's steps at positions ``>= from_seq``, by position, with each one's ``updated_at`` last."""
-    q = (select(T.c.seq, T.c.type, T.c.name, T.c.state, T.c.result, T.c.error, T.c.id, T.c.child_run_id,
-                T.c.updated_at)
-         .where(T.c.run_id == run_id, T.c.seq.is_not(None), T.c.seq >= from_seq).order_by(T.c.seq))
-    return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], r[5], int(r[6]), r[7], r[8])
-            for r in s.execute(q)]
+    q = select(*_COLUMNS).where(T.c.run_id == run_id, T.c.seq.is_not(None), T.c.seq >= from_seq).order_by(T.c.seq)
+    return [_row(r) for r in s.execute(q)]
 
 
 #: what identifies a cached prefix of a run's history: (how many terminal steps, their highest id, their latest
@@ -38,12 +42,21 @@ def history_from(s: Session, run_id: int, from_seq: int = 0) -> list[HistoryRow]
 PrefixStamp = tuple[int, int | None, Any]
 
 
-def terminal_prefix(s: Session, run_id: int, below_seq: int) -> PrefixStamp:
-    """The stamp of the run's terminal steps at positions ``< below_seq``."""
-    q = select(func.count(), func.max(T.c.id), func.max(T.c.updated_at)).where(
-        T.c.run_id == run_id, T.c.seq.is_not(None), T.c.seq < below_seq, T.c.state.in_(_TERMINAL))
-    n, top, updated = s.execute(q).one()
-    return int(n), (int(top) if top is not None else None), updated
+def history_since(s: Session, run_id: int, from_seq: int) -> tuple[PrefixStamp, list[HistoryRow]]:
+    """In one query: the stamp of the run's terminal steps at positions ``< from_seq`` (compared with a cached
+    prefix's), and the steps at positions ``>= from_seq`` (as :func:`history_from`)."""
+    agg = select(func.count().label("n"), func.max(T.c.id).label("top"), func.max(T.c.updated_at).label("upd")).where(
+        T.c.run_id == run_id, T.c.seq.is_not(None), T.c.seq < from_seq, T.c.state.in_(_TERMINAL)).subquery()
+    q = (select(agg.c.n, agg.c.top, agg.c.upd, *_COLUMNS)
+         .select_from(agg.outerjoin(T, and_(T.c.run_id == run_id, T.c.seq >= from_seq)))
+         .order_by(T.c.seq))
+    stamp: PrefixStamp = (0, None, None)
+    rows: list[HistoryRow] = []
+    for r in s.execute(q):
+        stamp = (int(r[0]), int(r[1]) if r[1] is not None else None, r[2])
+        if r[3] is not None:
+            rows.append(_row(r[3:]))
+    return stamp, rows
 
 
 def steps_by_id(s: Session, ids: Iterable[int]) -> list[TaskRecord]:

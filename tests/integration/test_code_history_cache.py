@@ -25,14 +25,15 @@ from tests.support import codeflows
 def code(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Runtime, Tideflow, StubDispatcher, list[int]]]:
     codeflows.CALLS.clear()
     codeflows.FAIL.clear()
-    reads: list[int] = []
-    real = code_history.history_from
+    reads: list[int] = []  # the position each advance read the history from
+    for fn in ("history_from", "history_since"):
+        real = getattr(code_history, fn)
 
-    def recording(s: Any, run_id: int, from_seq: int = 0) -> Any:
-        reads.append(from_seq)
-        return real(s, run_id, from_seq)
+        def recording(s: Any, run_id: int, from_seq: int = 0, real: Any = real) -> Any:
+            reads.append(from_seq)
+            return real(s, run_id, from_seq)
 
-    monkeypatch.setattr(code_history, "history_from", recording)
+        monkeypatch.setattr(code_history, fn, recording)
     monkeypatch.setattr(decider, "PREFIXES", decider.PrefixCache())
     stub = StubDispatcher()
     rt = Runtime.create(load_settings(database_url=db_url, workflow_modules="tests.support.codeflows"), stub)
@@ -71,4 +72,4 @@ def test_a_prefix_changed_in_the_database_is_read_again(
     run = tf.run(run_id)
     assert run["state"] == "succeeded", run
     assert run["result"] == {"approved": ["rewritten", "second"]}
-    assert reads[0] == 0  # the cached prefix no longer matched: the history was read from the start
+    assert reads == [1, 0]  # the cached prefix no longer matched: the history was read again from the start
