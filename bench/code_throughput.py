@@ -2,10 +2,11 @@
 the same PostgreSQL, in the same invocation; and the cost of replay as a workflow's history grows.
 
     .venv/bin/python -m bench.code_throughput [--runs 100] [--concurrency 2] [--long 1000] [--short-runs 30]
-                                              [--dbos-concurrency 4,16] [--skip-dbos] [--parts tl]
+                                              [--dbos-concurrency 4,16,64] [--skip-dbos] [--parts tl]
 
 Part ``t`` (throughput): ``--runs`` runs of ``bench-seq`` (10 sequential activities) and of ``bench-gather``
-(``ctx.start_activity`` x10 + ``ctx.gather``), all started at once, on one ``worker`` process of
+(``ctx.start_activity`` x10 + ``ctx.gather``), all started at once (then, on the same deployment, as many runs of
+``bench.throughput``'s 10-task DAG chain, for comparison), on one ``worker`` process of
 ``--concurrency`` pool processes, one ``master`` and Redis + PostgreSQL (``bench.common.TideflowDeployment``,
 production timings), activities/s from the first start to the last run finished; the same minute, DBOS
 (``bench.dbos_baseline``): the same number of 10-step workflows on a DBOS queue served by ``--concurrency`` DBOS
@@ -24,7 +25,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench import dbos_baseline
+from bench import dbos_baseline, throughput
 from bench.common import Servers, TideflowDeployment, database, parser, report, workdir
 
 MODULES = {"TIDEFLOW_WORKFLOW_MODULES": "bench.codeflows"}
@@ -58,7 +59,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=2, help="worker processes: Tideflow's pool, DBOS processes")
     p.add_argument("--long", type=int, default=1000)
     p.add_argument("--short-runs", type=int, default=30)
-    p.add_argument("--dbos-concurrency", default="4,16", help="DBOS worker_concurrency values to try")
+    p.add_argument("--dbos-concurrency", default="4,16,64", help="DBOS worker_concurrency values to try")
     p.add_argument("--dbos-polling", type=float, default=0.05)
     p.add_argument("--skip-dbos", action="store_true")
     p.add_argument("--parts", default="tl")
@@ -89,6 +90,10 @@ def main() -> None:
                 for wf, label in (("bench-seq", "10 sequential activities"), ("bench-gather", "10-way gather")):
                     res = run_code(dep, wf, args.runs, 10)
                     rows.append({"system": f"Tideflow code workflow, {label}", "kind": "tideflow", **res})
+                # the DAG engine on the same deployment: what a code workflow costs over a DAG task
+                dag = throughput.run_tideflow(dep, throughput.chain10(), args.runs)
+                rows.append({"system": "Tideflow DAG chain of 10 tasks (bench.throughput's)", "kind": "tideflow-dag",
+                             "steps": dag["tasks"], "seconds": dag["seconds"], "steps_per_s": dag["tasks_per_s"]})
             for r in rows:
                 if best:
                     r["ratio"] = r["steps_per_s"] / best
