@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import random as _random
 import uuid as _uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -176,6 +177,24 @@ def to_json(value: Any, what: str) -> Any:
         raise NotJSON(f"{what} must be JSON: {type(value).__name__} is not ({exc})") from None
 
 
+def is_plain_json(value: Any, depth: int = 0) -> bool:
+    """True if ``value`` is made only of what JSON round-trips unchanged (str, int, finite float, bool, None, lists,
+    dicts with str keys): the cheap check of a replayed call's arguments, which are checked but not used (anything
+    else takes :func:`to_json`'s round trip, which says what is wrong)."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return True
+    if t is float:
+        return math.isfinite(value)
+    if depth > 50:
+        return False
+    if t is list:
+        return all(is_plain_json(v, depth + 1) for v in value)
+    if t is dict:
+        return all(type(k) is str and is_plain_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
 class Handle:
     """A durable call started without waiting (``ctx.start_activity``, ``ctx.start_child``)."""
 
@@ -204,7 +223,8 @@ class Context:
 
     def __init__(
         self, *, run_id: int, workflow: str, params: Mapping[str, Any], history: Sequence[Step], now: datetime,
-        signals: Sequence[PendingSignal] = (), cancel_requested: bool = False,
+        signals: Sequence[PendingSignal] | Callable[[], Sequence[PendingSignal]] = (),
+        cancel_requested: bool = False,
         state_values: Mapping[str, Any] | None = None,
     ):
         self.run_id = run_id
@@ -213,7 +233,9 @@ class Context:
         self._history = {st.seq: st for st in history}
         self._length = len(history)
         self._now = now
-        self._signals = list(signals)
+        # the pending signals, or how to read them: read only when a pass reaches a new signal wait
+        self._signals_source = signals
+        self._signals: list[PendingSignal] | None = None if callable(signals) else list(signals)
         self._pos = 0
         self._new: dict[int, NewStep] = {}
         self._suspended = False
@@ -292,8 +314,12 @@ class Context:
         adef = activity_def(fn)
         if self._suspended:
             raise _Suspend
-        argv = to_json(list(args), f"the arguments of activity '{adef.name}'")
-        kw = to_json(dict(kwargs), f"the arguments of activity '{adef.name}'")
+        argv: Any = args
+        kw: Any = kwargs
+        # a replayed call's arguments are only checked (cheaply when plain): a long history replays many of them
+        if self._pos not in self._history or not (is_plain_json(list(args)) and is_plain_json(kwargs)):
+            argv = to_json(list(args), f"the arguments of activity '{adef.name}'")
+            kw = to_json(dict(kwargs), f"the arguments of activity '{adef.name}'")
         seq, step = self._next(TaskKind.ACTIVITY, adef.name)
         if step is None:
             self._record(NewStep(seq, TaskKind.ACTIVITY, adef.name, self._born(TaskState.PENDING),
@@ -347,6 +373,9 @@ class Context:
             raise _Suspend
         seq, step = self._next(TaskKind.SIGNAL, name)
         if step is None:
+            if self._signals is None:
+                source = self._signals_source
+                self._signals = list(source() if callable(source) else source)
             pending = next((sig for sig in self._signals if sig[1] == name), None)
             body: dict[str, Any] = {"signal": name, "timeout": timeout}
             if pending is not None and not self._cancel_pending:
