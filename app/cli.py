@@ -115,8 +115,9 @@ def workflow_list(as_json: bool) -> None:
 
     def render(rows: list[dict[str, Any]]) -> None:
         # the names and module:function whole (a narrow terminal wraps the time instead)
-        t = Table(Column("name", no_wrap=True), "kind", "version", Column("tasks / function", no_wrap=True),
-                  "registered")
+        t = Table(Column("name", no_wrap=True), Column("kind", no_wrap=True, min_width=4),
+                  Column("version", no_wrap=True, min_width=7), Column("tasks / function", no_wrap=True),
+                  Column("registered", overflow="fold"))
         for r in rows:
             what = f"{r['module']}:{r['function']}" if r["kind"] == "code" else str(r["tasks"])
             # a code workflow no run has stored yet has no version (it is stored when first started)

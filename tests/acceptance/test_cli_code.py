@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from app import cli as cli_mod
 from app.client import Tideflow
@@ -65,6 +66,8 @@ class Harness:
         self.tf = Tideflow(self.rt)
         self.capsys = capsys
         monkeypatch.setattr(cli_mod, "_client", lambda: self.tf)
+        # tables as a 160-column terminal draws them, whatever the width of the one running the tests
+        monkeypatch.setattr(cli_mod, "console", Console(width=160))
 
     def cli(self, *args: str) -> Out:
         """``tideflow ARGS`` in process, then deliver what it published."""
