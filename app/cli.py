@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from app.config import load_settings
 from app.errors import TideflowError
 from app.extras import require
 from app.progress import LiveProgress, styled, tasks_table
 from app.services import views
-from app.states import RUN_TERMINAL, RunState
+from app.states import RUN_SETTLED, RUN_TERMINAL, RunKind, RunState
 
 if TYPE_CHECKING:
     from app.client import Tideflow
@@ -59,7 +59,7 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 def cli() -> None:
-    """Tideflow: durable DAG workflows on Celery."""
+    """Tideflow: durable workflows on Celery: YAML/JSON DAGs and Python code workflows."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,9 +114,14 @@ def workflow_list(as_json: bool) -> None:
     rows = _read(views.list_workflows)
 
     def render(rows: list[dict[str, Any]]) -> None:
-        t = Table("name", "version", "tasks", "registered")
+        # the names and module:function whole (a narrow terminal wraps the time instead)
+        t = Table(Column("name", no_wrap=True), "kind", "version", Column("tasks / function", no_wrap=True),
+                  "registered")
         for r in rows:
-            t.add_row(r["name"], str(r["version"]), str(r["tasks"]), r["created_at"])
+            what = f"{r['module']}:{r['function']}" if r["kind"] == "code" else str(r["tasks"])
+            # a code workflow no run has stored yet has no version (it is stored when first started)
+            t.add_row(r["name"], r["kind"], str(r["version"]) if r["version"] is not None else "-", what,
+                      (r["created_at"] or "")[:19].replace("T", " "))
         console.print(t)
 
     _emit(rows, as_json, render)
@@ -146,34 +151,59 @@ def run() -> None:
     """Workflow runs."""
 
 
-def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
+def _split_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    raw: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
             raise click.BadParameter(f"'{pair}' is not key=value", param_hint="-p")
-        key, raw = pair.split("=", 1)
+        key, value = pair.split("=", 1)
+        raw[key] = value
+    return raw
+
+
+def _parse_params(name: str, pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``-p k=v`` values. A code workflow registered in this process (``TIDEFLOW_WORKFLOW_MODULES``) converts each by
+    its parameter's type hint (:mod:`app.code.params`; a value that does not fit is one error, before anything is
+    stored); otherwise (a DAG workflow) a value is JSON if it parses, else a string."""
+    from app.code import registry
+    from app.code.params import parse_params
+
+    raw = _split_params(pairs)
+    wdef = registry.get_workflow(name)
+    if wdef is not None:
+        return parse_params(wdef, raw)
+    params: dict[str, Any] = {}
+    for key, value in raw.items():
         try:
-            params[key] = json.loads(raw)
+            params[key] = json.loads(value)
         except json.JSONDecodeError:
-            params[key] = raw
+            params[key] = value
     return params
 
 
 @run.command("start")
 @click.argument("name")
-@click.option("-p", "--param", "params", multiple=True, help="key=value (value parsed as JSON if it can be)")
+@click.option("-p", "--param", "params", multiple=True,
+              help="key=value: a code workflow's value is converted by the parameter's type hint; otherwise it is "
+                   "parsed as JSON if it can be")
+@click.option("--key", help="idempotent start: if a run holds this key, that run is the answer (nothing starts)")
 @click.option("--priority", type=click.IntRange(0, 9))
 @click.option("--wait", is_flag=True, help="show live progress; exit 0 only if the run succeeded")
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="with --wait")
 @click.option("--json", "as_json", is_flag=True)
-def run_start(name: str, params: tuple[str, ...], priority: int | None, wait: bool, timeout: float,
-              as_json: bool) -> None:
+def run_start(name: str, params: tuple[str, ...], key: str | None, priority: int | None, wait: bool,
+              timeout: float, as_json: bool) -> None:
     """Start a run. ``--json`` prints the run as ``POST /api/runs`` returns it (at the end, with ``--wait``)."""
-    tf = _client()
-    run_id = tf.start_run(name, _parse_params(params), priority=priority)
+    tf = _client()  # imports TIDEFLOW_WORKFLOW_MODULES first: the code workflows' hints convert -p values
+    run_id, created = tf.start_run_keyed(name, _parse_params(name, params), priority=priority, key=key)
+    said = f"started run {run_id}" if created else f"existing run {run_id} (key '{key}' is held by it)"
     if not wait:
-        _emit(tf.run(run_id), as_json, lambda d: click.echo(f"started run {d['id']}"))
+        if not created and as_json:
+            click.echo(said, err=True)  # stdout stays the run's JSON
+        _emit(tf.run(run_id), as_json, lambda d: click.echo(said))
         return
+    if not as_json or not created:
+        click.echo(said, err=as_json)
     data = _watch(tf, run_id, timeout, quiet=as_json)
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
@@ -188,16 +218,41 @@ def _watch(tf: Tideflow, run_id: int, timeout: float, quiet: bool = False) -> di
     else:
         with LiveProgress(console) as show:
             data = tf.wait(run_id, timeout=timeout, on_progress=show)
-    if data["state"] not in RUN_TERMINAL:
+    if data["state"] == RunState.BLOCKED:
+        click.echo(_blocked_advice(data), err=True)
+    elif data["state"] not in RUN_SETTLED:
         click.echo(f"run {run_id} still {data['state']} after {timeout:g}s", err=True)
     return data
+
+
+def _blocked_advice(data: dict[str, Any]) -> str:
+    run_id = data["id"]
+    return (f"run {run_id} is blocked (it waits for a person, not for time): {' '.join(str(data['error']).split())}"
+            f" | check a fix with 'tideflow run replay {run_id}', deploy it, then 'tideflow run resume {run_id}'")
 
 
 @run.command("show")
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
 def run_show(run_id: int, as_json: bool) -> None:
-    _emit(_client().run(run_id), as_json, lambda d: console.print(tasks_table(d)))
+    """A run and its tasks; a code run also its result and published state (``state_values``)."""
+    _emit(_client().run(run_id), as_json, _render_run)
+
+
+def _render_run(d: dict[str, Any]) -> None:
+    console.print(tasks_table(d))
+    if d.get("kind") != RunKind.CODE:
+        return
+    if d["error"]:
+        click.echo(f"error: {d['error']}")
+    if d["state"] == RunState.SUCCEEDED:
+        click.echo(f"result: {json.dumps(d['result'], sort_keys=True)}")
+    if d["state_values"]:
+        click.echo(f"state_values: {json.dumps(d['state_values'], sort_keys=True)}")
+    if d["continued_run_id"]:
+        click.echo(f"continued as new: run {d['continued_run_id']}")
+    if d["cancel_requested"] and d["state"] not in RUN_TERMINAL:
+        click.echo("cancel requested")
 
 
 @run.command("list")
@@ -237,8 +292,65 @@ def run_history(run_id: int, as_json: bool) -> None:
 @run.command("cancel")
 @click.argument("run_id", type=int)
 def run_cancel(run_id: int) -> None:
-    _client().cancel(run_id)
-    click.echo(f"cancelled run {run_id}")
+    """Cancel a run: a DAG run's live tasks stop; a code run's current wait raises ``tideflow.Cancelled`` (its
+    ``finally`` blocks and compensations run before it ends) and its children are cancelled."""
+    tf = _client()
+    tf.cancel(run_id)
+    state = tf.run(run_id)["state"]
+    if state in RUN_TERMINAL:
+        click.echo(f"cancelled run {run_id}" + ("" if state == RunState.CANCELLED else f" (it ended {state})"))
+    else:
+        click.echo(f"cancel requested for run {run_id}: tideflow.Cancelled is raised at its current wait "
+                   f"(now {state}; its compensations run before it ends)")
+
+
+@run.command("signal")
+@click.argument("run_id", type=int)
+@click.argument("name")
+@click.option("--data", "data", help="the signal's data, JSON (default: null)")
+@click.option("--key", help="idempotency key: the same key twice delivers once")
+def run_signal(run_id: int, name: str, data: str | None, key: str | None) -> None:
+    """Send signal NAME to a code run (its ``ctx.wait_signal(NAME)`` returns the data); kept until it waits."""
+    from app.code.runs import send_signal
+
+    try:
+        payload = json.loads(data) if data is not None else None
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON ({exc})", param_hint="--data") from None
+    tf = _client()
+    with tf.runtime.db.transaction() as s:
+        signal_id, created = send_signal(s, tf.runtime, run_id, name, payload, key=key, actor="cli")
+    if created:
+        click.echo(f"sent signal '{name}' #{signal_id} to run {run_id}")
+    else:
+        click.echo(f"signal '{name}' with key '{key}' was already sent to run {run_id} (#{signal_id}); not sent again")
+
+
+@run.command("resume")
+@click.argument("run_id", type=int)
+def run_resume(run_id: int) -> None:
+    """Continue a ``blocked`` code run with the code deployed now (exit 1 if it is blocked again)."""
+    tf = _client()
+    state = tf.resume(run_id, actor="cli")
+    if state == RunState.BLOCKED:
+        click.echo(f"error: run {run_id} is still blocked: {' '.join(str(tf.run(run_id)['error']).split())}",
+                   err=True)
+        sys.exit(1)
+    click.echo(f"resumed run {run_id} (now {state})")
+
+
+@run.command("replay")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def run_replay(run_id: int, as_json: bool) -> None:
+    """Replay a code run's stored history against the code this process imports, with no side effects: exit 0 if
+    it replays, 1 with the first divergence if it does not (check a change before deploying it)."""
+    report = _client().replay(run_id)
+    data = {"run_id": report.run_id, "workflow": report.workflow, "steps": report.steps,
+            "positions": report.positions, "outcome": report.outcome, "ok": report.ok,
+            "divergence": report.divergence}
+    _emit(data, as_json, lambda _d: click.echo(("ok: " if report.ok else "diverged: ") + str(report)))
+    sys.exit(0 if report.ok else 1)
 
 
 @run.command("retry")

@@ -27,7 +27,7 @@ from app.config import Settings, load_settings
 from app.definitions import WorkflowSpec, load_definition_file
 from app.runtime import Runtime
 from app.services import control, master, views
-from app.states import RUN_TERMINAL
+from app.states import RUN_SETTLED
 
 V = TypeVar("V")
 
@@ -51,17 +51,61 @@ class Tideflow:
             return row.name, row.version, created
 
     def start_run(
-        self, workflow: str, params: dict[str, Any] | None = None, *, priority: int | None = None,
-        version: int | None = None, session: Session | None = None, actor: str = "api",
+        self, workflow: Any, params: dict[str, Any] | None = None, *, priority: int | None = None,
+        version: int | None = None, session: Session | None = None, actor: str = "api", key: str | None = None,
     ) -> int:
+        """Start a run of ``workflow`` (a DAG or code workflow's name, or a ``@tideflow.workflow`` function).
+        ``key``: idempotent start: if a run holds that key, its id is returned and nothing new starts (the key
+        is unique in the database, so racing starts create one run)."""
+        return self.start_run_keyed(workflow, params, priority=priority, version=version, session=session,
+                                    actor=actor, key=key)[0]
+
+    def start_run_keyed(
+        self, workflow: Any, params: dict[str, Any] | None = None, *, priority: int | None = None,
+        version: int | None = None, session: Session | None = None, actor: str = "api", key: str | None = None,
+    ) -> tuple[int, bool]:
+        """:meth:`start_run`, also saying whether the run is new (False: ``key`` was held by an existing run)."""
+        from app.code.registry import workflow_name
+
+        name = workflow_name(workflow)
         if session is not None:
-            return master.start_run(session, self.runtime, workflow, params, priority=priority, version=version,
-                                    actor=actor)
+            return master.start_run_keyed(session, self.runtime, name, params, priority=priority, version=version,
+                                          actor=actor, key=key)
         with self.runtime.db.transaction() as s:
-            return master.start_run(s, self.runtime, workflow, params, priority=priority, version=version,
-                                    actor=actor)
+            return master.start_run_keyed(s, self.runtime, name, params, priority=priority, version=version,
+                                          actor=actor, key=key)
+
+    def signal(
+        self, run_id: int, name: str, data: Any = None, *, key: str | None = None, session: Session | None = None,
+        actor: str = "api",
+    ) -> int:
+        """Send signal ``name`` (with JSON ``data``) to a code run: stored durably (inside ``session``'s
+        transaction when given), delivered to the run's ``ctx.wait_signal(name)`` once, in arrival order. The
+        same ``key`` twice delivers once. Returns the signal's id. A finished run: :class:`InvalidState`."""
+        from app.code.runs import send_signal
+
+        if session is not None:
+            return send_signal(session, self.runtime, run_id, name, data, key=key, actor=actor)[0]
+        with self.runtime.db.transaction() as s:
+            return send_signal(s, self.runtime, run_id, name, data, key=key, actor=actor)[0]
+
+    def resume(self, run_id: int, *, actor: str = "api") -> str:
+        """Continue a ``blocked`` code run with the code deployed now; returns its state after the replay."""
+        from app.code.runs import resume
+
+        return resume(self.runtime, run_id, actor=actor)
+
+    def replay(self, run_id: int) -> Any:
+        """Replay a stored code run against this process's code, with no side effects: a
+        :class:`~app.code.replay.ReplayReport` (``.ok``, ``.divergence``)."""
+        from app.code.replay import replay_run
+
+        with self.runtime.db.read() as s:
+            return replay_run(s, run_id)
 
     def cancel(self, run_id: int, *, actor: str = "api") -> None:
+        """Cancel a run: a DAG run's live tasks stop; a code run's current wait raises ``tideflow.Cancelled``
+        (its ``finally`` blocks and compensations run) and its children are cancelled."""
         control.cancel_run(self.runtime, run_id, actor=actor)
 
     def retry(self, run_id: int, *, actor: str = "api") -> int:
@@ -90,9 +134,10 @@ class Tideflow:
         self, run_id: int, timeout: float = 300.0, interval: float = 0.2, *,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll the run every ``interval`` seconds until it is terminal (succeeded, failed or cancelled) or
-        ``timeout`` seconds have passed; return the last view read: the same dict as :meth:`run` and
-        ``GET /api/runs/{id}``, so ``tf.wait(run_id)["state"] == "succeeded"`` tells success. After a timeout
+        """Poll the run every ``interval`` seconds until it is terminal (succeeded, failed or cancelled), or a
+        code run is ``blocked`` (it waits for a person), or ``timeout`` seconds have passed; return the last view
+        read: the same dict as :meth:`run` and ``GET /api/runs/{id}``, so
+        ``tf.wait(run_id)["state"] == "succeeded"`` tells success. After a timeout
         its state is not terminal (check ``view["state"] in app.states.RUN_TERMINAL``); nothing is cancelled.
         ``on_progress(view)`` is called with every view read, the first and the returned one included (the
         CLI's ``run start --wait`` and ``tideflow demo`` draw their live table with it). Raises
@@ -103,7 +148,7 @@ class Tideflow:
             if on_progress is not None:
                 on_progress(view)
             remaining = deadline - time.monotonic()
-            if view["state"] in RUN_TERMINAL or remaining <= 0:
+            if view["state"] in RUN_SETTLED or remaining <= 0:
                 return view
             time.sleep(min(interval, remaining))
 

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     #: free; off: every advance goes through the master queue (slower; for tests of that path and debugging).
     inline_advance: bool = True
 
+    #: code workflows: the modules every process imports (comma separated) to register its workflows and activities
+    workflow_modules: str = ""
+    #: a code run's history past this many steps is warned about (in its history and the log) ...
+    history_warn_steps: int = Field(10_000, gt=0)
+    #: ... and past this many the run fails: long loops use ``ctx.continue_as_new``
+    history_max_steps: int = Field(50_000, gt=0)
+
     #: captured stdout/stderr kept per attempt.
     log_max_bytes: int = Field(64 * 1024, gt=0)
     #: module prefixes a ``python`` task may name (comma separated); empty means any importable module.

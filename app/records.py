@@ -42,13 +42,19 @@ class TaskBody:
     params: dict[str, Any] | None = None
     #: the upstream tasks whose results the body receives
     inputs: tuple[str, ...] = ()
+    #: a code run's step: the activity it runs and its positional arguments (``args``: keyword ones), or the
+    #: signal it waits for
+    activity: str | None = None
+    argv: list[Any] | None = None
+    signal: str | None = None
 
     @classmethod
     def from_json(cls, name: str, body: dict[str, Any] | None) -> TaskBody:
         b = body or {}
         return cls(name=name, command=b.get("command"), env=b.get("env"), function=b.get("function"),
                    args=b.get("args"), workflow=b.get("workflow"), params=b.get("params"),
-                   inputs=tuple(b.get("inputs") or ()))
+                   inputs=tuple(b.get("inputs") or ()), activity=b.get("activity"), argv=b.get("argv"),
+                   signal=b.get("signal"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,9 @@ class TaskRecord:
     updated_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: a code run's step: its position in the history, and when a timer fires / a signal wait times out
+    seq: int | None = None
+    due_at: datetime | None = None
     #: the run's workflow name, when the query joined it (message labels)
     workflow_name: str | None = field(default=None, compare=False)
 
@@ -108,7 +117,7 @@ class TaskRecord:
             lease_expires_at=m["lease_expires_at"], not_before=m["not_before"], ready_at=m["ready_at"],
             publish_count=m["publish_count"], next_publish_at=m["next_publish_at"], child_run_id=m["child_run_id"],
             result=m["result"], error=m["error"], created_at=m["created_at"], updated_at=m["updated_at"],
-            started_at=m["started_at"], finished_at=m["finished_at"],
+            started_at=m["started_at"], finished_at=m["finished_at"], seq=m["seq"], due_at=m["due_at"],
             # ``in``, not ``m.get``: a missing key costs RowMapping a raised and caught KeyError
             workflow_name=m["workflow_name"] if "workflow_name" in m else None,  # noqa: SIM401
         )
@@ -129,6 +138,11 @@ class RunRecord:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    key: str | None = None
+    result: Any = None
+    state_values: dict[str, Any] | None = None
+    cancel_requested: bool = False
+    continued_run_id: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> RunRecord:
@@ -138,7 +152,27 @@ class RunRecord:
             state=RunState(m["state"]), params=dict(m["params"] or {}), priority=m["priority"],
             on_failure=m["on_failure"], parent_task_run_id=m["parent_task_run_id"], error=m["error"],
             created_at=m["created_at"], updated_at=m["updated_at"], finished_at=m["finished_at"],
+            key=m["key"], result=m["result"], state_values=m["state_values"],
+            cancel_requested=bool(m["cancel_requested"]), continued_run_id=m["continued_run_id"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRecord:
+    id: int
+    run_id: int
+    name: str
+    data: Any
+    key: str | None
+    actor: str
+    task_run_id: int | None
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> SignalRecord:
+        m = row._mapping
+        return cls(id=m["id"], run_id=m["run_id"], name=m["name"], data=m["data"], key=m["key"], actor=m["actor"],
+                   task_run_id=m["task_run_id"], created_at=m["created_at"])
 
 
 @dataclass(frozen=True, slots=True)

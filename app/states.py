@@ -27,6 +27,9 @@ class RunState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: a code run whose code asked, on replay, for a different durable call than its history holds: kept as it
+    #: is (nothing retried, nothing changed) until ``run resume`` after a fix is deployed
+    BLOCKED = "blocked"
 
 
 class TaskKind(StrEnum):
@@ -36,12 +39,18 @@ class TaskKind(StrEnum):
     SHELL = "shell"
     PYTHON = "python"
     SUBWORKFLOW = "subworkflow"
+    # the steps of a code run (``task_runs.seq`` is their position in its history):
+    ACTIVITY = "activity"  # a registered activity function, run by a worker like a python task
+    TIMER = "timer"  # ``ctx.sleep``: running until ``due_at``, fired by the reconciler
+    SIGNAL = "signal"  # ``ctx.wait_signal``: running until a signal arrives (or ``due_at``, its timeout)
+    MARKER = "marker"  # a recorded value (``ctx.now/uuid4/random``, a patch marker): born succeeded
 
 
 class RunKind(StrEnum):
     """Which decider advances a run (``workflow_runs.kind``, see ``app.services.deciders``)."""
 
     DAG = "dag"
+    CODE = "code"  # a Python function replayed against its history (``app.code``)
 
 
 class AttemptOutcome(StrEnum):
@@ -69,6 +78,8 @@ TASK_LIVE_ORDERED = tuple(st for st in TaskState if st in TASK_LIVE)
 #: a task in one of these did not succeed, so its downstream tasks never run
 TASK_UNSUCCESSFUL = frozenset({TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED})
 RUN_TERMINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+#: a run in one of these will not move without a person: terminal, or blocked (``run resume``)
+RUN_SETTLED = RUN_TERMINAL | {RunState.BLOCKED}
 
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset(
@@ -104,7 +115,8 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 }
 
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    RunState.RUNNING: frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED}),
+    RunState.RUNNING: frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.BLOCKED}),
+    RunState.BLOCKED: frozenset({RunState.RUNNING, RunState.CANCELLED}),  # run resume; cancel
     RunState.FAILED: frozenset({RunState.RUNNING}),  # retry from the failed tasks
     RunState.CANCELLED: frozenset({RunState.RUNNING}),  # retry a cancelled run
     RunState.SUCCEEDED: frozenset(),

@@ -24,6 +24,26 @@ DB_UNAVAILABLE = (OperationalError, InterfaceError)
 app = create_app()
 
 
+def _import_workflow_modules() -> None:
+    """Workers and beat import the users' workflow modules at start: a module that does not import stops the
+    process here, with the module's name, instead of failing each task it would have run."""
+    import sys
+
+    from app.code.registry import ConfigurationError, load_modules
+    from app.config import load_settings
+
+    modules = load_settings().workflow_modules
+    if modules:
+        try:
+            load_modules(modules)
+        except ConfigurationError as exc:
+            print(f"error: {exc}", file=sys.stderr)  # one line, not the import's traceback
+            raise SystemExit(1) from None
+
+
+_import_workflow_modules()
+
+
 # -- SIGTERM is for the main process -------------------------------------------------------------------
 # Process managers that signal a whole process group (honcho and foreman: os.killpg) hit Celery's pool
 # processes too, and a pool process exits at once on SIGTERM

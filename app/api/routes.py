@@ -85,11 +85,15 @@ def show_workflow(name: Name, tf: TF,
 
 
 # -- runs -------------------------------------------------------------------------------------------
-@api.post("/runs", response_model=RunDetail, status_code=201, tags=["runs"], responses=_NOT_FOUND)
-def start_run(body: StartRun, tf: TF, request: Request) -> Any:
-    """Start a run. Its root tasks are published once the run is committed."""
-    run_id = tf.start_run(body.workflow, body.params, priority=body.priority, version=body.version,
-                          actor=_actor(request))
+@api.post("/runs", response_model=RunDetail, status_code=201, tags=["runs"],
+          responses={**_NOT_FOUND, 200: {"model": RunDetail, "description": "a run already holds the key"}})
+def start_run(body: StartRun, tf: TF, request: Request, response: Response) -> Any:
+    """Start a run (a DAG or code workflow). Its first tasks are published once the run is committed. With a
+    ``key`` an existing run holds: that run, status 200 (idempotent start; racing starts create one run)."""
+    run_id, created = tf.start_run_keyed(body.workflow, body.params, priority=body.priority, version=body.version,
+                                         actor=_actor(request), key=body.key)
+    if not created:
+        response.status_code = 200
     return tf.run(run_id)
 
 

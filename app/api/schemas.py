@@ -24,6 +24,8 @@ class StartRun(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="run parameters (declared by the workflow)")
     priority: int | None = Field(None, ge=0, le=9, description="0..9, 9 most urgent; default: the workflow's")
     version: int | None = Field(None, ge=1, le=2**31 - 1, description="workflow version; default: the latest")
+    key: str | None = Field(None, min_length=1, max_length=200,
+                            description="idempotency key: a start with a key an existing run holds returns that run")
 
 
 class Error(_Strict):
@@ -40,11 +42,15 @@ class Registered(_Strict):
 
 class WorkflowSummary(_Strict):
     name: str
-    version: int
-    id: int
+    kind: str = Field(description="dag (a registered definition) or code (a @tideflow.workflow function)")
+    version: int | None = Field(description="null: a code workflow no run has stored yet")
+    id: int | None
     digest: str
     tasks: int
     created_at: str | None
+    module: str | None = Field(None, description="code workflows: the function's module")
+    function: str | None = Field(None, description="code workflows: the function's qualified name")
+    params: list[str] | None = Field(None, description="code workflows: the function's parameters")
 
 
 class WorkflowDetail(WorkflowSummary):
@@ -55,8 +61,10 @@ class WorkflowDetail(WorkflowSummary):
 class RunSummary(_Strict):
     id: int
     workflow: str
+    kind: str = Field(description="dag or code")
     state: str
     priority: int
+    key: str | None = Field(description="the idempotency key it was started with")
     params: dict[str, Any]
     parent_task_run_id: int | None
     error: str | None
@@ -95,6 +103,8 @@ class TaskView(_Strict):
     priority: int
     worker: str | None
     child_run_id: int | None
+    seq: int | None = Field(description="a code run's step: its position in the history")
+    due_at: str | None = Field(description="a timer: when it fires; a signal wait: when it times out")
     result: Any
     error: str | None
     started_at: str | None
@@ -105,6 +115,10 @@ class TaskView(_Strict):
 
 class RunDetail(RunSummary):
     workflow_version: int | None
+    result: Any = Field(description="a code run's return value")
+    state_values: dict[str, Any] = Field(description="a code run's published state (ctx.set_state)")
+    cancel_requested: bool
+    continued_run_id: int | None = Field(description="ctx.continue_as_new: the run that continues this one")
     tasks: list[TaskView]
 
 

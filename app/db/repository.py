@@ -15,8 +15,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
-from app.db.schema import Counter, Event, TaskAttempt, TaskRun, Workflow, WorkflowRun
-from app.records import RunRecord, TaskRecord, WorkflowRecord
+from app.db.schema import Counter, Event, Signal, TaskAttempt, TaskRun, Workflow, WorkflowRun
+from app.records import RunRecord, SignalRecord, TaskRecord, WorkflowRecord
 from app.states import (
     TASK_LIVE_ORDERED,
     TASK_TERMINAL,
@@ -34,6 +34,7 @@ T: Table = TaskRun.__table__  # type: ignore[assignment]
 A: Table = TaskAttempt.__table__  # type: ignore[assignment]
 E: Table = Event.__table__  # type: ignore[assignment]
 C: Table = Counter.__table__  # type: ignore[assignment]
+S: Table = Signal.__table__  # type: ignore[assignment]
 
 
 def _state_is(*states: str) -> Any:
@@ -100,15 +101,16 @@ def insert_workflow(s: Session, name: str, digest: str, definition: dict[str, An
 
 def insert_run(
     s: Session, *, workflow_row: WorkflowRecord, params: dict[str, Any], priority: int, on_failure: str,
-    parent_task_run_id: int | None, actor: str, reason: str, kind: RunKind = RunKind.DAG,
+    parent_task_run_id: int | None, actor: str, reason: str, kind: RunKind = RunKind.DAG, key: str | None = None,
 ) -> RunRecord:
-    """The new run (its row as inserted: ``RETURNING``, no read after the insert)."""
+    """The new run (its row as inserted: ``RETURNING``, no read after the insert). With a ``key`` an existing
+    run holds, the unique index ``ix_workflow_runs_key`` raises ``IntegrityError`` (the caller's savepoint)."""
     now = utcnow()
     run = RunRecord.from_row(s.execute(
         insert(R).values(
             workflow_id=workflow_row.id, workflow_name=workflow_row.name, state=RunState.RUNNING, kind=kind,
             params=params, priority=priority, on_failure=on_failure, parent_task_run_id=parent_task_run_id,
-            created_at=now, updated_at=now,
+            key=key, created_at=now, updated_at=now,
         ).returning(*R.c)
     ).one())
     add_event(s, run_id=run.id, from_state=None, to_state=RunState.RUNNING, actor=actor, reason=reason, now=now)
@@ -125,6 +127,15 @@ def _task(row: Row[Any] | None) -> TaskRecord | None:
 
 def get_run(s: Session, run_id: int) -> RunRecord | None:
     return _run(s.execute(select(R).where(R.c.id == run_id)).first())
+
+
+def run_by_key(s: Session, key: str) -> RunRecord | None:
+    return _run(s.execute(select(R).where(R.c.key == key)).first())
+
+
+def set_run_values(s: Session, run_id: int, **values: Any) -> None:
+    """Columns of a run that are not its state (a code run's published state, cancel request, continuation)."""
+    s.execute(update(R).where(R.c.id == run_id).values(updated_at=utcnow(), **values))
 
 
 def lock_run(s: Session, run_id: int, *, skip_locked: bool = False) -> RunRecord | None:
@@ -155,7 +166,7 @@ def list_runs(
 
 
 def transition_run(
-    s: Session, run: RunRecord, to: RunState, *, actor: str, reason: str, error: str | None = None,
+    s: Session, run: RunRecord, to: RunState, *, actor: str, reason: str, error: str | None = None, **values: Any,
 ) -> bool:
     src = RunState(run.state)
     check_run_transition(src, to)
@@ -164,7 +175,7 @@ def transition_run(
     res = s.execute(
         update(R)
         .where(R.c.id == run.id, R.c.state == src)
-        .values(state=to, updated_at=now, finished_at=finished, error=error)
+        .values(state=to, updated_at=now, finished_at=finished, error=error, **values)
     )
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return False
@@ -185,6 +196,28 @@ def insert_tasks(s: Session, run_id: int, tasks: list[dict[str, Any]]) -> None:
         for t in tasks
     ]
     s.execute(insert(T), rows)
+
+
+def insert_steps(s: Session, rows: list[dict[str, Any]]) -> list[TaskRecord]:
+    """A code run's new steps (task rows with a ``seq``), as inserted, in the order given."""
+    if not rows:
+        return []
+    now = utcnow()
+    values = [{"attempt": 0, "failures": 0, "lost_attempts": 0, "publish_count": 0, "handled": True,
+               "created_at": now, "updated_at": now, **r} for r in rows]
+    result = s.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), values)
+    return [TaskRecord.from_row(r) for r in result]
+
+
+def run_steps(s: Session, run_id: int) -> list[TaskRecord]:
+    """A code run's history: its steps by position."""
+    return [TaskRecord.from_row(r) for r in s.execute(
+        select(T).where(T.c.run_id == run_id, T.c.seq.is_not(None)).order_by(T.c.seq))]
+
+
+def live_steps(s: Session, run_id: int) -> list[TaskRecord]:
+    return [TaskRecord.from_row(r) for r in s.execute(
+        select(T).where(T.c.run_id == run_id, _state_is(*TASK_LIVE_ORDERED)).order_by(T.c.id))]
 
 
 def get_task(s: Session, task_run_id: int) -> TaskRecord | None:
@@ -410,6 +443,13 @@ def expired_leases(s: Session, now: datetime, limit: int) -> list[TaskRecord]:
     return [TaskRecord.from_row(r) for r in s.execute(_locked(s, q))]
 
 
+def due_steps(s: Session, now: datetime, limit: int) -> list[TaskRecord]:
+    """Running timers and signal waits whose ``due_at`` passed (partial index ``ix_task_runs_due``)."""
+    q = (select(T).where(_state_is(TaskState.RUNNING), T.c.due_at.is_not(None), T.c.due_at <= now)
+         .order_by(T.c.due_at).limit(limit))
+    return [TaskRecord.from_row(r) for r in s.execute(_locked(s, q))]
+
+
 def runs_with_unhandled_tasks(s: Session, older_than: datetime, limit: int) -> list[int]:
     q = (select(T.c.run_id).where(UNHANDLED, T.c.finished_at <= older_than)
          .order_by(T.c.finished_at).limit(limit))
@@ -440,3 +480,50 @@ def increment_counter(s: Session, name: str, n: int = 1) -> None:
     """``INSERT ... ON CONFLICT (name) DO UPDATE SET value = counters.value + n`` (PostgreSQL and SQLite)."""
     ins = (pg_insert if _is_pg(s) else sqlite_insert)(C).values(name=name, value=n)
     s.execute(ins.on_conflict_do_update(index_elements=[C.c.name], set_={"value": C.c.value + ins.excluded.value}))
+
+
+# -- signals (a code run's; the caller holds the run's lock, so a signal and an advance never interleave) -------
+
+
+def insert_signal(
+    s: Session, run_id: int, name: str, data: Any, *, key: str | None, actor: str, now: datetime,
+) -> SignalRecord:
+    row = s.execute(insert(S).values(run_id=run_id, name=name, data=data, key=key, actor=actor[:200],
+                                     created_at=now).returning(*S.c)).one()
+    return SignalRecord.from_row(row)
+
+
+def signal_by_key(s: Session, run_id: int, key: str) -> SignalRecord | None:
+    row = s.execute(select(S).where(S.c.run_id == run_id, S.c.key == key)).first()
+    return SignalRecord.from_row(row) if row is not None else None
+
+
+def pending_signals(s: Session, run_id: int) -> list[tuple[int, str, Any]]:
+    """Signals not delivered yet, oldest first: (id, name, data)."""
+    q = select(S.c.id, S.c.name, S.c.data).where(S.c.run_id == run_id, S.c.task_run_id.is_(None)).order_by(S.c.id)
+    return [(int(i), str(n), d) for i, n, d in s.execute(q)]
+
+
+def run_signals(s: Session, run_id: int) -> list[SignalRecord]:
+    return [SignalRecord.from_row(r) for r in s.execute(select(S).where(S.c.run_id == run_id).order_by(S.c.id))]
+
+
+def deliver_signal(s: Session, signal_id: int, task_run_id: int) -> bool:
+    """Mark a signal delivered to a ``wait_signal`` step (once: guarded on not delivered yet)."""
+    res = s.execute(update(S).where(S.c.id == signal_id, S.c.task_run_id.is_(None)).values(task_run_id=task_run_id))
+    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def waiting_signal_step(s: Session, run_id: int, name: str) -> TaskRecord | None:
+    """The run's oldest running wait for signal ``name`` (a run waits on few things at once: filtered here)."""
+    q = (select(T).where(T.c.run_id == run_id, T.c.type == "signal", _state_is(TaskState.RUNNING))
+         .order_by(T.c.seq))
+    waits = (TaskRecord.from_row(r) for r in s.execute(q))
+    return next((t for t in waits if (t.body.signal or "") == name), None)
+
+
+def set_child_run(s: Session, task_run_id: int, old_child: int, new_child: int) -> bool:
+    """A child run continued as new: its parent task now waits for the continuation."""
+    res = s.execute(update(T).where(T.c.id == task_run_id, T.c.child_run_id == old_child)
+                    .values(child_run_id=new_child, updated_at=utcnow()))
+    return bool(res.rowcount == 1)  # type: ignore[attr-defined]

@@ -86,6 +86,8 @@ class WorkflowRun(Base):
         Index("ix_workflow_runs_live", "id", postgresql_where=text("state = 'running'"),
               sqlite_where=text("state = 'running'")),
         Index("ix_workflow_runs_workflow_name_id", "workflow_name", "id"),
+        # idempotent starts: one run per key, whoever races (NULLs are distinct: runs without a key)
+        Index("ix_workflow_runs_key", "key", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -101,6 +103,16 @@ class WorkflowRun(Base):
         ForeignKey("task_runs.id", use_alter=True), nullable=True, index=True
     )
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: idempotency key of the start (``start_run(key=...)``): a start with a key an existing run holds returns it
+    key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: a code run's return value (a DAG run's results are its tasks')
+    result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    #: a code run's published state (``ctx.set_state``), readable while it runs
+    state_values: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: a code run was asked to cancel: its current wait raises ``tideflow.Cancelled``
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    #: ``ctx.continue_as_new``: the run that continues this one
+    continued_run_id: Mapped[int | None] = mapped_column(Id, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -134,6 +146,10 @@ class TaskRun(Base):
         # reconciler: finished tasks the master has not acted on yet
         Index("ix_task_runs_unhandled", "finished_at",
               postgresql_where=text("handled = false"), sqlite_where=text("handled = 0")),
+        # reconciler: code-run timers and signal timeouts, by when they are due
+        Index("ix_task_runs_due", "due_at",
+              postgresql_where=text("state = 'running' AND due_at IS NOT NULL"),
+              sqlite_where=text("state = 'running' AND due_at IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -172,6 +188,10 @@ class TaskRun(Base):
     #: (``app.services.master.advance_locked``), or by a transition whose caller hands the row to it.
     handled: Mapped[bool] = mapped_column(Boolean, default=True)
     child_run_id: Mapped[int | None] = mapped_column(ForeignKey("workflow_runs.id"), nullable=True)
+    #: a code run's step: its position in the run's history (NULL for DAG tasks)
+    seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: a code run's timer: when it fires; a signal wait: when it times out (fired by the reconciler)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -217,6 +237,29 @@ class Event(Base):
     to_state: Mapped[str] = mapped_column(String(20))
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Signal(Base):
+    """A signal sent to a code run: stored on receipt, delivered to the run's ``wait_signal`` calls exactly once,
+    in arrival order (``id``). ``key``: the same key twice is one signal."""
+
+    __tablename__ = "signals"
+    __table_args__ = (
+        UniqueConstraint("run_id", "key"),
+        # replay: the oldest undelivered signal of a name
+        Index("ix_signals_pending", "run_id", "name", "id",
+              postgresql_where=text("task_run_id IS NULL"), sqlite_where=text("task_run_id IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("workflow_runs.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    data: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    #: the ``wait_signal`` step it was delivered to (NULL: not delivered yet)
+    task_run_id: Mapped[int | None] = mapped_column(ForeignKey("task_runs.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -1,6 +1,8 @@
-"""Task bodies: ``shell`` (a command in its own process group) and ``python`` (an imported callable)."""
+"""Task bodies: ``shell`` (a command in its own process group), ``python`` (an imported callable) and ``activity``
+(a code run's registered activity)."""
 
 from app.errors import TaskFailure
+from app.executors.activity import ActivityExecutor
 from app.executors.base import Body, ExecutionContext, Executor
 from app.executors.logbuffer import LogBuffer
 from app.executors.python import PythonExecutor
@@ -8,7 +10,8 @@ from app.executors.shell import ShellExecutor
 
 __all__ = ["Body", "ExecutionContext", "Executor", "LogBuffer", "executor_for"]
 
-_EXECUTORS: dict[str, Executor] = {"shell": ShellExecutor(), "python": PythonExecutor()}
+_EXECUTORS: dict[str, Executor] = {"shell": ShellExecutor(), "python": PythonExecutor(),
+                                   "activity": ActivityExecutor()}
 
 
 def executor_for(task_type: str) -> Executor:

@@ -29,27 +29,32 @@ class PythonExecutor:
             raise TaskFailure(str(exc)) from None
         if _accepts_context(func):
             kwargs["context"] = ctx
-        if ctx.should_stop():
-            raise TaskStopped("stopped before the function started")
+        return call_captured(func, (), kwargs, ctx)
 
-        stream = cast(IO[str], ctx.log)
-        try:
-            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-                result = func(**kwargs)
-        except TaskStopped:
-            raise
-        except Exception as exc:
-            ctx.log.write(traceback.format_exc())
-            if ctx.should_stop():
-                raise TaskStopped(f"function stopped ({type(exc).__name__}: {exc})") from None
-            raise TaskFailure(f"{type(exc).__name__}: {exc}") from None
+
+def call_captured(func: Any, args: Any, kwargs: dict[str, Any], ctx: ExecutionContext) -> Any:
+    """Call ``func(*args, **kwargs)`` with its output in ``ctx.log``: its exception becomes a
+    :class:`TaskFailure` (``Type: message``), a stop becomes :class:`TaskStopped`, a non-JSON result a failure."""
+    if ctx.should_stop():
+        raise TaskStopped("stopped before the function started")
+    stream = cast(IO[str], ctx.log)
+    try:
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            result = func(*args, **kwargs)
+    except TaskStopped:
+        raise
+    except Exception as exc:
+        ctx.log.write(traceback.format_exc())
         if ctx.should_stop():
-            raise TaskStopped("function returned after it was told to stop")
-        try:
-            json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError):
-            raise TaskFailure(f"result of type {type(result).__name__} is not JSON serialisable") from None
-        return result
+            raise TaskStopped(f"function stopped ({type(exc).__name__}: {exc})") from None
+        raise TaskFailure(f"{type(exc).__name__}: {exc}") from None
+    if ctx.should_stop():
+        raise TaskStopped("function returned after it was told to stop")
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError):
+        raise TaskFailure(f"result of type {type(result).__name__} is not JSON serialisable") from None
+    return result
 
 
 def resolve_function(path: str, allowed_modules: tuple[str, ...] = ()) -> Any:

@@ -12,7 +12,7 @@ from app.errors import DefinitionError, InvalidState, NotFound
 from app.records import WorkflowRecord
 from app.runtime import Runtime
 from app.services.master import advance_locked, cancel_locked
-from app.states import RUN_TERMINAL, RunState, TaskState
+from app.states import RUN_TERMINAL, RunKind, RunState, TaskState
 
 
 def register_workflow(s: Session, definition: WorkflowSpec | dict[str, Any]) -> tuple[WorkflowRecord, bool]:
@@ -33,22 +33,38 @@ def _child_problems(s: Session, spec: WorkflowSpec) -> list[str]:
     """What can be checked of a subworkflow task before anything runs: its child is registered, and every
     parameter it passes is declared by the child (its latest version: the one a run would start)."""
     problems: list[str] = []
-    children: dict[str, WorkflowSpec | None] = {}
+    children: dict[str, list[str] | None] = {}
     for t in spec.tasks:
         if t.type != "subworkflow" or not t.workflow:
             continue
         if t.workflow not in children:
-            row = repo.workflow(s, t.workflow)
-            children[t.workflow] = WorkflowSpec.model_validate(row.definition) if row is not None else None
+            children[t.workflow] = _declared_params(s, t.workflow)
         child = children[t.workflow]
         if child is None:
-            problems.append(f"task '{t.name}': subworkflow '{t.workflow}' is not registered (register it first)")
+            problems.append(f"task '{t.name}': subworkflow '{t.workflow}' is not registered (register it first, or "
+                            "for a code workflow import its module in this process: TIDEFLOW_WORKFLOW_MODULES)")
             continue
-        declared = ", ".join(sorted(child.params)) or "none"
+        declared = ", ".join(sorted(child)) or "none"
         problems.extend(
             f"task '{t.name}': params: '{p}' is not a parameter of workflow '{t.workflow}' (declared: {declared})"
-            for p in sorted(set(t.params or {}) - set(child.params)))
+            for p in sorted(set(t.params or {}) - set(child)))
     return problems
+
+
+def _declared_params(s: Session, name: str) -> list[str] | None:
+    """The parameters a workflow declares: a code workflow's (registered in this process, or stored), or the
+    latest DAG version's. None: no such workflow."""
+    from app.code import registry
+
+    code = registry.get_workflow(name)
+    if code is not None:
+        return [p.name for p in code.params]
+    row = repo.workflow(s, name)
+    if row is None:
+        return None
+    if row.definition.get("kind") == "code":
+        return list(row.definition.get("params", []))
+    return list(WorkflowSpec.model_validate(row.definition).params)
 
 
 def cancel_run(rt: Runtime, run_id: int, *, actor: str = "api", reason: str = "cancelled by request") -> None:
@@ -73,6 +89,9 @@ def retry_run(rt: Runtime, run_id: int, *, actor: str = "api") -> int:
             raise InvalidState(f"run {run_id} is {run.state}; only failed or cancelled runs can be retried")
         if run.parent_task_run_id is not None:
             raise InvalidState(f"run {run_id} is a child run; retry its parent run instead")
+        if run.kind == RunKind.CODE:
+            raise InvalidState(f"run {run_id} is a code run: start it again (a code run's history is replayed, "
+                               "not retried from a task)")
         reset = 0
         for task in repo.run_tasks(s, run.id):
             if task.state in (TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED):

@@ -1,6 +1,7 @@
 """Deciders: what runs next in a run, given what changed. The seam between the generic advance loop
 (:func:`app.services.master.advance_locked`: lock the run, read what changed, decide, apply, finish the run)
-and the kind of workflow. The DAG evaluator is one implementation; a code-workflow replayer is the next.
+and the kind of workflow. The DAG evaluator is one implementation; the code-workflow replayer
+(``app.code.decider``) is the other.
 
 A decider reads (in the caller's transaction, under the run's lock) but never writes: it returns a
 :class:`Plan` of task records to submit, skip or cancel, and the run's outcome once it has one.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -26,12 +27,19 @@ class Plan:
     submit: list[TaskRecord] = field(default_factory=list)  # ready: start their next attempt (or child run)
     skip: list[TaskRecord] = field(default_factory=list)  # will never run
     cancel: list[TaskRecord] = field(default_factory=list)  # running, to be stopped
-    outcome: RunState | None = None  # the run is over
+    outcome: RunState | None = None  # the run is over (or, a code run, blocked)
     reason: str = ""
+    # code runs (``app.code.decider``):
+    create: list[Any] = field(default_factory=list)  # new steps (``app.code.engine.NewStep``) to insert and act on
+    result: Any = None  # the run's result, with outcome succeeded
+    state_values: dict[str, Any] | None = None  # the run's published state, when it changed
+    continue_as_new: dict[str, Any] | None = None  # start a fresh run with these params, linked to this one
+    notes: list[str] = field(default_factory=list)  # written to the run's history
 
     @property
     def empty(self) -> bool:
-        return not (self.submit or self.skip or self.cancel or self.outcome)
+        return not (self.submit or self.skip or self.cancel or self.outcome or self.create
+                    or self.state_values is not None or self.notes)
 
 
 class Decider(Protocol):
@@ -76,4 +84,8 @@ class DagDecider:
 def decider_for(s: Session, rt: Runtime, run: RunRecord) -> Decider:
     if run.kind == RunKind.DAG:
         return DagDecider(rt.workflow(s, run.workflow_id))
+    if run.kind == RunKind.CODE:
+        from app.code.decider import CodeDecider  # the code engine imports users' modules: only where needed
+
+        return CodeDecider(rt)
     raise ValueError(f"run {run.id}: no decider for runs of kind '{run.kind}'")  # pragma: no cover

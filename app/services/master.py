@@ -21,11 +21,12 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app import templating
 from app.clock import utcnow
+from app.code import runs as code_runs
 from app.db import repository as repo
 from app.definitions import check_run_params
 from app.dispatch import ExecuteMessage, publish_after_commit
@@ -34,7 +35,7 @@ from app.records import RunRecord, TaskRecord
 from app.runtime import Runtime
 from app.services import attempts
 from app.services.deciders import Plan, decider_for
-from app.states import TASK_TERMINAL, RunState, TaskKind, TaskState
+from app.states import RUN_TERMINAL, TASK_TERMINAL, RunKind, RunState, TaskKind, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +44,62 @@ MAX_SUBWORKFLOW_DEPTH = 10
 
 def start_run(
     s: Session, rt: Runtime, workflow_name: str, params: dict[str, Any] | None = None, *,
-    priority: int | None = None, version: int | None = None, actor: str = "api",
+    priority: int | None = None, version: int | None = None, actor: str = "api", key: str | None = None,
 ) -> int:
     """Create a run and submit its root tasks in the caller's transaction ``s``. Messages are published
-    only when that transaction commits."""
-    run = create_run(s, rt, workflow_name, params, priority=priority, version=version, actor=actor)
+    only when that transaction commits. With a ``key`` an existing run holds, that run's id (nothing new)."""
+    return start_run_keyed(s, rt, workflow_name, params, priority=priority, version=version, actor=actor,
+                           key=key)[0]
+
+
+def start_run_keyed(
+    s: Session, rt: Runtime, workflow_name: str, params: dict[str, Any] | None = None, *,
+    priority: int | None = None, version: int | None = None, actor: str = "api", key: str | None = None,
+) -> tuple[int, bool]:
+    """:func:`start_run`, saying whether the run is new (False: ``key`` is held by an existing run)."""
+    if key is not None:
+        existing = repo.run_by_key(s, key)
+        if existing is not None:
+            return existing.id, False
+        try:
+            with s.begin_nested():  # racing starts with one key: the unique index lets one insert land
+                run = create_run(s, rt, workflow_name, params, priority=priority, version=version, actor=actor,
+                                 key=key)
+        except IntegrityError:
+            existing = repo.run_by_key(s, key)
+            if existing is None:
+                raise
+            return existing.id, False
+    else:
+        run = create_run(s, rt, workflow_name, params, priority=priority, version=version, actor=actor)
     advance_locked(s, rt, run, actor=actor, full=True)
-    return run.id
+    return run.id, True
 
 
 def create_run(
     s: Session, rt: Runtime, workflow_name: str, params: dict[str, Any] | None = None, *,
     priority: int | None = None, version: int | None = None, actor: str = "api",
-    parent_task: TaskRecord | None = None,
+    parent_task: TaskRecord | None = None, key: str | None = None,
 ) -> RunRecord:
     """Insert a run and its (pending) task rows; nothing is submitted until it is advanced."""
-    wf_row = repo.workflow(s, workflow_name, version)
+    wf_row = code_runs.workflow_row(s, workflow_name, version)
     if wf_row is None:
         raise NotFound(f"workflow '{workflow_name}'" + (f" version {version}" if version else "")
                        + " is not registered")
+    reason = "started" if parent_task is None else f"started as child of task run {parent_task.id}"
+    if code_runs.is_code(wf_row):
+        return code_runs.insert_run(s, wf_row, params or {}, priority=priority, actor=actor, reason=reason,
+                                    parent_task_run_id=parent_task.id if parent_task is not None else None,
+                                    key=key)
     wf = rt.workflow(s, wf_row.id)
     merged = check_run_params(wf.spec, dict(params or {}))
     if priority is not None and not 0 <= priority <= 9:
         raise DefinitionError([f"priority must be between 0 and 9, not {priority}"])
     prio = wf.spec.priority if priority is None else priority
-    reason = "started" if parent_task is None else f"started as child of task run {parent_task.id}"
     run = repo.insert_run(
         s, workflow_row=wf_row, params=merged, priority=prio, on_failure=wf.spec.on_failure,
         parent_task_run_id=parent_task.id if parent_task is not None else None, actor=actor, reason=reason,
+        key=key,
     )
     repo.insert_tasks(s, run.id, [
         {**row, "queue": t.queue or rt.settings.default_queue,
@@ -107,7 +136,10 @@ def advance_locked(
             return
         ended = _apply(s, rt, run, plan, actor)
         if plan.outcome is not None:
-            finish_run(s, rt, run, plan.outcome, actor=actor, reason=plan.reason)
+            if plan.continue_as_new is not None:
+                code_runs.continue_as_new(s, rt, run, plan.continue_as_new, actor=actor)
+            else:
+                finish_run(s, rt, run, plan.outcome, actor=actor, reason=plan.reason, result=plan.result)
             return
         if not ended:
             return
@@ -127,8 +159,15 @@ def _apply(s: Session, rt: Runtime, run: RunRecord, plan: Plan, actor: str) -> l
         if stop_task(s, rt, task, TaskState.CANCELLED, actor=actor, reason=f"run stopped: {plan.reason}",
                      handled=True):
             ended.append(replace(task, state=TaskState.CANCELLED, handled=True))
+    for note in plan.notes:
+        repo.add_event(s, run_id=run.id, from_state=run.state, to_state=run.state, actor=actor, reason=note, now=now)
+    if plan.state_values is not None:
+        repo.set_run_values(s, run.id, state_values=plan.state_values)
+    submit = list(plan.submit)
+    if plan.create:
+        submit += code_runs.insert_steps(s, rt, run, plan.create, actor=actor, now=now)
     messages: list[ExecuteMessage] = []
-    for task in plan.submit:
+    for task in submit:
         if task.kind == TaskKind.SUBWORKFLOW:
             done = _start_child(s, rt, run, task, actor)
             if done is not None:
@@ -153,10 +192,13 @@ def _start_child(s: Session, rt: Runtime, run: RunRecord, task: TaskRecord, acto
         with s.begin_nested():
             if _depth(s, run) >= MAX_SUBWORKFLOW_DEPTH:
                 raise TideflowError(f"subworkflows nested deeper than {MAX_SUBWORKFLOW_DEPTH}")
-            upstream = repo.task_results(s, run.id, task.body.inputs)
-            ctx = {"params": run.params, "upstream": upstream,
-                   "run": {"id": run.id, "priority": run.priority, "workflow": run.workflow_name}}
-            child_params = templating.render(task.body.params or {}, ctx)
+            if run.kind == RunKind.CODE:  # a code run's child params are values, not templates
+                child_params = dict(task.body.params or {})
+            else:
+                upstream = repo.task_results(s, run.id, task.body.inputs)
+                ctx = {"params": run.params, "upstream": upstream,
+                       "run": {"id": run.id, "priority": run.priority, "workflow": run.workflow_name}}
+                child_params = templating.render(task.body.params or {}, ctx)
             child = create_run(s, rt, workflow, child_params, priority=run.priority, actor=actor, parent_task=task)
             repo.transition_task(s, task, TaskState.RUNNING, actor=actor, now=now, child_run_id=child.id,
                                  attempt=attempt, started_at=now, lease_token=None, lease_expires_at=None,
@@ -189,18 +231,22 @@ def _depth(s: Session, run: RunRecord) -> int:
     return depth
 
 
-def finish_run(s: Session, rt: Runtime, run: RunRecord, outcome: RunState, *, actor: str, reason: str) -> bool:
+def finish_run(
+    s: Session, rt: Runtime, run: RunRecord, outcome: RunState, *, actor: str, reason: str, result: Any = None,
+) -> bool:
     """Finish a run and, in the same transaction, finish the parent task of a child run (the child's
-    completion cannot be lost: if the parent's advance message is, the reconciler sees the unhandled task)."""
+    completion cannot be lost: if the parent's advance message is, the reconciler sees the unhandled task).
+    ``outcome`` blocked: a code run stops where it is (not finished: its parent task keeps waiting)."""
     error = None if outcome == RunState.SUCCEEDED else reason
-    if not repo.transition_run(s, run, outcome, actor=actor, reason=reason, error=error):
+    values = {"result": result} if run.kind == RunKind.CODE and outcome == RunState.SUCCEEDED else {}
+    if not repo.transition_run(s, run, outcome, actor=actor, reason=reason, error=error, **values):
         return False
-    if run.parent_task_run_id is not None:
+    if run.parent_task_run_id is not None and outcome in RUN_TERMINAL:
         parent_task = repo.get_task(s, run.parent_task_run_id)
         if parent_task is not None and parent_task.state == TaskState.RUNNING and parent_task.child_run_id == run.id:
             now = utcnow()
             ok = outcome == RunState.SUCCEEDED
-            results = repo.task_results(s, run.id) if ok else None
+            results = (result if run.kind == RunKind.CODE else repo.task_results(s, run.id)) if ok else None
             if repo.transition_task(
                 s, parent_task, TaskState.SUCCEEDED if ok else TaskState.FAILED, actor=actor, now=now,
                 reason=f"child run {run.id} {outcome}", finished_at=now, result=results,
@@ -219,14 +265,18 @@ def stop_task(
         return False
     if task.state == TaskState.RUNNING and task.child_run_id is not None:
         child = repo.lock_run(s, task.child_run_id)
-        if child is not None and child.state == RunState.RUNNING:
+        if child is not None and child.state in (RunState.RUNNING, RunState.BLOCKED):
             cancel_locked(s, rt, child, actor=actor, reason=f"parent task {task.name} stopped")
     return True
 
 
 def cancel_locked(s: Session, rt: Runtime, run: RunRecord, *, actor: str, reason: str) -> None:
     """Cancel a run (locked by the caller): its live tasks are cancelled (nothing follows from them: the run
-    ends here, so they are handled) and the run ends ``cancelled``."""
+    ends here, so they are handled) and the run ends ``cancelled``. A running code run is asked instead: its
+    current wait raises ``tideflow.Cancelled`` (``app.code.runs.request_cancel``)."""
+    if run.kind == RunKind.CODE and run.state == RunState.RUNNING:
+        code_runs.request_cancel(s, rt, run, actor=actor, reason=reason)
+        return
     for task in repo.run_tasks(s, run.id):
         if task.state in (TaskState.PENDING, TaskState.SUBMITTED, TaskState.RUNNING):
             stop_task(s, rt, task, TaskState.CANCELLED, actor=actor, reason=reason, handled=True)

@@ -7,7 +7,9 @@ workers or masters are lost. One pass (``reconcile_once``; also ``tideflow recon
 2. expired leases: a running task whose lease lapsed is a lost attempt (worker died, or was partitioned
    away): retried on its lost-attempt budget, or failed (``app.services.attempts.fail``). The old attempt
    can no longer finish (its token is fenced);
-3. unhandled completions: runs holding a finished task (or finished child run) the master has not acted on
+3. due timers: a code run's timer or signal timeout whose time came is fired (``app.code.runs.fire_due``), within
+   one reconcile interval of its due time, also when every process was down over it;
+4. unhandled completions: runs holding a finished task (or finished child run) the master has not acted on
    within ``advance_timeout`` are advanced here, even while other branches run.
 
 Rows are locked with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) and every change is a guarded transition, so
@@ -20,6 +22,7 @@ import logging
 from dataclasses import dataclass
 
 from app.clock import after, utcnow
+from app.code.runs import fire_due
 from app.db import repository as repo
 from app.dispatch import publish_after_commit
 from app.runtime import Runtime
@@ -35,19 +38,21 @@ ACTOR = "reconciler"
 class Report:
     republished: int = 0
     lost_attempts: int = 0
+    fired_timers: int = 0
     advanced_runs: int = 0
 
     def __str__(self) -> str:
         return (f"republished {self.republished} orphaned task(s), recovered {self.lost_attempts} lost attempt(s), "
-                f"advanced {self.advanced_runs} run(s)")
+                f"fired {self.fired_timers} timer(s), advanced {self.advanced_runs} run(s)")
 
 
 def reconcile_once(rt: Runtime) -> Report:
     report = Report()
     report.republished = _republish_orphans(rt)
     report.lost_attempts = _expire_leases(rt)
+    report.fired_timers = fire_due(rt, ACTOR)
     report.advanced_runs = _advance_unhandled(rt)
-    if report.republished or report.lost_attempts or report.advanced_runs:
+    if report.republished or report.lost_attempts or report.fired_timers or report.advanced_runs:
         log.info("reconcile: %s", report)
     return report
 

@@ -22,12 +22,28 @@ def _duration(start: datetime | None, end: datetime | None) -> float | None:
 
 def workflow_summary(row: Any) -> dict[str, Any]:
     d = row.definition
-    return {"name": row.name, "version": row.version, "id": row.id, "digest": row.digest[:12],
-            "tasks": len(d.get("tasks", [])), "created_at": _ts(row.created_at)}
+    kind = "code" if d.get("kind") == "code" else "dag"
+    code = kind == "code"
+    return {"name": row.name, "kind": kind, "version": row.version, "id": row.id, "digest": row.digest[:12],
+            "tasks": len(d.get("tasks", [])), "created_at": _ts(row.created_at),
+            "module": d.get("module") if code else None, "function": d.get("function") if code else None,
+            "params": list(d.get("params", [])) if code else None}
 
 
 def list_workflows(s: Session) -> list[dict[str, Any]]:
-    return [workflow_summary(r) for r in repo.list_workflows(s)]
+    """Both kinds: the stored workflows, and the code workflows this process registered that no run has stored
+    yet (``version`` None)."""
+    from app.code import registry
+
+    rows = [workflow_summary(r) for r in repo.list_workflows(s)]
+    stored = {r["name"] for r in rows}
+    for w in registry.workflows():
+        if w.name not in stored:
+            d = w.definition()
+            rows.append({"name": w.name, "kind": "code", "version": None, "id": None, "digest": w.digest()[:12],
+                         "tasks": 0, "created_at": None, "module": d["module"], "function": d["function"],
+                         "params": d["params"]})
+    return sorted(rows, key=lambda r: r["name"])
 
 
 def show_workflow(s: Session, name: str, version: int | None = None) -> dict[str, Any]:
@@ -40,7 +56,8 @@ def show_workflow(s: Session, name: str, version: int | None = None) -> dict[str
 
 def run_summary(run: Any) -> dict[str, Any]:
     return {
-        "id": run.id, "workflow": run.workflow_name, "state": run.state, "priority": run.priority,
+        "id": run.id, "workflow": run.workflow_name, "kind": run.kind, "state": run.state, "priority": run.priority,
+        "key": run.key,
         "params": run.params, "parent_task_run_id": run.parent_task_run_id, "error": run.error,
         "created_at": _ts(run.created_at), "finished_at": _ts(run.finished_at),
         "duration": _duration(run.created_at, run.finished_at),
@@ -62,7 +79,7 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
         raise NotFound(f"run {run_id} does not exist")
     tasks = repo.run_tasks(s, run_id)
     wf = repo.workflow_by_id(s, run.workflow_id)
-    deps = {t["name"]: list(t.get("depends_on", [])) for t in (wf.definition["tasks"] if wf else [])}
+    deps = {t["name"]: list(t.get("depends_on", [])) for t in (wf.definition.get("tasks", []) if wf else [])}
     pos = layout(deps)
     by_task: dict[int, list[dict[str, Any]]] = {}
     for a in repo.attempts(s, [t.id for t in tasks]):
@@ -73,8 +90,13 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
     return {
         **run_summary(run),
         "workflow_version": wf.version if wf else None,
+        "result": run.result if run.kind == "code" else None,
+        "state_values": run.state_values or {},
+        "cancel_requested": run.cancel_requested,
+        "continued_run_id": run.continued_run_id,
         "tasks": [{
-            "id": t.id, "name": t.name, "type": t.type, "state": t.state, "attempt": t.attempt,
+            "id": t.id, "name": t.name, "type": t.type, "state": t.state, "attempt": t.attempt, "seq": t.seq,
+            "due_at": _ts(t.due_at),
             "depends_on": deps.get(t.name, []), "layer": pos.get(t.name, (0, 0))[0], "row": pos.get(t.name, (0, 0))[1],
             "failures": t.failures, "queue": t.queue, "priority": t.priority, "worker": t.worker,
             "child_run_id": t.child_run_id, "result": t.result, "error": t.error,

@@ -71,7 +71,7 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
     from app.services.lease import LeaseKeeper  # local: keeps signal handling out of import time
 
     keeper = LeaseKeeper(rt, task.id, token, timeout=task.timeout, stop=ctx.stop,
-                         interrupt_main=task.kind == TaskKind.PYTHON, hard_kill=hard_kill)
+                         interrupt_main=task.kind in (TaskKind.PYTHON, TaskKind.ACTIVITY), hard_kill=hard_kill)
     started = time.monotonic()
     result: Any = None
     error: str | None = None

@@ -282,7 +282,7 @@ def test_errors_are_one_line(cluster, tmp_path):
     usage = {
         ("run", "start", "hello", "-p", "novalue"): "error: Invalid value for -p: 'novalue' is not key=value",
         ("run", "list", "--state", "bogus"): "error: Invalid value for '--state': 'bogus' is not one of "
-                                             "'running', 'succeeded', 'failed', 'cancelled'.",
+                                             "'running', 'succeeded', 'failed', 'cancelled', 'blocked'.",
     }
     results = _cli_all(cluster, *usage)
     assert all(r.returncode == 2 and r.stderr.count("\n") == 1 for r in results), results
@@ -291,7 +291,7 @@ def test_errors_are_one_line(cluster, tmp_path):
 
 def test_reconcile_prints_counts(cluster, tmp_path):
     cluster.run_cli("workflow", "register", _write(tmp_path, "hello.yaml", HELLO), check=True)
-    assert _json(cluster, "reconcile") == {"republished": 0, "lost_attempts": 0, "advanced_runs": 0}
+    assert _json(cluster, "reconcile") == {"republished": 0, "lost_attempts": 0, "fired_timers": 0, "advanced_runs": 0}
     # no worker: the first task stays unclaimed, and a pass after the orphan timeout publishes it again
     run_id = _json(cluster, "run", "start", "hello")["id"]
     tf = client_for(cluster)
@@ -300,7 +300,7 @@ def test_reconcile_prints_counts(cluster, tmp_path):
     tf.close()
     wait_until(lambda: utcnow() > task.next_publish_at, timeout=30, message="the orphan timeout never passed")
     report = _json(cluster, "reconcile")
-    assert report == {"republished": 1, "lost_attempts": 0, "advanced_runs": 0}
+    assert report == {"republished": 1, "lost_attempts": 0, "fired_timers": 0, "advanced_runs": 0}
     history = _json(cluster, "run", "history", str(run_id))
     assert any(e["actor"] == "reconciler" and "re-published" in e["reason"] for e in history)
     assert "republished" in cluster.run_cli("reconcile", check=True).stdout

@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-seconds", type=float, default=3.0, help="duration of the workflow's slow task")
     p.add_argument("--crash-probability", type=float, default=0.05,
                    help="TIDEFLOW_FAULT_CRASH_BEFORE_PUBLISH of the masters in master-kill campaigns")
+    p.add_argument("--no-code", action="store_true", help="no chaos-code runs beside the mixed ones")
     p.add_argument("--min-window", type=float, default=0.0, help="inject faults for at least this many seconds")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--markdown", type=Path, help="write the summary table as Markdown here")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         name="mixed", faults=(), runs=args.runs, rate=args.rate, workers=args.workers,
         concurrency=args.concurrency, masters=args.masters, seed=args.seed, min_window=args.min_window,
         lock_seconds=args.lock_seconds, crash_before_publish=args.crash_probability,
-        workload=Workload(slow_seconds=args.slow_seconds), keep_workdir=args.keep)
+        workload=Workload(slow_seconds=args.slow_seconds, code=not args.no_code), keep_workdir=args.keep)
     try:
         configs = campaigns_for(args.faults, base)
     except ValueError as exc:

@@ -30,6 +30,7 @@ from app.db import repository as repo
 from app.db.engine import Database
 from app.db.migrate import upgrade
 from app.runtime import Runtime
+from tests.chaos import codeflows
 from tests.chaos import invariants as inv
 from tests.chaos.evidence import collect_evidence
 from tests.chaos.faults import EXTRA_INTERVALS, FAULT_KINDS, FAULTS, FULL_INTERVALS, FaultContext, FaultRecord, Injector
@@ -116,6 +117,7 @@ class CampaignResult:
     restarts: list[tuple[str, float, float]]
     evidence: dict[str, Any]
     wall_seconds: float
+    signal_errors: dict[str, int] = field(default_factory=dict)  # code run key -> failed signal calls (retried)
 
     @property
     def name(self) -> str:
@@ -135,6 +137,81 @@ class CampaignResult:
     @property
     def top_runs(self) -> list[inv.RunRow]:
         return [r for r in self.runs if r.parent_task_run_id is None and r.workflow == MIXED]
+
+    @property
+    def code_runs(self) -> list[inv.RunRow]:
+        """The ``chaos-code`` runs (one beside each mixed run)."""
+        return [r for r in self.runs if r.parent_task_run_id is None and r.workflow == codeflows.CODE]
+
+    @property
+    def code_checks(self) -> dict[str, Any]:
+        """The code workflows' own evidence: runs, results as computed without faults (invariant code-result), the
+        signal kept because it came before the wait vs delivered to a waiting run, activities' lost attempts and
+        retries, how late the timers fired (after their due time; p50/max, seconds)."""
+        code = {r.id for r in self.runs if r.workflow in (codeflows.CODE, codeflows.CODE_CHILD)}
+        steps = [t for t in self.tasks if t.run_id in code]
+        signal_steps = {t.id for t in steps if t.type == "signal"}
+        first_event: dict[int, inv.EventRow] = {}
+        for e in self.events:
+            if e.task_run_id in signal_steps and e.task_run_id is not None:
+                first_event.setdefault(e.task_run_id, e)
+        activities = {t.id for t in steps if t.type == "activity"}
+        late = inv.timer_lateness(steps, self.events)
+        # queueing: from a task's first "-> submitted" to its first "-> running" (the claim), code steps vs DAG tasks
+        submitted: dict[int, float] = {}
+        queued: dict[int, float] = {}
+        for e in self.events:
+            if e.task_run_id is None:
+                continue
+            if e.to_state == "submitted":
+                submitted.setdefault(e.task_run_id, e.at)
+            elif e.to_state == "running" and e.task_run_id in submitted:
+                queued.setdefault(e.task_run_id, e.at - submitted[e.task_run_id])
+        code_queue = [v for k, v in queued.items() if k in activities]
+        dag_queue = [v for k, v in queued.items() if k not in activities]
+        # advancing: from the moment a code run's earlier steps were all done to its next step's row (a pass)
+        born: dict[int, float] = {}
+        done_at: dict[int, float] = {}
+        for e in self.events:
+            if e.task_run_id is not None:
+                born.setdefault(e.task_run_id, e.at)
+                if e.to_state == "succeeded":
+                    done_at[e.task_run_id] = e.at
+        by_run: dict[int, list[inv.TaskRow]] = {}
+        for t in steps:
+            by_run.setdefault(t.run_id, []).append(t)
+        hops = []
+        for rows in by_run.values():
+            rows.sort(key=lambda t: t.seq if t.seq is not None else -1)
+            for i, t in enumerate(rows[1:], 1):
+                before = [done_at.get(x.id) for x in rows[:i]]
+                if all(d is not None for d in before) and t.id in born:
+                    hop = born[t.id] - max(d for d in before if d is not None)
+                    if hop >= 0:
+                        hops.append(hop)
+        created = {r.id: r.created_at for r in self.runs}
+        to_wait = [e.at - created[e.run_id] for e in first_event.values() if e.run_id in created]
+        return {
+            "code_runs": len(self.code_runs),
+            "code_results_ok": len(self.code_runs) - len([v for v in self.checked.of("code-result")
+                                                          if v.run_id in {r.id for r in self.code_runs}]),
+            "code_child_runs": sum(r.workflow == codeflows.CODE_CHILD for r in self.runs),
+            "signals_before_wait": sum(e.to_state == "succeeded" for e in first_event.values()),
+            "signals_to_waiting_run": sum(e.to_state == "running" for e in first_event.values()),
+            "signal_send_errors": sum(self.signal_errors.values()),
+            "activity_attempts_lost": sum(a.outcome == "lost" for a in self.attempts if a.task_run_id in activities),
+            "activity_attempts_failed": sum(a.outcome == "failed" for a in self.attempts
+                                            if a.task_run_id in activities),
+            "wait_reached_p50_s": round(inv.percentile(to_wait, 50) or 0.0, 1),
+            "wait_reached_max_s": round(max(to_wait, default=0.0), 1),
+            "activity_queue_p50_s": round(inv.percentile(code_queue, 50) or 0.0, 2),
+            "dag_task_queue_p50_s": round(inv.percentile(dag_queue, 50) or 0.0, 2),
+            "advance_p50_s": round(inv.percentile(hops, 50) or 0.0, 2),
+            "advance_p90_s": round(inv.percentile(hops, 90) or 0.0, 2),
+            "timers": len(late),
+            "timer_late_p50": round(inv.percentile(late, 50) or 0.0, 2),
+            "timer_late_max": round(max(late, default=0.0), 2),
+        }
 
     @property
     def outcomes(self) -> Counter[str]:
@@ -174,7 +251,9 @@ class Campaign:
         self._budget_lock = threading.Lock()
         self._procs: list[ManagedProcess] = []
         self._injectors: list[Injector] = []
-        self._pool = ThreadPoolExecutor(max_workers=48, thread_name_prefix="chaos-start")
+        self.signal_errors: dict[str, int] = {}
+        # a thread per started key: the mixed run, the code run beside it, and its signal a few seconds later
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="chaos-start")
         self._futures: list[Any] = []
         self.pg: PostgresServer | None = None
         self.redis: RedisServer | None = None
@@ -199,6 +278,7 @@ class Campaign:
                "TIDEFLOW_BROKER_KEY_PREFIX": "", LEDGER_ENV: str(self.ledger), "PYTHONUNBUFFERED": "1",
                "TIDEFLOW_BEAT_SCHEDULE_FILE": str(self.workdir / "beat-schedule"),
                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+               "TIDEFLOW_WORKFLOW_MODULES": codeflows.__name__,
                "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")])}
         env.pop(CRASH_ENV, None)
         self.settings = settings_from_env(env)
@@ -251,6 +331,56 @@ class Campaign:
         if run_id is not None and key.endswith("0"):  # every tenth: a run whose subworkflow cannot start
             with contextlib.suppress(Exception):  # best effort: an outage may refuse it; it is checked if it exists
                 self.tf.start_run(NOSTART, {"key": key})
+        if self.cfg.workload.code:
+            self._start_code(key, int(key.rpartition("-")[2]))
+
+    def _retry(self, call: Callable[[], Any], errors: list[int]) -> Any:
+        """``call()`` until it returns (the database may be down or restarting: the calls are idempotent by key)
+        or 300 s have passed; ``errors[0]`` counts the failed calls."""
+        called = time.time()
+        while time.time() - called < 300:
+            try:
+                return call()
+            except Exception:  # noqa: BLE001 - retried
+                errors[0] += 1
+                if self._closing.wait(0.5):
+                    break
+        return None
+
+    def _wait_stage(self, run_id: int, stage: str, timeout: float = 300.0) -> bool:
+        """Poll (the workload's own pace, not a test synchronisation) until code run ``run_id`` published
+        ``stage`` (or got past it: the stages come in order); False if the campaign is closing."""
+        order = ["sleeping", "waiting", "done"]
+        assert self.engine is not None
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with contextlib.suppress(Exception):  # the database may be down: poll again
+                with self.engine.connect() as conn:
+                    row = conn.execute(select(repo.R.c.state_values, repo.R.c.state)
+                                       .where(repo.R.c.id == run_id)).one()
+                got = (row.state_values or {}).get("stage")
+                if got in order and order.index(got) >= order.index(stage) or row.state in inv.RUN_TERMINAL:
+                    return True
+            if self._closing.wait(0.2):
+                return False
+        return True
+
+    def _start_code(self, key: str, n: int) -> None:
+        """Start the code run beside mixed run ``key`` (idempotent start key), then send its ``approve`` signal
+        (idempotency key), by ``n % 3``: right away (it is kept until the run gets to its wait), once the run
+        sleeps, or once it waits for it (the stage the workflow publishes with ``ctx.set_state``)."""
+        assert self.tf is not None
+        tf, ckey, called, errors = self.tf, f"{key}-code", time.time(), [0]
+        run_id = self._retry(lambda: tf.start_run(codeflows.CODE, {"n": n}, key=ckey), errors)
+        self.started[ckey] = inv.StartedRun(ckey, run_id, called, time.time(), errors[0])
+        if run_id is None:
+            return
+        stage = (None, "sleeping", "waiting")[n % 3]
+        if stage is not None and not self._wait_stage(run_id, stage):
+            return
+        sent = [0]
+        self._retry(lambda: tf.signal(run_id, codeflows.SIGNAL, codeflows.signal_data(n), key=f"{ckey}-approve"), sent)
+        self.signal_errors[ckey] = sent[0]
 
     def start_runs(self, k: int) -> list[str]:
         """Start ``k`` runs now, each from its own thread (from the budget while it lasts, then extra ones)."""
@@ -348,20 +478,28 @@ class Campaign:
         s, w = self.settings, self.cfg.workload
         assert self.engine is not None
         with self.engine.connect() as conn:
-            live = conn.execute(select(repo.T.c.name, repo.T.c.state, repo.T.c.next_publish_at, repo.T.c.type)
+            live = conn.execute(select(repo.T.c.name, repo.T.c.state, repo.T.c.next_publish_at, repo.T.c.type,
+                                       repo.T.c.seq)
                                 .where(repo.T.c.state.in_(["pending", "submitted", "running"]))).all()
+            code_live = len(conn.execute(select(repo.R.c.id).where(
+                repo.R.c.workflow_name == codeflows.CODE, repo.R.c.state.notin_(inv.RUN_TERMINAL))).all())
         next_publish = [(_ts(r.next_publish_at) or 0) - self.t_quiet for r in live if r.state == "submitted"]
         orphan_wait = max([s.orphan_timeout_seconds, *next_publish])
         recovery = (s.lease_seconds + orphan_wait + s.advance_timeout_seconds + 3 * s.reconcile_interval_seconds
                     + s.heartbeat_interval + s.stop_grace_seconds)
         seconds = w.task_seconds()
-        work = sum(seconds.get(r.name, 0.0) + STEP_OVERHEAD for r in live if r.type != "subworkflow")
-        return DrainBound(recovery, w.critical_path(STEP_OVERHEAD), work / (self.cfg.workers * self.cfg.concurrency))
+        # DAG tasks: the live rows; a code run inserts its steps as it goes, so each live one counts whole (its
+        # body time and a hop per step, child included), its live rows not again
+        work = sum(seconds.get(r.name, 0.0) + STEP_OVERHEAD for r in live if r.type != "subworkflow" and r.seq is None)
+        work += code_live * (codeflows.body_seconds() + 8 * STEP_OVERHEAD)
+        # every signal has been sent by now (the start threads have returned)
+        run = max(w.critical_path(STEP_OVERHEAD), codeflows.critical_path(STEP_OVERHEAD) if w.code else 0.0)
+        return DrainBound(recovery, run, work / (self.cfg.workers * self.cfg.concurrency))
 
     def _not_terminal(self) -> int:
         assert self.engine is not None
         with self.engine.connect() as conn:
-            return len(conn.execute(select(repo.R.c.id).where(repo.R.c.state == "running")).all())
+            return len(conn.execute(select(repo.R.c.id).where(repo.R.c.state.notin_(inv.RUN_TERMINAL))).all())
 
     def _drain(self) -> None:
         self.bound = self._drain_bound()
@@ -385,10 +523,11 @@ class Campaign:
     def _snapshot(self) -> inv.Snapshot:
         assert self.engine is not None
         with self.engine.connect() as conn:
-            runs = [inv.RunRow(r.id, r.workflow_name, r.state, r.parent_task_run_id, (r.params or {}).get("key"),
-                               _ts(r.created_at) or 0, _ts(r.finished_at)) for r in conn.execute(select(repo.R))]
-            tasks = [inv.TaskRow(t.id, t.run_id, t.name, t.state, t.attempt, t.type, t.child_run_id, t.publish_count)
-                     for t in conn.execute(select(repo.T))]
+            runs = [inv.RunRow(r.id, r.workflow_name, r.state, r.parent_task_run_id,
+                               r.key or (r.params or {}).get("key"), _ts(r.created_at) or 0, _ts(r.finished_at),
+                               str(r.kind), r.params, r.result) for r in conn.execute(select(repo.R))]
+            tasks = [inv.TaskRow(t.id, t.run_id, t.name, t.state, t.attempt, t.type, t.child_run_id, t.publish_count,
+                                 t.seq, _ts(t.due_at)) for t in conn.execute(select(repo.T))]
             attempts = [inv.AttemptRow(a.task_run_id, a.attempt, a.outcome, a.pid, _ts(a.started_at) or 0,
                                        _ts(a.finished_at)) for a in conn.execute(select(repo.A))]
             events = [inv.EventRow(e.id, e.run_id, e.to_state, e.from_state, e.task_run_id, e.attempt,
@@ -417,7 +556,7 @@ class Campaign:
         return CampaignResult(
             self.cfg, s, self.workdir, snap.started, snap.runs, snap.tasks, snap.attempts, snap.events, checked,
             self.records, [e for i in self._injectors for e in i.errors], recovery, self.bound,
-            self.drain_seconds, list(self.supervisor.restarts), evidence, time.time() - t0)
+            self.drain_seconds, list(self.supervisor.restarts), evidence, time.time() - t0, dict(self.signal_errors))
 
     # -- teardown ---------------------------------------------------------------------------------------
     def teardown(self, keep: bool) -> None:

@@ -306,14 +306,16 @@ class TableLock(Fault):
 
 
 class Duplicates(Fault):
-    """Extra copies of ``tideflow.execute`` (current and stale attempts, live or finished tasks) and of
-    ``tideflow.advance`` (random runs), published as the dispatcher would."""
+    """Extra copies of ``tideflow.execute`` (current and stale attempts, live or finished tasks: DAG tasks and code
+    runs' activities, and stray ones for code runs' timers and signal waits, which no worker may claim) and of
+    ``tideflow.advance`` (random runs, DAG or code: a code run replays to where it is and changes nothing),
+    published as the dispatcher would."""
 
     kind = "duplicates"
 
     def inject(self) -> FaultRecord | None:
-        tasks = self.ctx.query("SELECT id, attempt, state, queue FROM task_runs WHERE type = 'python' "
-                               "AND attempt > 0 ORDER BY random() LIMIT 4")
+        tasks = self.ctx.query("SELECT id, attempt, state, queue FROM task_runs WHERE (type IN ('python', 'activity') "
+                               "AND attempt > 0) OR type IN ('timer', 'signal') ORDER BY random() LIMIT 4")
         runs = self.ctx.query("SELECT id FROM workflow_runs ORDER BY random() LIMIT 2")
         if not tasks and not runs:
             return None

@@ -22,6 +22,12 @@ Deaths = dict[int, float] | dict[int, list[float]]
 TASK_LIVE = {"pending", "submitted", "running"}
 #: attempt outcomes written when an attempt is taken away from a worker that may still be running it
 STOPPED_OUTCOMES = {"lost", "cancelled"}
+#: task kinds whose body a worker executes (attempts, ledger lines); the others (a subworkflow's child run, a code
+#: run's timer, signal wait and marker) have no attempts and never run a body
+EXECUTED_KINDS = {"python", "shell", "activity"}
+#: the chaos code workflows (``tests.chaos.codeflows``)
+CODE = "chaos-code"
+CODE_CHILD = "chaos-code-child"
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,9 @@ class RunRow:
     key: str | None = None
     created_at: float = 0.0
     finished_at: float | None = None
+    kind: str = "dag"  # dag | code
+    params: dict[str, Any] | None = None
+    result: Any = None  # a code run's return value
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,8 @@ class TaskRow:
     type: str = "python"
     child_run_id: int | None = None
     publish_count: int = 0
+    seq: int | None = None  # a code run's step: its position (a step row is born with an event from nothing)
+    due_at: float | None = None  # a timer's (or a signal wait's timeout)
 
 
 @dataclass(frozen=True)
@@ -211,7 +222,9 @@ def check_stuck(tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow]) -> lis
 
 def check_completions(tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow],
                       events: Sequence[EventRow]) -> list[Violation]:
-    """A succeeded task has exactly one succeeded attempt (python) and one ``-> succeeded`` event; others none."""
+    """A succeeded task has exactly one succeeded attempt (if a worker executes its kind: python, shell, activity)
+    and one ``-> succeeded`` event; others none. A timer, a signal wait, a marker and a subworkflow have no
+    attempts."""
     ok_attempts: dict[int, int] = defaultdict(int)
     for a in attempts:
         ok_attempts[a.task_run_id] += a.outcome == "succeeded"
@@ -222,7 +235,7 @@ def check_completions(tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow],
     out = []
     for t in tasks:
         want = 1 if t.state == "succeeded" else 0
-        want_attempts = want if t.type != "subworkflow" else 0
+        want_attempts = want if t.type in EXECUTED_KINDS else 0
         if ok_attempts[t.id] != want_attempts or ok_events[t.id] != want:
             out.append(Violation("double-completion", f"task {t.name} is {t.state} with {ok_attempts[t.id]} "
                                  f"succeeded attempt(s) and {ok_events[t.id]} succeeded event(s)", t.run_id, t.id))
@@ -268,12 +281,17 @@ def check_overlaps(execs: Sequence[Execution], attempts: Sequence[AttemptRow], t
 
 
 def _chain(events: Sequence[EventRow], first: str | None, allowed: dict[Any, frozenset[Any]], final: str,
-           what: str, run_id: int, task_run_id: int | None, attempt: int | None) -> list[Violation]:
+           what: str, run_id: int, task_run_id: int | None, attempt: int | None,
+           notes: bool = False) -> list[Violation]:
+    """``notes``: an event that leaves the state as it is (a run's "signal received", "cancel requested") is a
+    note, not a transition."""
     out, state, last_attempt = [], first, 0
     for e in events:
         if e.from_state != state:
             out.append(Violation("history", f"{what}: event {e.id} goes {e.from_state} -> {e.to_state}, but the "
                                  f"previous state was {state}", run_id, task_run_id))
+        elif notes and e.from_state == e.to_state:
+            pass
         elif e.from_state is not None and e.to_state not in {str(s) for s in allowed.get(e.from_state, ())}:
             out.append(Violation("history", f"{what}: event {e.id} {e.from_state} -> {e.to_state} is not an allowed "
                                  "transition", run_id, task_run_id))
@@ -294,7 +312,8 @@ def _chain(events: Sequence[EventRow], first: str | None, allowed: dict[Any, fro
 def check_history(runs: Sequence[RunRow], tasks: Sequence[TaskRow], events: Sequence[EventRow],
                   attempts: Sequence[AttemptRow] = ()) -> list[Violation]:
     """Each task's and run's events link up (from = previous to), use allowed transitions, never go back in
-    attempts and end in the row's state; a run's final state agrees with its tasks and child runs."""
+    attempts and end in the row's state; a run's final state agrees with its tasks and child runs. A DAG task's
+    row is born pending without an event; a code run's step row is born with one (from nothing)."""
     task_events: dict[int, list[EventRow]] = defaultdict(list)
     run_events: dict[int, list[EventRow]] = defaultdict(list)
     for e in sorted(events, key=lambda e: e.id):
@@ -303,19 +322,23 @@ def check_history(runs: Sequence[RunRow], tasks: Sequence[TaskRow], events: Sequ
     run_allowed = {str(k): v for k, v in RUN_TRANSITIONS.items()}
     out: list[Violation] = []
     for t in tasks:
-        out += _chain(task_events[t.id], str(TaskState.PENDING), task_allowed, t.state, f"task {t.name}",
-                      t.run_id, t.id, t.attempt)
+        out += _chain(task_events[t.id], None if t.seq is not None else str(TaskState.PENDING), task_allowed,
+                      t.state, f"task {t.name}", t.run_id, t.id, t.attempt)
     runs_by_id = {r.id: r for r in runs}
     tasks_by_run: dict[int, list[TaskRow]] = defaultdict(list)
     for t in tasks:
         tasks_by_run[t.run_id].append(t)
     for r in runs:
-        out += _chain(run_events[r.id], None, run_allowed, r.state, "run", r.id, None, None)
+        out += _chain(run_events[r.id], None, run_allowed, r.state, "run", r.id, None, None, notes=True)
         if r.state == str(RunState.SUCCEEDED):
+            # (a code run that returns stops what it started and did not wait for: those steps end cancelled)
+            ok_states = {"succeeded", "cancelled"} if r.kind == "code" else {"succeeded"}
             for t in tasks_by_run[r.id]:
-                if t.state != "succeeded":
+                if t.state not in ok_states:
                     out.append(Violation("history", f"run succeeded but task {t.name} is {t.state}", r.id, t.id))
-        if r.state == str(RunState.FAILED) and not any(t.state == "failed" for t in tasks_by_run[r.id]):
+        # (a code run fails when its function raises, which needs no failed step)
+        if r.state == str(RunState.FAILED) and r.kind != "code" \
+                and not any(t.state == "failed" for t in tasks_by_run[r.id]):
             out.append(Violation("history", "run failed but none of its tasks failed", r.id))
     for t in tasks:
         if t.type != "subworkflow" or t.child_run_id is None:
@@ -364,7 +387,7 @@ def check_lost(started: Sequence[StartedRun], runs: Sequence[RunRow], tasks: Seq
     by_id = {t.id: t for t in tasks}
     for a in attempts:
         t = by_id.get(a.task_run_id)
-        if a.outcome == "succeeded" and t is not None and t.type != "subworkflow" \
+        if a.outcome == "succeeded" and t is not None and t.type in EXECUTED_KINDS \
                 and (a.task_run_id, a.attempt) not in completed:
             out.append(Violation("lost", f"{t.name} attempt {a.attempt} succeeded without a completed body "
                                  "execution in the ledger", t.run_id, t.id))
@@ -408,6 +431,63 @@ def check_cannot_start(runs: Sequence[RunRow], tasks: Sequence[TaskRow]) -> list
     return out
 
 
+def expected_code_child(n: int, salt: int) -> int:
+    """``chaos-code-child``'s result without faults: ``scale(n + salt, 11)``."""
+    return (n + salt) * 11 + 11
+
+
+def expected_code_result(n: int) -> dict[str, Any]:
+    """``chaos-code``'s result without faults, computed here from ``n`` alone (not by running the workflow):
+    ``scale(x, k) = x * k + k``, ``bump(x) = x + 100``, the signal the campaign sends (salt ``n % 7 + 1``)."""
+    base = 2 * n + 2
+    gathered = [base * k + k for k in (3, 5, 7)] + [base + 100]
+    salt = n % 7 + 1
+    child = expected_code_child(n, salt)
+    return {"n": n, "base": base, "gathered": gathered, "patched": True,
+            "approval": {"salt": salt, "by": f"chaos-{n}"}, "child": child, "total": sum(gathered) + child + 1}
+
+
+def check_code_results(runs: Sequence[RunRow]) -> list[Violation]:
+    """Every chaos code run (and code child run) succeeded with the result it has without faults: replay after
+    crashes, lost and duplicate messages, retried activities, a timer and a signal changed nothing."""
+    out = []
+    for r in runs:
+        if r.workflow not in (CODE, CODE_CHILD):
+            continue
+        p = r.params or {}
+        try:
+            want: Any = (expected_code_result(int(p["n"])) if r.workflow == CODE
+                         else expected_code_child(int(p["n"]), int(p["salt"])))
+        except (KeyError, TypeError, ValueError):
+            out.append(Violation("code-result", f"{r.workflow} run has unexpected params {p}", r.id))
+            continue
+        if r.state != "succeeded" or r.result != want:
+            out.append(Violation("code-result", f"{r.workflow} run is {r.state} with result {r.result!r}, expected "
+                                 f"succeeded with {want!r}", r.id))
+    return out
+
+
+def check_timers(tasks: Sequence[TaskRow], events: Sequence[EventRow], slack: float = 0.01) -> list[Violation]:
+    """A code run's timer never fires before its due time (its ``-> succeeded`` event is at or after ``due_at``;
+    ``slack`` for the database's timestamp rounding). How late it fires is reported, not asserted (a fault may
+    hold the reconciler up)."""
+    fired = {e.task_run_id: e.at for e in events if e.task_run_id is not None and e.to_state == "succeeded"}
+    out = []
+    for t in tasks:
+        if t.type != "timer" or t.due_at is None or t.id not in fired:
+            continue
+        if fired[t.id] < t.due_at - slack:
+            out.append(Violation("timer", f"timer {t.name} fired {t.due_at - fired[t.id]:.3f}s before it was due",
+                                 t.run_id, t.id))
+    return out
+
+
+def timer_lateness(tasks: Sequence[TaskRow], events: Sequence[EventRow]) -> list[float]:
+    """Seconds from each fired timer's due time to its ``-> succeeded`` event."""
+    fired = {e.task_run_id: e.at for e in events if e.task_run_id is not None and e.to_state == "succeeded"}
+    return [fired[t.id] - t.due_at for t in tasks if t.type == "timer" and t.due_at is not None and t.id in fired]
+
+
 def check_unended(execs: Sequence[Execution]) -> list[Violation]:
     return [Violation("unended", f"{x.task} attempt {x.attempt} (pid {x.pid}) is still running", x.run, x.task_run)
             for x in execs if x.status == "open"]
@@ -431,7 +511,8 @@ def check_all(snap: Snapshot, timing: Timing) -> Checked:
                   + check_history(snap.runs, snap.tasks, snap.events, snap.attempts)
                   + check_ledger_in_db(execs, snap.tasks, snap.attempts)
                   + check_lost(snap.started, snap.runs, snap.tasks, snap.attempts, execs) + check_unended(execs)
-                  + check_cannot_start(snap.runs, snap.tasks)
+                  + check_cannot_start(snap.runs, snap.tasks) + check_code_results(snap.runs)
+                  + check_timers(snap.tasks, snap.events)
                   + check_orphans(execs, snap.attempts, snap.first_dead, timing))
     return Checked(violations, execs, legal)
 
@@ -442,16 +523,16 @@ def check_all(snap: Snapshot, timing: Timing) -> Checked:
 def recovery_times(faults: Sequence[tuple[float, float, bool]], tasks: Sequence[TaskRow],
                    events: Sequence[EventRow]) -> list[float]:
     """For each fault ``(started, ended, blocks_commits)``: the tasks submitted or running when it was
-    injected (subworkflow tasks excepted: they wait for their child), and for each its first later event.
-    The fault's recovery time is the latest of those, measured from the injection (0 if nothing was live;
-    ``inf`` if a task never moved again). An event's time is taken before the statement that may block, so
-    for a fault during which nothing can commit (``blocks_commits``: table lock, database down) an event
-    counts at the fault's end at the earliest."""
-    kinds = {t.id: t.type for t in tasks}
+    injected (waits excepted: a subworkflow's child run, a code run's timer or signal wait), and for each its
+    first later event. The fault's recovery time is the latest of those, measured from the injection (0 if
+    nothing was live; ``inf`` if a task never moved again). An event's time is taken before the statement that
+    may block, so for a fault during which nothing can commit (``blocks_commits``: table lock, database down)
+    an event counts at the fault's end at the earliest."""
+    kinds = {t.id: t.type for t in tasks}  # waits (child runs, timers, signals) are not recovery
     times: dict[int, list[float]] = defaultdict(list)
     states: dict[int, list[str]] = defaultdict(list)
     for e in sorted(events, key=lambda e: (e.at, e.id)):
-        if e.task_run_id is not None and kinds.get(e.task_run_id, "python") != "subworkflow":
+        if e.task_run_id is not None and kinds.get(e.task_run_id, "python") in EXECUTED_KINDS:
             times[e.task_run_id].append(e.at)
             states[e.task_run_id].append(e.to_state)
     out = []

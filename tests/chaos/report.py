@@ -13,8 +13,9 @@ from tests.chaos import invariants as inv
 from tests.chaos.campaign import CampaignResult
 from tests.chaos.workload import Workload
 
-COLUMNS = ["campaign", "runs", "ok/failed", "tasks", "faults", "lost", "stuck", "double", "overlap", "orphan",
-           "history", "ledger", "recover p50/p99/max s (ref)", "drain s (bound)", "violations", "wall s"]
+COLUMNS = ["campaign", "runs", "ok/failed", "code ok/runs", "tasks", "faults", "lost", "stuck", "double", "overlap",
+           "orphan", "history", "ledger", "code result", "recover p50/p99/max s (ref)", "drain s (bound)", "violations",
+           "wall s"]
 
 
 def _s(value: float | None) -> str:
@@ -30,6 +31,7 @@ def row(r: CampaignResult) -> dict[str, str]:
         "campaign": r.name,
         "runs": str(len(r.top_runs)),
         "ok/failed": f"{r.outcomes['succeeded']}/{len(r.top_runs) - r.outcomes['succeeded']}",
+        "code ok/runs": f"{sum(x.state == 'succeeded' for x in r.code_runs)}/{len(r.code_runs)}",
         "tasks": str(len(r.tasks)),
         "faults": str(sum(faults.values())),
         "lost": str(r.count("lost")),
@@ -39,6 +41,7 @@ def row(r: CampaignResult) -> dict[str, str]:
         "orphan": str(r.count("orphan")),
         "history": str(r.count("history")),
         "ledger": str(r.count("ledger") + r.count("unended")),
+        "code result": str(r.count("code-result") + r.count("timer")),
         "recover p50/p99/max s (ref)": "/".join(_s(inv.percentile(rec, q)) for q in (50, 99, 100))
         + f" ({recovery_reference(r):.0f})",
         "drain s (bound)": f"{_s(r.drain_seconds)} ({r.bound.total:.0f})",
@@ -96,7 +99,8 @@ def markdown(results: Sequence[CampaignResult]) -> str:
     if results:
         out += ["", *[f"- {line}" for line in bounds_lines(results[0].settings, results[0].config.workload)]]
     for r in results:
-        out += ["", f"**{r.name}**: faults {dict(r.fault_counts())}; drain bound {r.bound}; evidence {r.evidence}"]
+        out += ["", f"**{r.name}**: faults {dict(r.fault_counts())}; drain bound {r.bound}; evidence {r.evidence}; "
+                f"workload {r.workload_checks}; code workflows {r.code_checks}"]
         out += [f"- {v}" for v in r.checked.violations[:50]]
     return "\n".join(out) + "\n"
 
@@ -105,7 +109,8 @@ def as_json(results: Sequence[CampaignResult]) -> str:
     def one(r: CampaignResult) -> dict[str, Any]:
         return {"summary": row(r), "faults": [vars(f) for f in r.faults], "fault_errors": r.fault_errors,
                 "violations": [vars(v) for v in r.checked.violations], "evidence": r.evidence,
-                "outcomes": dict(r.outcomes), "workload": r.workload_checks, "recovery": r.recovery,
+                "outcomes": dict(r.outcomes), "workload": r.workload_checks, "code": r.code_checks,
+                "recovery": r.recovery,
                 "drain_seconds": r.drain_seconds,
                 "bound": vars(r.bound) | {"total": r.bound.total}, "restarts": r.restarts,
                 "workdir": str(r.workdir) if not r.ok or r.config.keep_workdir else None}
@@ -115,7 +120,7 @@ def as_json(results: Sequence[CampaignResult]) -> str:
 def details(r: CampaignResult, limit: int = 30) -> list[str]:
     lines = [f"{r.name}: faults {dict(r.fault_counts())}, restarts {len(r.restarts)}, outcomes "
              f"{dict(r.outcomes)}, drain bound {r.bound}", f"  evidence: {r.evidence}",
-             f"  workload: {r.workload_checks}"]
+             f"  workload: {r.workload_checks}", f"  code workflows: {r.code_checks}"]
     lines += [f"  fault error: {e}" for e in r.fault_errors[:10]]
     lines += [f"  VIOLATION {v}" for v in r.checked.violations[:limit]]
     if len(r.checked.violations) > limit:

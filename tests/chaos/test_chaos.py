@@ -3,7 +3,9 @@ PostgreSQL, Redis and Procfile processes (``python -m tests.chaos --runs 1000`` 
 
 Every campaign must keep every invariant (nothing lost, nothing stuck, no double completion, no illegal
 overlap, consistent history, nothing in the ledger the database does not know, every run terminal within
-the drain bound) and every run must succeed (retries cover the attempts the faults take away). Each test
+the drain bound) and every run must succeed (retries cover the attempts the faults take away). Beside each
+mixed run runs a code workflow (``tests.chaos.codeflows``: activities, a gather, a durable sleep, a signal the
+campaign sends, a child) whose result must equal the one computed without faults. Each test
 also checks that its fault really took effect, so a fault whose injection silently did nothing fails.
 """
 
@@ -45,7 +47,7 @@ def ci_config(name: str, faults: tuple[str, ...], runs: int, seed: int) -> Campa
 def check_invariants(r: CampaignResult) -> None:
     report = "\n".join(details(r))
     for kind in ("lost", "stuck", "terminal", "double-completion", "double-execution", "overlap", "orphan",
-                 "history", "ledger", "unended", "cannot-start"):
+                 "history", "ledger", "unended", "cannot-start", "code-result", "timer"):
         assert r.count(kind) == 0, f"{kind} violations in campaign {r.name}:\n{report}"
     assert not r.checked.violations, report
     assert r.drain_seconds is not None and r.drain_seconds <= r.bound.total, report
@@ -53,6 +55,10 @@ def check_invariants(r: CampaignResult) -> None:
     assert r.outcomes == {"succeeded": len(r.top_runs)}, f"runs did not all succeed: {dict(r.outcomes)}\n{report}"
     # child runs too; the runs whose subworkflow cannot start end failed by design (invariant cannot-start)
     assert all(run.state == "succeeded" for run in r.runs if run.workflow != NOSTART), report
+    # a code run beside each mixed run, each with its code child; all succeeded with the expected result
+    c = r.code_checks
+    assert c["code_runs"] == len(r.top_runs) == c["code_child_runs"] == c["code_results_ok"], (c, report)
+    assert c["timers"] == c["code_runs"] and c["timer_late_max"] >= 0, c
 
 
 def _killed_workers(e: dict, r: CampaignResult) -> None:
@@ -131,6 +137,11 @@ def test_all_faults_mixed_keep_every_invariant(campaign_results: list[CampaignRe
     assert e["lost_attempts"] >= 1 and e["republished"] >= 1 and e["duplicates_ignored"] >= 1, e
     w = result.workload_checks  # the invariant "cannot-start" checked each of these ended failed
     assert w["nostart_runs"] >= 1 and w["nostart_failed"] == w["nostart_runs"], w
+    # the code runs' signal came before their wait (kept) for some, while they waited for others; their
+    # activities lost attempts to the faults and were retried (bump also fails its first attempt by design)
+    c = result.code_checks
+    assert c["signals_before_wait"] >= 1 and c["signals_to_waiting_run"] >= 1, c
+    assert c["activity_attempts_failed"] >= c["code_runs"], c
 
 
 def test_a_partitioned_worker_stops_its_body_within_the_bound(campaign_results: list[CampaignResult]) -> None:

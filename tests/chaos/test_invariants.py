@@ -3,8 +3,16 @@ one is not. Pure (no servers)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from typing import Any
 
+import pytest
+
+from app.executors.base import ExecutionContext
+from app.executors.logbuffer import LogBuffer
+from tests.chaos import codeflows
 from tests.chaos import invariants as inv
 
 TIMING = inv.Timing(lease=3.0, heartbeat=0.5, stop_grace=2.0, slack=0.5)  # stop bound 6 s
@@ -221,3 +229,145 @@ def test_a_reused_pid_is_not_the_supervisor_that_died_long_before() -> None:
     assert kinds(snap) == []
     snap.first_dead = {**snap.first_dead, 101: [0.5, 6.9 - TIMING.reap - 0.5]}  # attempt 2's own pool process
     assert kinds(snap) == ["orphan"]  # died while its shell (pid 300) ran on until 6.9
+
+
+# -- code runs (tests.chaos.codeflows) ------------------------------------------------------------------------
+
+
+def code_run(result: object = None, n: int = 4) -> inv.Snapshot:
+    """Code run 2 (``chaos-code``), its steps born with an event from nothing: an activity (20, attempt 1 lost,
+    attempt 2 succeeded), a timer (21, due at 5, fired at 5.3), a signal kept before the wait (22, born
+    delivered), a patch marker (23), a signal note on the run, and a code child run 3 (subworkflow step 24) with one
+    activity (30). Neither the timer, the signal, the marker nor the child step has an attempt."""
+    want = inv.expected_code_result(n)
+    salt = want["approval"]["salt"]
+    runs = [inv.RunRow(2, inv.CODE, "succeeded", key="k-code", kind="code", params={"n": n},
+                       result=want if result is None else result),
+            inv.RunRow(3, inv.CODE_CHILD, "succeeded", 24, kind="code", params={"n": n, "salt": salt},
+                       result=want["child"])]
+    tasks = [inv.TaskRow(20, 2, "scale#0", "succeeded", 2, "activity", seq=0),
+             inv.TaskRow(21, 2, "sleep#1", "succeeded", 0, "timer", seq=1, due_at=5.0),
+             inv.TaskRow(22, 2, "approve#2", "succeeded", 0, "signal", seq=2),
+             inv.TaskRow(23, 2, "patch:chaos-v1#3", "succeeded", 0, "marker", seq=3),
+             inv.TaskRow(24, 2, "chaos-code-child#4", "succeeded", 0, "subworkflow", 3, seq=4),
+             inv.TaskRow(30, 3, "scale#0", "succeeded", 1, "activity", seq=0)]
+    attempts = [inv.AttemptRow(20, 1, "lost", 200, 1.0, 3.0), inv.AttemptRow(20, 2, "succeeded", 201, 3.2, 3.5),
+                inv.AttemptRow(30, 1, "succeeded", 202, 6.1, 6.3)]
+    events = [ev(1, None, None, "running", run=2),
+              ev(2, None, "running", "running", at=0.1, run=2),  # signal received, kept until the wait
+              ev(3, 20, None, "pending", 0, 0.2, run=2), ev(4, 20, "pending", "submitted", 1, 0.2, run=2),
+              ev(5, 20, "submitted", "running", 1, 1.0, run=2), ev(6, 20, "running", "submitted", 2, 3.0, run=2),
+              ev(7, 20, "submitted", "running", 2, 3.2, run=2), ev(8, 20, "running", "succeeded", 2, 3.5, run=2),
+              ev(9, 21, None, "running", 0, 3.6, run=2), ev(10, 21, "running", "succeeded", None, 5.3, run=2),
+              ev(11, 22, None, "succeeded", 0, 5.4, run=2), ev(12, 23, None, "succeeded", 0, 5.4, run=2),
+              ev(13, 24, None, "pending", 0, 5.4, run=2), ev(14, 24, "pending", "running", None, 5.5, run=2),
+              ev(15, None, None, "running", at=5.5, run=3), ev(16, 30, None, "pending", 0, 5.6, run=3),
+              ev(17, 30, "pending", "submitted", 1, 5.6, run=3), ev(18, 30, "submitted", "running", 1, 6.1, run=3),
+              ev(19, 30, "running", "succeeded", 1, 6.3, run=3), ev(20, None, "running", "succeeded", at=6.4, run=3),
+              ev(21, 24, "running", "succeeded", None, 6.5, run=2), ev(22, None, "running", "succeeded", at=6.6, run=2)]
+    ledger = [start(20, 1, 200, 1.0, "scale#0", 2), start(20, 2, 201, 3.2, "scale#0", 2),
+              end(20, 2, 201, 3.4, "ok", "scale#0", 2), start(30, 1, 202, 6.1, "scale#0", 3),
+              end(30, 1, 202, 6.2, "ok", "scale#0", 3)]
+    return inv.Snapshot(runs, tasks, attempts, events, ledger, [inv.StartedRun("k-code", 2)], {200: 2.0})
+
+
+def test_a_clean_code_run_has_no_violations() -> None:
+    """Timers, signals, markers and child steps have no attempts and are born with an event: no invariant
+    misfires on them; the run's result is the one computed without faults."""
+    checked = inv.check_all(code_run(), TIMING)
+    assert checked.violations == []
+    assert inv.recovery_times([(4.0, 4.1, False)], code_run().tasks, code_run().events) == [0.0]  # a timer waits
+
+
+def test_a_code_run_with_another_result_is_reported() -> None:
+    wrong = {**inv.expected_code_result(4), "total": 0}
+    found = inv.check_all(code_run(wrong), TIMING).violations
+    assert [(v.kind, v.run_id) for v in found] == [("code-result", 2)]
+    snap = code_run()
+    snap.runs[1] = inv.RunRow(3, inv.CODE_CHILD, "succeeded", 24, kind="code", params={"n": 4, "salt": 5}, result=1)
+    assert kinds(snap) == ["code-result"]
+
+
+def test_a_code_run_that_did_not_succeed_is_reported() -> None:
+    snap = code_run()
+    snap.runs[0] = inv.RunRow(2, inv.CODE, "blocked", kind="code", params={"n": 4})
+    snap.events.append(ev(23, None, "succeeded", "blocked", at=7.0, run=2))
+    found = kinds(snap)
+    assert "code-result" in found and "terminal" in found
+
+
+def _as_worker(fn: Any, args: Any, ctx: ExecutionContext) -> Any:
+    """Call an activity as the worker's executor does: ``ctx`` a local of the calling frame."""
+    return fn(*args)
+
+
+class _Direct:
+    """A context that runs ``chaos-code`` straight through: activities called in this process (with the worker's
+    execution context on the calling frame, where they look for it), the sleep skipped, the signal the campaign
+    sends, the child run inline."""
+
+    def __init__(self, n: int, attempts: int = 2):
+        self.n, self.attempts = n, attempts
+
+    def start_activity(self, fn: Any, *args: Any) -> Any:
+        for attempt in range(1, self.attempts + 1):  # bump fails its first attempt: retried
+            ctx = ExecutionContext(1, 1, "x#0", attempt, "chaos-code", 5, {}, {}, threading.Event(), LogBuffer(1024))
+            with contextlib.suppress(RuntimeError):
+                return _as_worker(fn, args, ctx)
+        raise AssertionError("no attempt succeeded")
+
+    activity = start_activity
+
+    def gather(self, *values: Any) -> list[Any]:
+        return list(values)
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+
+    def patched(self, patch_id: str) -> bool:
+        return True
+
+    def set_state(self, key: str, value: Any) -> None:
+        pass
+
+    def wait_signal(self, name: str) -> Any:
+        return codeflows.signal_data(self.n)
+
+    def child(self, name: str, **params: Any) -> Any:
+        assert name == codeflows.CODE_CHILD
+        return codeflows.chaos_code_child(self, **params)
+
+
+def test_the_expected_code_result_is_what_the_workflow_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checker's own formula agrees with the workflow run straight through, without faults."""
+    monkeypatch.setattr(codeflows, "work", lambda seconds: None)
+    for n in (0, 4, 9, 123):
+        assert codeflows.chaos_code(_Direct(n), n=n) == inv.expected_code_result(n)
+
+
+def test_a_timer_that_fired_early_is_reported() -> None:
+    snap = code_run()
+    snap.tasks[1] = inv.TaskRow(21, 2, "sleep#1", "succeeded", 0, "timer", seq=1, due_at=5.5)
+    assert kinds(snap) == ["timer"]
+    assert inv.timer_lateness(code_run().tasks, code_run().events) == [pytest.approx(0.3)]
+
+
+def test_an_attempt_on_a_timer_or_a_code_step_without_its_birth_event_is_reported() -> None:
+    snap = code_run()
+    snap.attempts.append(inv.AttemptRow(21, 1, "succeeded", 203, 4.0, 4.1))
+    assert "double-completion" in kinds(snap)
+    snap = code_run()
+    snap.events = [e for e in snap.events if e.id != 9]  # the timer's row appeared without an event
+    assert "history" in kinds(snap)
+
+
+def test_a_succeeded_code_run_may_hold_cancelled_steps_but_no_live_ones() -> None:
+    """A code run that returns without waiting for a step it started stops it (cancelled): not a history error;
+    a step still running is."""
+    snap = code_run()
+    snap.tasks.append(inv.TaskRow(25, 2, "scale#5", "cancelled", 0, "activity", seq=5))
+    snap.events.append(ev(23, 25, None, "cancelled", 0, 6.6, run=2))
+    assert kinds(snap) == []
+    snap.tasks[-1] = inv.TaskRow(25, 2, "scale#5", "running", 0, "activity", seq=5)
+    snap.events[-1] = ev(23, 25, None, "running", 0, 6.6, run=2)
+    assert "history" in kinds(snap) and "stuck" in kinds(snap)

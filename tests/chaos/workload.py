@@ -158,6 +158,9 @@ class Workload:
     retry_delay: float = 0.2
     quick_seconds: float = 0.05
     fragile_seconds: float = 0.5
+    #: start a ``chaos-code`` run (``tests.chaos.codeflows``) beside each mixed run, and send its ``approve``
+    #: signal right away (before its wait), while it sleeps, or while it waits (by its parameter ``n % 3``)
+    code: bool = True
 
     def _task(self, name: str, fn: str = "step", seconds: float | None = None, deps: list[str] | None = None,
               ) -> dict[str, Any]:

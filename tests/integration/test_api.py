@@ -193,3 +193,18 @@ def test_database_outage_is_503_and_retryable(tmp_path) -> None:
         assert health.status_code == 503 and health.json()["database"] is False
     finally:
         tf.close()
+
+
+def test_start_with_a_key_is_idempotent(api) -> None:
+    """POST /api/runs with a key: 201 and a new run the first time, 200 and the same run after (DAG runs too)."""
+    client, tf = api
+    assert client.post("/api/workflows", json=HELLO, headers=AUTH).status_code == 201
+    first = client.post("/api/runs", json={"workflow": "hello", "key": "invoice-7"}, headers=AUTH)
+    assert first.status_code == 201, first.text
+    again = client.post("/api/runs", json={"workflow": "hello", "key": "invoice-7", "params": {"who": "x"}},
+                        headers=AUTH)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert again.json()["key"] == "invoice-7"
+    other = client.post("/api/runs", json={"workflow": "hello", "key": "invoice-8"}, headers=AUTH)
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
+    assert len(client.get("/api/runs", headers=AUTH).json()["items"]) == 2

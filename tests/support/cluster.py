@@ -50,10 +50,13 @@ def tail(text: str, lines: int = 60) -> str:
 class Proc:
     """One process (and its process group) started by a :class:`Cluster`."""
 
-    def __init__(self, name: str, popen: subprocess.Popen[bytes], log_path: Path) -> None:
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log_path: Path, log_offset: int = 0) -> None:
         self.name = name
         self.popen = popen
         self.log_path = log_path
+        #: size of the log file when this process started: a process restarted under the same name appends to
+        #: the same log, and only what this one wrote says that it is ready
+        self.log_offset = log_offset
 
     @property
     def pid(self) -> int:
@@ -86,6 +89,15 @@ class Proc:
         except FileNotFoundError:
             return ""
 
+    def own_log(self) -> str:
+        """What this process wrote to its log (not an earlier process of the same name)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def log_lines(self) -> list[str]:
         return read_lines(self.log_path)
 
@@ -93,7 +105,7 @@ class Proc:
         """Wait until ``text`` appears in the log; fail early (with the log tail) if the process exits."""
 
         def seen() -> bool:
-            if text in self.log():
+            if text in self.own_log():
                 return True
             if self.popen.poll() is not None:
                 code = self.popen.returncode
@@ -199,6 +211,7 @@ class Cluster:
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log_path = self.workdir / f"{name}.log"
         with open(log_path, "ab") as log:
+            offset = log.tell()
             popen = subprocess.Popen(
                 args,
                 cwd=REPO_ROOT,
@@ -208,7 +221,7 @@ class Cluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        proc = Proc(name, popen, log_path)
+        proc = Proc(name, popen, log_path, offset)
         self.procs.append(proc)
         return proc
 

@@ -1,0 +1,267 @@
+"""The registry of code workflows and activities: what ``@tideflow.workflow`` and ``@tideflow.activity`` record
+when users' modules are imported (each process imports the modules named by ``TIDEFLOW_WORKFLOW_MODULES``, see
+:func:`load_modules`).
+
+A run names its workflow, and an activity step its activity, by *registered name*: parameters never choose which
+code runs (a name that is not registered is a clear error, never an import of whatever a caller wrote).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, overload
+
+from app.definitions import NAME_RE
+from app.errors import DefinitionError, TideflowError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+NAME_PATTERN = re.compile(NAME_RE)
+
+
+class ConfigurationError(TideflowError):
+    """A process cannot start as configured (e.g. a module of ``TIDEFLOW_WORKFLOW_MODULES`` does not import)."""
+
+
+@dataclass(frozen=True)
+class ActivityDef:
+    """A registered activity and its options (snapshotted into each of its task rows)."""
+
+    name: str
+    fn: Callable[..., Any] = field(compare=False)
+    module: str
+    qualname: str
+    retries: int = 0
+    retry_delay: float = 0.0
+    retry_backoff: float = 2.0
+    max_retry_delay: float = 3600.0
+    timeout: float | None = None
+    queue: str | None = None
+    priority: int | None = None
+    max_lost_attempts: int | None = None
+    on_lost: Literal["retry", "fail"] = "retry"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    annotation: Any  # the type hint (``inspect.Parameter.empty`` when there is none)
+    required: bool
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class WorkflowDef:
+    """A registered code workflow: a function ``fn(ctx, **params)``."""
+
+    name: str
+    fn: Callable[..., Any] = field(compare=False)
+    module: str
+    qualname: str
+    params: tuple[Param, ...]
+    priority: int = 5
+    description: str = ""
+    is_async: bool = False
+
+    def definition(self) -> dict[str, Any]:
+        """What the ``workflows`` table stores for it (a new version when this changes)."""
+        return {"kind": "code", "name": self.name, "module": self.module, "function": self.qualname,
+                "params": [p.name for p in self.params], "required": [p.name for p in self.params if p.required],
+                "priority": self.priority, "description": self.description}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The run's parameters, checked against the function's signature (all problems in one error)."""
+        return check_params(self.name, [p.name for p in self.params], [p.name for p in self.params if p.required],
+                            params)
+
+
+def check_params(name: str, declared: list[str], required: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    problems = [f"workflow '{name}': '{k}' is not a parameter (declared: {', '.join(declared) or 'none'})"
+                for k in sorted(set(params) - set(declared))]
+    problems += [f"workflow '{name}': parameter '{k}' is required" for k in required if k not in params]
+    try:
+        json.dumps(params, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"workflow '{name}': parameters must be JSON ({exc})")
+    if problems:
+        raise DefinitionError(problems)
+    return dict(params)
+
+
+_lock = threading.Lock()
+_workflows: dict[str, WorkflowDef] = {}
+_activities: dict[str, ActivityDef] = {}
+
+
+def _origin(fn: Callable[..., Any]) -> tuple[str, str]:
+    return fn.__module__, fn.__qualname__
+
+
+def _register(table: dict[str, Any], kind: str, item: Any) -> None:
+    if not NAME_PATTERN.match(item.name):
+        raise DefinitionError([f"{kind} name '{item.name}' must match {NAME_RE}"])
+    with _lock:
+        old = table.get(item.name)
+        if old is not None and (old.module, old.qualname) != (item.module, item.qualname):
+            raise DefinitionError([f"{kind} '{item.name}' is registered twice: {old.module}.{old.qualname} and "
+                                   f"{item.module}.{item.qualname}"])
+        table[item.name] = item  # the same function imported again (a reload) replaces itself
+
+
+@overload
+def activity(fn: F, /) -> F: ...
+@overload
+def activity(
+    fn: None = None, /, *, name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
+    retry_backoff: float = 2.0, max_retry_delay: float = 3600.0, timeout: float | None = None,
+    queue: str | None = None, priority: int | None = None, max_lost_attempts: int | None = None,
+    on_lost: Literal["retry", "fail"] = "retry",
+) -> Callable[[F], F]: ...
+
+
+def activity(
+    fn: Callable[..., Any] | None = None, /, *, name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
+    retry_backoff: float = 2.0, max_retry_delay: float = 3600.0, timeout: float | None = None,
+    queue: str | None = None, priority: int | None = None, max_lost_attempts: int | None = None,
+    on_lost: Literal["retry", "fail"] = "retry",
+) -> Any:
+    """Register a function as an activity: a workflow calls it with ``ctx.activity(fn, ...)``; a worker runs it as
+    a task of the run (claim, lease, retries with back-off, lost-attempt budget, timeout, queue, priority), and
+    its JSON result is recorded. The function itself is returned unchanged (call it directly in unit tests)."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(f):
+            raise DefinitionError([f"activity '{f.__qualname__}': async activities are not supported yet; "
+                                   "write a plain function"])
+        module, qualname = _origin(f)
+        problems = []
+        if retries < 0 or retry_delay < 0 or retry_backoff < 1 or max_retry_delay <= 0:
+            problems.append("retries and retry_delay must be >= 0, retry_backoff >= 1, max_retry_delay > 0")
+        if timeout is not None and timeout <= 0:
+            problems.append("timeout must be > 0")
+        if priority is not None and not 0 <= priority <= 9:
+            problems.append("priority must be between 0 and 9")
+        if max_lost_attempts is not None and max_lost_attempts < 1:
+            problems.append("max_lost_attempts must be >= 1")
+        if on_lost not in ("retry", "fail"):
+            problems.append("on_lost must be 'retry' or 'fail'")
+        if problems:
+            raise DefinitionError([f"activity '{name or f.__name__}': {p}" for p in problems])
+        adef = ActivityDef(name or f.__name__, f, module, qualname, retries, float(retry_delay), float(retry_backoff),
+                           float(max_retry_delay), timeout, queue, priority, max_lost_attempts, on_lost)
+        _register(_activities, "activity", adef)
+        f.__tideflow_activity__ = adef  # type: ignore[attr-defined]
+        return f
+
+    return decorate(fn) if fn is not None else decorate
+
+
+@overload
+def workflow(fn: F, /) -> F: ...
+@overload
+def workflow(
+    fn: None = None, /, *, name: str | None = None, priority: int = 5, description: str = "",
+) -> Callable[[F], F]: ...
+
+
+def workflow(
+    fn: Callable[..., Any] | None = None, /, *, name: str | None = None, priority: int = 5, description: str = "",
+) -> Any:
+    """Register ``fn(ctx, **params)`` as a code workflow named ``name`` (default: the function's name). The
+    function must be deterministic: everything that talks to the world goes through ``ctx`` (README: code
+    workflows)."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        module, qualname = _origin(f)
+        sig = inspect.signature(f)
+        params = list(sig.parameters.values())
+        if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                                inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            raise DefinitionError([f"workflow '{name or f.__name__}': its first parameter must be the context "
+                                   "(def fn(ctx, ...))"])
+        declared = []
+        for p in params[1:]:
+            if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD,
+                          inspect.Parameter.POSITIONAL_ONLY):
+                raise DefinitionError([f"workflow '{name or f.__name__}': parameter '{p.name}' must be a plain "
+                                       "keyword parameter (runs pass parameters by name)"])
+            declared.append(Param(p.name, p.annotation, p.default is inspect.Parameter.empty,
+                                  None if p.default is inspect.Parameter.empty else p.default))
+        if not 0 <= priority <= 9:
+            raise DefinitionError([f"workflow '{name or f.__name__}': priority must be between 0 and 9"])
+        wdef = WorkflowDef(name or f.__name__, f, module, qualname, tuple(declared), priority, description,
+                           inspect.iscoroutinefunction(f))
+        _register(_workflows, "workflow", wdef)
+        f.__tideflow_workflow__ = wdef  # type: ignore[attr-defined]
+        return f
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def get_workflow(name: str) -> WorkflowDef | None:
+    return _workflows.get(name)
+
+
+def get_activity(name: str) -> ActivityDef | None:
+    return _activities.get(name)
+
+
+def workflows() -> list[WorkflowDef]:
+    return sorted(_workflows.values(), key=lambda w: w.name)
+
+
+def activities() -> list[ActivityDef]:
+    return sorted(_activities.values(), key=lambda a: a.name)
+
+
+def activity_def(ref: Any) -> ActivityDef:
+    """The activity ``ref`` names: a decorated function or a registered name."""
+    adef = getattr(ref, "__tideflow_activity__", None)
+    if isinstance(adef, ActivityDef):
+        return adef
+    if isinstance(ref, str):
+        found = _activities.get(ref)
+        if found is not None:
+            return found
+        raise TideflowError(f"activity '{ref}' is not registered (is its module in TIDEFLOW_WORKFLOW_MODULES?)")
+    raise TypeError(f"{ref!r} is not an activity: decorate it with @tideflow.activity")
+
+
+def workflow_name(ref: Any) -> str:
+    """The workflow ``ref`` names: a decorated function or a name (code or DAG)."""
+    wdef = getattr(ref, "__tideflow_workflow__", None)
+    if isinstance(wdef, WorkflowDef):
+        return wdef.name
+    if isinstance(ref, str):
+        return ref
+    raise TypeError(f"{ref!r} is not a workflow: pass its name or a @tideflow.workflow function")
+
+
+_loaded: set[str] = set()
+
+
+def load_modules(spec: str) -> list[str]:
+    """Import the comma-separated modules of ``TIDEFLOW_WORKFLOW_MODULES`` (once per process). A module that
+    cannot be imported is a :class:`ConfigurationError` naming it: the process must not start without the
+    workflows it is expected to run."""
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    for module in names:
+        if module in _loaded:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - any import failure is a configuration error, named
+            raise ConfigurationError(f"TIDEFLOW_WORKFLOW_MODULES: cannot import module '{module}': "
+                                     f"{type(exc).__name__}: {exc}") from exc
+        _loaded.add(module)
+    return names
