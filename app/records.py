@@ -118,7 +118,8 @@ class TaskRecord:
             publish_count=m["publish_count"], next_publish_at=m["next_publish_at"], child_run_id=m["child_run_id"],
             result=m["result"], error=m["error"], created_at=m["created_at"], updated_at=m["updated_at"],
             started_at=m["started_at"], finished_at=m["finished_at"], seq=m["seq"], due_at=m["due_at"],
-            workflow_name=m.get("workflow_name"),
+            # ``in``, not ``m.get``: a missing key costs RowMapping a raised and caught KeyError
+            workflow_name=m["workflow_name"] if "workflow_name" in m else None,  # noqa: SIM401
         )
 
 

@@ -93,7 +93,7 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
              error or "ok")
     return _durably(rt, lambda: finish(rt, task_run_id, attempt, token, result=result, error=error,
                                        log_text=ctx.log.getvalue(), timed_out=keeper.timed_out, started_at=now,
-                                       run_id=run.id, workflow_name=run.workflow_name))
+                                       run_id=run.id, workflow_name=run.workflow_name, claimed=task))
 
 
 def _not_claimed(task: TaskRecord | None, task_run_id: int, attempt: int, now: datetime) -> Result:
@@ -138,13 +138,14 @@ def _durably(rt: Runtime, fn: Callable[[], Result]) -> Result:
 def finish(
     rt: Runtime, task_run_id: int, attempt: int, token: str, *, result: Any = None, error: str | None = None,
     log_text: str | None = None, timed_out: bool = False, started_at: datetime | None = None,
-    run_id: int | None = None, workflow_name: str | None = None,
+    run_id: int | None = None, workflow_name: str | None = None, claimed: TaskRecord | None = None,
 ) -> Result:
     """Record an attempt's end, fenced by its lease token, and advance the run in the same transaction when
     it is free (no hop through the master queue). Does nothing (FENCED) if the attempt lost
-    its lease. Should the inline advance fail, the outcome is recorded alone and the master advances."""
+    its lease. Should the inline advance fail, the outcome is recorded alone and the master advances.
+    ``claimed``: the attempt's record as its claim returned it (a success then reads nothing back)."""
     kw: dict[str, Any] = dict(result=result, error=error, log_text=log_text, timed_out=timed_out,
-                              started_at=started_at, run_id=run_id, workflow_name=workflow_name)
+                              started_at=started_at, run_id=run_id, workflow_name=workflow_name, claimed=claimed)
     try:
         return _finish(rt, task_run_id, attempt, token, inline=rt.settings.inline_advance, **kw)
     except (OperationalError, InterfaceError):
@@ -157,7 +158,7 @@ def finish(
 def _finish(
     rt: Runtime, task_run_id: int, attempt: int, token: str, *, inline: bool, result: Any, error: str | None,
     log_text: str | None, timed_out: bool, started_at: datetime | None, run_id: int | None,
-    workflow_name: str | None,
+    workflow_name: str | None, claimed: TaskRecord | None,
 ) -> Result:
     with rt.db.transaction() as s:
         now = utcnow()
@@ -168,7 +169,8 @@ def _finish(
         finished: TaskRecord | None = None
         if error is None:
             finished = attempts.succeed(s, rt, task_run_id, attempt, token, result=result, now=now,
-                                        handled=run is not None, log=log_text, started_at=started_at)
+                                        handled=run is not None, log=log_text, started_at=started_at,
+                                        claimed=claimed)
             to: TaskState | None = TaskState.SUCCEEDED if finished is not None else None
             owner = finished.run_id if finished is not None else run_id
         else:

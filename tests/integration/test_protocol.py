@@ -295,3 +295,57 @@ def test_run_retry_resets_the_lost_attempt_budget(h: Harness) -> None:
     run = _lose_and_recover(h, lambda label, attempt: attempt == 3, run_id=run["id"])
     assert run["state"] == "succeeded", run  # one lost attempt after the retry: within the reset budget
     assert [a["outcome"] for a in h.tasks(run)["x"]["attempts"]] == ["lost", "lost", "lost", "succeeded"]
+
+
+# -- a success is recorded from the claimed record (no RETURNING * read back), under the same fence ----------
+
+def _claim_first(h: Harness, token: str) -> Any:
+    """Claim the first queued execute message's attempt, as a worker would; returns the claimed record."""
+    from app.services import attempts
+
+    kind, body = h.stub.queue.popleft()
+    assert kind == "execute"
+    with h.rt.db.transaction() as s:
+        claimed = attempts.claim(s, h.rt, int(body["task_run_id"]), int(body["attempt"]), now=utcnow(), token=token)
+    assert claimed is not None
+    return claimed
+
+
+def test_a_success_recorded_from_the_claimed_record_is_the_row_written(h: Harness) -> None:
+    """What the finishing worker hands its advance (the claimed record with what the fenced update wrote) is
+    exactly the row in the database, although the heartbeat moved the lease in between."""
+    from app.services import attempts
+
+    h.register("wf", [{"name": "x", "type": "python", "function": ECHO, "args": {"v": 1}}])
+    h.tf.start_run("wf")
+    claimed = _claim_first(h, "token-1")
+    with h.rt.db.transaction() as s:
+        assert repo.renew_lease(s, claimed.id, "token-1", utcnow() + timedelta(seconds=60))
+    with h.rt.db.transaction() as s:
+        done = attempts.succeed(s, h.rt, claimed.id, claimed.attempt, "token-1", result={"v": [1, "a"]},
+                                now=utcnow(), handled=False, log="ok", started_at=None, claimed=claimed)
+    with h.rt.db.read() as s:
+        row = repo.get_task(s, claimed.id)
+    assert done is not None and row is not None
+    assert done == row
+    assert (row.state, row.handled, row.result, row.lease_expires_at) == ("succeeded", False, {"v": [1, "a"]}, None)
+
+
+def test_a_stale_claimed_record_cannot_record_a_success(h: Harness) -> None:
+    """The fence holds on this path too: the attempt whose lease lapsed (and was retried) finds nothing to
+    update, and the newer attempt's row is untouched."""
+    from app.services import worker
+
+    h.register("wf", [{"name": "x", "type": "python", "function": ECHO, "args": {"v": 1}}])
+    h.tf.start_run("wf")
+    stale = _claim_first(h, "token-1")
+    h.expire_leases()
+    assert reconcile_once(h.rt).lost_attempts == 1
+    newer = _claim_first(h, "token-2")
+    assert newer.attempt == stale.attempt + 1
+    result = worker.finish(h.rt, stale.id, stale.attempt, "token-1", result="stale", run_id=stale.run_id,
+                           claimed=stale)
+    assert result.outcome == worker.Outcome.FENCED
+    with h.rt.db.read() as s:
+        row = repo.get_task(s, stale.id)
+    assert row is not None and (row.state, row.attempt, row.lease_token, row.result) == ("running", 2, "token-2", None)
