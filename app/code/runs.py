@@ -18,7 +18,7 @@ from app.code import registry
 from app.code.engine import NewStep, describe, to_json
 from app.db import repository as repo
 from app.dispatch import publish_after_commit
-from app.errors import InvalidState, NotFound, TideflowError
+from app.errors import DefinitionError, InvalidState, NotFound, TideflowError
 from app.records import RunRecord, TaskRecord, WorkflowRecord
 from app.runtime import Runtime
 from app.states import RUN_TERMINAL, RunKind, RunState, TaskKind, TaskState
@@ -40,6 +40,9 @@ def workflow_row(s: Session, name: str, version: int | None = None) -> WorkflowR
     if wdef is None or version is not None:
         return repo.workflow(s, name, version)
     latest = repo.workflow(s, name)
+    if latest is not None and not is_code(latest):
+        raise DefinitionError([f"workflow '{name}' is registered as a DAG, and {wdef.module}.{wdef.qualname} is a "
+                               "code workflow of the same name: rename one (a name is one kind of workflow)"])
     digest = wdef.digest()
     if latest is not None and latest.digest == digest:
         return latest
@@ -63,8 +66,6 @@ def insert_run(
     checked = registry.check_params(row.name, list(d.get("params", [])), list(d.get("required", [])), params)
     prio = int(d.get("priority", 5)) if priority is None else priority
     if not 0 <= prio <= 9:
-        from app.errors import DefinitionError
-
         raise DefinitionError([f"priority must be between 0 and 9, not {prio}"])
     return repo.insert_run(s, workflow_row=row, params=checked, priority=prio, on_failure="stop",
                            parent_task_run_id=parent_task_run_id, actor=actor, reason=reason, kind=RunKind.CODE,

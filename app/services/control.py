@@ -19,6 +19,12 @@ def register_workflow(s: Session, definition: WorkflowSpec | dict[str, Any]) -> 
     """Store a definition. Same content as the latest version: returns it (created=False); anything else
     becomes the new latest version. Invalid: :class:`DefinitionError` and nothing is stored."""
     spec = parse_definition(definition)
+    from app.code import registry
+
+    code = registry.get_workflow(spec.name)
+    if code is not None:
+        raise DefinitionError([f"workflow '{spec.name}' is a code workflow in this process ({code.module}."
+                               f"{code.qualname}): a DAG cannot take its name (a name is one kind of workflow)"])
     problems = _child_problems(s, spec)
     if problems:
         raise DefinitionError(problems)

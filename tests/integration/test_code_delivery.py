@@ -271,7 +271,7 @@ def test_cancel_during_a_running_activity_stops_it_through_its_lease(
 
 def test_children_continue_as_new_and_async_workflows_through_real_workers(cluster: Cluster, tf: Tideflow) -> None:
     start_all(cluster)
-    parent = tf.start_run("parent", {"x": 5})
+    parent = tf.start_run("code_parent", {"x": 5})
     counter = tf.start_run("counter", {"n": 0, "until": 3})
     async_run = tf.start_run("async_adder", {"x": 1})
     assert wait_run(tf, parent)["result"] == {"child": {"first": 15, "left": 16, "right": 17},

@@ -171,7 +171,7 @@ def test_recorded_values_replay_the_same(code: Code) -> None:
 
 
 def test_children_code_and_their_results(code: Code) -> None:
-    run = code.run(code.start("parent", {"x": 5}))
+    run = code.run(code.start("code_parent", {"x": 5}))
     assert run["state"] == "succeeded", run
     assert run["result"] == {"child": {"first": 15, "left": 16, "right": 17},
                              "other": {"first": 2, "left": 3, "right": 4}}
@@ -362,3 +362,24 @@ def test_an_activity_knows_its_run_position_and_attempt(code: Code) -> None:
                              "key": f"{run['id']}-{step['id']}"}
     with pytest.raises(RuntimeError, match="only available while an activity runs"):
         codeflows.tideflow.activity_info()
+
+
+def test_a_name_is_one_kind_of_workflow(code: Code) -> None:
+    from app.errors import DefinitionError
+
+    with pytest.raises(DefinitionError, match="'adder' is a code workflow in this process"):
+        code.tf.register({"name": "adder", "tasks": [{"name": "a", "type": "shell", "command": "true"}]})
+
+    code.tf.register({"name": "clash", "tasks": [{"name": "a", "type": "shell", "command": "true"}]})
+
+    @codeflows.tideflow.workflow(name="clash")
+    def clash(ctx: Any) -> None:
+        return None
+
+    try:
+        with pytest.raises(DefinitionError, match="'clash' is registered as a DAG"):
+            code.tf.start_run("clash")
+    finally:
+        from app.code import registry
+
+        registry._workflows.pop("clash", None)

@@ -106,7 +106,7 @@ def values(ctx: tideflow.Context) -> dict[str, Any]:
     return {"now": ctx.now().isoformat(), "uuid": str(ctx.uuid4()), "random": ctx.random()}
 
 
-@tideflow.workflow(name="parent")
+@tideflow.workflow(name="code_parent")
 def parent(ctx: tideflow.Context, x: int) -> dict[str, Any]:
     child = ctx.child("adder", x=x, y=10)
     handle = ctx.start_child(adder, x=1)
