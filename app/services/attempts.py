@@ -42,9 +42,10 @@ class EagerSlot:
     for this worker in the same transaction instead of being published, and the worker runs it right after
     commit. Should the worker die after that commit, nothing is lost: the attempt is ``running`` with a lease
     like any claimed one, and the reconciler's lost-attempt path retries it once the lease lapses.
-    (Temporal: a worker asks for the activities its workflow task schedules to be returned to it eagerly
-    instead of being dispatched through the task queue, https://docs.temporal.io/develop/worker-performance,
-    "Eager activity execution"; server ``RespondWorkflowTaskCompleted`` ``ActivityTasks``.)"""
+    (Temporal: a worker sets ``request_eager_execution`` on a ``ScheduleActivityTaskCommandAttributes``
+    (temporalio/api, command/v1) and the server hands that activity task back in the response to the workflow
+    task's completion, ``RespondWorkflowTaskCompletedResponse.activity_tasks``, instead of dispatching it
+    through the task queue; the SDKs bound how many with the worker's free activity slots.)"""
 
     queue: str
     run_id: int
