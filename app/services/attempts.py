@@ -45,7 +45,7 @@ class EagerSlot:
     (Temporal: a worker sets ``request_eager_execution`` on a ``ScheduleActivityTaskCommandAttributes``
     (temporalio/api, command/v1) and the server hands that activity task back in the response to the workflow
     task's completion, ``RespondWorkflowTaskCompletedResponse.activity_tasks``, instead of dispatching it
-    through the task queue; the SDKs bound how many with the worker's free activity slots.)"""
+    through the task queue.)"""
 
     queue: str
     run_id: int
