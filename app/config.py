@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     #: a worker that finishes a task advances the run itself, in the same transaction, when the run's lock is
     #: free; off: every advance goes through the master queue (slower; for tests of that path and debugging).
     inline_advance: bool = True
+    #: eager execution (Temporal's "eager activity execution"): a worker whose inline advance submits the run's
+    #: next task on the same queue claims it in that transaction and runs it right after, without a message
+    #: (activities of code runs and a DAG chain's next task alike). Needs ``inline_advance``.
+    eager_activities: bool = True
+    #: ... at most this many eager executions follow one message (then the next task is published, so one
+    #: Celery task never holds its pool slot for ever and queued work, of higher priority too, gets its turn) ...
+    eager_max_chain: int = Field(16, ge=0)
+    #: ... and none is started once the message's work has taken this long.
+    eager_max_seconds: float = Field(2.0, ge=0)
 
     #: code workflows: the modules every process imports (comma separated) to register its workflows and activities
     workflow_modules: str = ""

@@ -15,7 +15,8 @@ the execute messages these return (the caller publishes them in one batch with
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+import uuid
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +28,34 @@ from app.dispatch import ExecuteMessage
 from app.records import TaskRecord
 from app.runtime import Runtime
 from app.scheduling import republish_delay
-from app.states import AttemptOutcome, OnLost, TaskState
+from app.states import AttemptOutcome, OnLost, TaskKind, TaskState
+
+#: the kinds a worker runs (a subworkflow, timer, signal or marker step is never claimed by a worker)
+WORKER_KINDS = frozenset({TaskKind.ACTIVITY, TaskKind.PYTHON, TaskKind.SHELL})
+
+
+@dataclass
+class EagerSlot:
+    """Room for one eager claim (Temporal's "eager activity execution"): a worker that finishes a task and
+    advances its run inline offers this to the advance; the first task of that same run the advance submits on
+    ``queue`` (the queue the finished task's message came from, so one this worker process consumes) is claimed
+    for this worker in the same transaction instead of being published, and the worker runs it right after
+    commit. Should the worker die after that commit, nothing is lost: the attempt is ``running`` with a lease
+    like any claimed one, and the reconciler's lost-attempt path retries it once the lease lapses.
+    (Temporal: a worker sets ``request_eager_execution`` on a ``ScheduleActivityTaskCommandAttributes``
+    (temporalio/api, command/v1) and the server hands that activity task back in the response to the workflow
+    task's completion, ``RespondWorkflowTaskCompletedResponse.activity_tasks``, instead of dispatching it
+    through the task queue.)"""
+
+    queue: str
+    run_id: int
+    claimed: TaskRecord | None = None
+    token: str = ""
+    claimed_at: datetime | None = None
+
+    def takes(self, task: TaskRecord) -> bool:
+        return self.claimed is None and task.run_id == self.run_id and task.queue == self.queue \
+            and task.kind in WORKER_KINDS
 
 
 def _message(task: TaskRecord, attempt: int, label: str, countdown: float = 0.0) -> ExecuteMessage:
@@ -36,14 +64,24 @@ def _message(task: TaskRecord, attempt: int, label: str, countdown: float = 0.0)
 
 def submit(
     s: Session, rt: Runtime, task: TaskRecord, *, actor: str, now: datetime, reason: str, label: str,
+    eager: EagerSlot | None = None,
 ) -> ExecuteMessage | None:
-    """``pending -> submitted``: the task's next attempt is ready to run (its dependencies are met)."""
+    """``pending -> submitted``: the task's next attempt is ready to run (its dependencies are met).
+    With an ``eager`` slot that takes the task, the attempt is also claimed for this worker (``submitted ->
+    running``, its own event) in this transaction, and no message is returned: the worker runs it after commit."""
     attempt = task.attempt + 1
     if not repo.transition_task(
         s, task, TaskState.SUBMITTED, actor=actor, now=now, reason=reason, attempt=attempt, publish_count=1,
         not_before=None, next_publish_at=after(rt.settings.orphan_timeout_seconds, now), error=None, result=None,
     ):
         return None
+    if eager is not None and eager.takes(task):
+        token = str(uuid.uuid4())
+        claimed = claim(s, rt, task.id, attempt, now=now, token=token,
+                        reason=f"claimed eagerly by {rt.worker_id} (it finished the previous task)")
+        if claimed is not None:
+            eager.claimed, eager.token, eager.claimed_at = claimed, token, now
+            return None
     return _message(task, attempt, label)
 
 
@@ -61,12 +99,12 @@ def republish(s: Session, rt: Runtime, task: TaskRecord, *, actor: str, now: dat
 
 
 def claim(
-    s: Session, rt: Runtime, task_run_id: int, attempt: int, *, now: datetime, token: str,
+    s: Session, rt: Runtime, task_run_id: int, attempt: int, *, now: datetime, token: str, reason: str | None = None,
 ) -> TaskRecord | None:
     """``submitted -> running`` for exactly ``attempt``, holding a lease ``token``; None when there was nothing
     to claim (a duplicate, late or early message, or a row not visible yet)."""
     task = repo.claim_task(
-        s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=f"claimed by {rt.worker_id}",
+        s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=reason or f"claimed by {rt.worker_id}",
         worker=rt.worker_id, lease_token=token, lease_expires_at=after(rt.settings.lease_seconds, now),
         started_at=now,
     )

@@ -121,9 +121,11 @@ def advance_run(rt: Runtime, run_id: int, *, actor: str, skip_locked: bool = Fal
 
 def advance_locked(
     s: Session, rt: Runtime, run: RunRecord, *, actor: str, full: bool = False, finished: TaskRecord | None = None,
+    eager: attempts.EagerSlot | None = None,
 ) -> None:
     """The advance loop. The caller holds the run's lock. ``finished``: the task the caller just ended (and
-    wrote as handled), instead of reading the run's unhandled tasks; ``full``: decide from the whole run."""
+    wrote as handled), instead of reading the run's unhandled tasks; ``full``: decide from the whole run.
+    ``eager``: a worker's offer to claim one submitted task of this run itself (:class:`attempts.EagerSlot`)."""
     changed = [finished] if finished is not None else repo.unhandled_tasks(s, run.id)
     if run.state != RunState.RUNNING:
         repo.mark_handled(s, [t.id for t in changed if not t.handled])  # nothing follows from them
@@ -134,7 +136,7 @@ def advance_locked(
         plan = decider.decide(s, run, changed, full=full)
         if plan.empty:
             return
-        ended = _apply(s, rt, run, plan, actor)
+        ended = _apply(s, rt, run, plan, actor, eager)
         if plan.outcome is not None:
             if plan.continue_as_new is not None:
                 code_runs.continue_as_new(s, rt, run, plan.continue_as_new, actor=actor)
@@ -146,7 +148,9 @@ def advance_locked(
         changed, full = ended, False  # the tasks the loop's own actions ended: decided next
 
 
-def _apply(s: Session, rt: Runtime, run: RunRecord, plan: Plan, actor: str) -> list[TaskRecord]:
+def _apply(
+    s: Session, rt: Runtime, run: RunRecord, plan: Plan, actor: str, eager: attempts.EagerSlot | None = None,
+) -> list[TaskRecord]:
     """Carry out a plan. Returns the tasks that became terminal doing so (skipped, cancelled, or failed to
     start): the loop decides their consequences next."""
     now = utcnow()
@@ -174,7 +178,7 @@ def _apply(s: Session, rt: Runtime, run: RunRecord, plan: Plan, actor: str) -> l
                 ended.append(done)
             continue
         message = attempts.submit(s, rt, task, actor=actor, now=now, reason="upstream tasks succeeded",
-                                  label=f"{run.workflow_name}/{task.name}")
+                                  label=f"{run.workflow_name}/{task.name}", eager=eager)
         if message is not None:
             messages.append(message)
     publish_after_commit(s, rt.dispatcher, execute=messages)

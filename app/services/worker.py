@@ -27,7 +27,7 @@ from app.errors import TaskFailure, TaskStopped
 from app.executors import ExecutionContext, executor_for
 from app.executors.logbuffer import LogBuffer
 from app.records import TaskRecord
-from app.runtime import Runtime
+from app.runtime import RunInfo, Runtime
 from app.services import attempts
 from app.services.master import advance_locked
 from app.states import AttemptOutcome, TaskKind, TaskState
@@ -47,13 +47,32 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
+class Claimed:
+    """An attempt this worker holds (claimed from a message, or eagerly in its previous task's finish), with
+    what its body needs."""
+
+    task: TaskRecord
+    token: str
+    claimed_at: datetime
+    run: RunInfo
+    upstream: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Result:
     outcome: Outcome
     delay: float = 0.0
     detail: str = ""
+    #: the attempt this worker claimed eagerly while finishing (runs next, in this process, without a message)
+    then: Claimed | None = None
+    #: how many eager executions followed the message's own (``execute``)
+    eager: int = 0
 
 
 def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = False) -> Result:
+    """Claim and run the attempt of one message, then the attempts its finishes claimed eagerly (at most
+    ``eager_max_chain`` of them, none started after ``eager_max_seconds``). The result is the message's own."""
+    began = time.monotonic()
     now = utcnow()
     token = str(uuid.uuid4())
     with rt.db.transaction() as s:
@@ -62,10 +81,31 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
             return _not_claimed(repo.get_task(s, task_run_id), task_run_id, attempt, now)
         run = rt.run_info(s, task.run_id)
         upstream = repo.task_results(s, task.run_id, task.body.inputs)
+    settings = rt.settings
+    # the chain's bound (documented in app/config.py): the n+1st body's finish may claim another while n is
+    # under eager_max_chain and until eager_max_seconds after the message came (checked at the finish)
+    until = began + settings.eager_max_seconds if settings.eager_activities else None
 
+    first = result = run_claimed(rt, Claimed(task, token, now, run, upstream), hard_kill=hard_kill,
+                                 eager_until=until if settings.eager_max_chain > 0 else None)
+    n = 0
+    while result.then is not None:
+        n += 1
+        result = run_claimed(rt, result.then, hard_kill=hard_kill,
+                             eager_until=until if n < settings.eager_max_chain else None)
+    return replace(first, then=None, eager=n)
+
+
+def run_claimed(
+    rt: Runtime, claimed: Claimed, *, hard_kill: bool = False, eager_until: float | None = None,
+) -> Result:
+    """Run a claimed attempt's body under its lease and record its end. ``eager_until`` (a ``time.monotonic``
+    deadline): if the body ends before it, its finish may claim the run's next task for this worker
+    (:class:`app.services.attempts.EagerSlot`), returned as ``then``."""
+    task, token, now, run, attempt = claimed.task, claimed.token, claimed.claimed_at, claimed.run, claimed.task.attempt
     ctx = ExecutionContext(
         run_id=run.id, task_run_id=task.id, task_name=task.name, attempt=attempt, workflow=run.workflow_name,
-        priority=run.priority, params=dict(run.params), upstream=upstream, stop=threading.Event(),
+        priority=run.priority, params=dict(run.params), upstream=claimed.upstream, stop=threading.Event(),
         log=LogBuffer(rt.settings.log_max_bytes), allowed_python_modules=rt.settings.allowed_python_modules,
     )
     from app.services.lease import LeaseKeeper  # local: keeps signal handling out of import time
@@ -91,9 +131,10 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
         return Result(Outcome.STOPPED, detail=keeper.reason)
     log.info("task run %s attempt %s finished in %.3fs: %s", task.id, attempt, time.monotonic() - started,
              error or "ok")
-    return _durably(rt, lambda: finish(rt, task_run_id, attempt, token, result=result, error=error,
+    return _durably(rt, lambda: finish(rt, task.id, attempt, token, result=result, error=error,
                                        log_text=ctx.log.getvalue(), timed_out=keeper.timed_out, started_at=now,
-                                       run_id=run.id, workflow_name=run.workflow_name, claimed=task))
+                                       run_id=run.id, workflow_name=run.workflow_name, claimed=task,
+                                       eager=eager_until is not None and time.monotonic() < eager_until))
 
 
 def _not_claimed(task: TaskRecord | None, task_run_id: int, attempt: int, now: datetime) -> Result:
@@ -139,27 +180,31 @@ def finish(
     rt: Runtime, task_run_id: int, attempt: int, token: str, *, result: Any = None, error: str | None = None,
     log_text: str | None = None, timed_out: bool = False, started_at: datetime | None = None,
     run_id: int | None = None, workflow_name: str | None = None, claimed: TaskRecord | None = None,
+    eager: bool = False,
 ) -> Result:
     """Record an attempt's end, fenced by its lease token, and advance the run in the same transaction when
     it is free (no hop through the master queue). Does nothing (FENCED) if the attempt lost
     its lease. Should the inline advance fail, the outcome is recorded alone and the master advances.
-    ``claimed``: the attempt's record as its claim returned it (a success then reads nothing back)."""
+    ``claimed``: the attempt's record as its claim returned it (a success then reads nothing back).
+    ``eager``: the inline advance may claim the run's next task on this task's queue for this worker (returned
+    as ``Result.then``: the caller must run it, see :func:`execute`)."""
     kw: dict[str, Any] = dict(result=result, error=error, log_text=log_text, timed_out=timed_out,
                               started_at=started_at, run_id=run_id, workflow_name=workflow_name, claimed=claimed)
     try:
-        return _finish(rt, task_run_id, attempt, token, inline=rt.settings.inline_advance, **kw)
+        return _finish(rt, task_run_id, attempt, token, inline=rt.settings.inline_advance, eager=eager, **kw)
     except (OperationalError, InterfaceError):
         raise
     except Exception:  # noqa: BLE001 - the transaction rolled back: record the outcome without the advance
         log.exception("task run %s: inline advance failed; recording the outcome alone", task_run_id)
-        return _finish(rt, task_run_id, attempt, token, inline=False, **kw)
+        return _finish(rt, task_run_id, attempt, token, inline=False, eager=False, **kw)
 
 
 def _finish(
-    rt: Runtime, task_run_id: int, attempt: int, token: str, *, inline: bool, result: Any, error: str | None,
-    log_text: str | None, timed_out: bool, started_at: datetime | None, run_id: int | None,
+    rt: Runtime, task_run_id: int, attempt: int, token: str, *, inline: bool, eager: bool, result: Any,
+    error: str | None, log_text: str | None, timed_out: bool, started_at: datetime | None, run_id: int | None,
     workflow_name: str | None, claimed: TaskRecord | None,
 ) -> Result:
+    then: Claimed | None = None
     with rt.db.transaction() as s:
         now = utcnow()
         # Take the run first (SKIP LOCKED: never waits, so never deadlocks): holding it, the run is advanced
@@ -189,8 +234,15 @@ def _finish(
             return Result(Outcome.FENCED)
         if to != TaskState.SUBMITTED:
             if run is not None:
-                advance_locked(s, rt, run, actor=rt.worker_id, finished=finished)
+                # eager: the next task of this run on this task's queue (one this worker consumes) is claimed here
+                queue = claimed.queue if claimed is not None else None
+                slot = attempts.EagerSlot(queue, run.id) if eager and queue is not None else None
+                advance_locked(s, rt, run, actor=rt.worker_id, finished=finished, eager=slot)
+                if slot is not None and slot.claimed is not None and slot.claimed_at is not None:
+                    nxt = slot.claimed
+                    then = Claimed(nxt, slot.token, slot.claimed_at, rt.run_info(s, nxt.run_id),
+                                   repo.task_results(s, nxt.run_id, nxt.body.inputs))
             elif owner is not None:
                 publish_after_commit(s, rt.dispatcher, advance=[owner])
     outcome = {TaskState.SUCCEEDED: Outcome.SUCCEEDED, TaskState.SUBMITTED: Outcome.RETRYING}.get(to, Outcome.FAILED)
-    return Result(outcome, detail=error or "")
+    return Result(outcome, detail=error or "", then=then)
