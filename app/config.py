@@ -55,8 +55,9 @@ class Settings(BaseSettings):
     inline_advance: bool = True
     #: eager execution (Temporal's "eager activity execution"): a worker whose inline advance submits the run's
     #: next task on the same queue claims it in that transaction and runs it right after, without a message
-    #: (activities of code runs and a DAG chain's next task alike). Needs ``inline_advance``.
-    eager_activities: bool = True
+    #: (activities of code runs and a DAG chain's next task alike). Needs ``inline_advance``. Off by default
+    #: until the chaos campaign and the outage tests run with it (1.4-1.8x on chains: docs/benchmarks.md).
+    eager_activities: bool = False
     #: ... at most this many eager executions follow one message (then the next task is published, so one
     #: Celery task never holds its pool slot for ever and queued work, of higher priority too, gets its turn) ...
     eager_max_chain: int = Field(16, ge=0)

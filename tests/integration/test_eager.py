@@ -32,6 +32,7 @@ ECHO = "tests.support.jobs_unit:echo"
 class Eager:
     def __init__(self, db_url: str, **settings: Any):
         self.stub = StubDispatcher()
+        settings = {"eager_activities": True, **settings}  # off by default (see app/config.py)
         self.rt = Runtime.create(load_settings(database_url=db_url, workflow_modules="tests.support.codeflows",
                                                **settings), self.stub)
         self.tf = Tideflow(self.rt)
