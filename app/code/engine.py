@@ -18,7 +18,6 @@ asked for; the run is then ``blocked`` (never retried in a loop, never changed) 
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import random as _random
@@ -557,6 +556,3 @@ def _run_coroutine(coro: Any) -> Any:
     finally:
         coro.close()
 
-
-def signature_hints(wf: WorkflowDef) -> dict[str, Any]:
-    return {p.name: p.annotation for p in wf.params if p.annotation is not inspect.Parameter.empty}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -37,12 +38,9 @@ def list_workflows(s: Session) -> list[dict[str, Any]]:
 
     rows = [workflow_summary(r) for r in repo.list_workflows(s)]
     stored = {r["name"] for r in rows}
-    for w in registry.workflows():
-        if w.name not in stored:
-            d = w.definition()
-            rows.append({"name": w.name, "kind": "code", "version": None, "id": None, "digest": w.digest()[:12],
-                         "tasks": 0, "created_at": None, "module": d["module"], "function": d["function"],
-                         "params": d["params"]})
+    rows += [workflow_summary(SimpleNamespace(name=w.name, definition=w.definition(), version=None, id=None,
+                                              digest=w.digest(), created_at=None))
+             for w in registry.workflows() if w.name not in stored]
     return sorted(rows, key=lambda r: r["name"])
 
 
