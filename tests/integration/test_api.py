@@ -210,3 +210,50 @@ def test_start_with_a_key_is_idempotent(api) -> None:
     other = client.post("/api/runs", json={"workflow": "hello", "key": "invoice-8"}, headers=AUTH)
     assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
     assert len(client.get("/api/runs", headers=AUTH).json()["items"]) == 2
+
+
+# -- live logs: a real worker, the web process, HTTP ---------------------------------------------------------
+
+CHATTY = {
+    "name": "chatty", "params": {"gate": ""},
+    "tasks": [
+        {"name": "py", "type": "python", "function": "tests.support.jobs:print_then_wait",
+         "args": {"text": "python says hi", "gate": "{{ params.gate }}"}},
+        {"name": "sh", "type": "shell",
+         "command": "echo shell says hi; while [ ! -e {{ params.gate }} ]; do sleep 0.05; done; echo bye"},
+    ],
+}
+
+
+def test_a_running_attempts_output_is_served_before_it_ends(cluster, tmp_path) -> None:
+    """``GET /api/tasks/{id}/logs`` shows what a running attempt printed (python and shell bodies) while it
+    still runs: the worker's heartbeat stores the output so far. At the end the full output replaces it."""
+    import httpx
+
+    from tests.support.wait import wait_until
+
+    cluster.start_worker(concurrency=2)
+    _web, base_url = cluster.start_web()
+    gate = tmp_path / "gate"
+    with httpx.Client(base_url=base_url, headers={"Authorization": "Bearer test-token"}, timeout=30) as http:
+        assert http.post("/api/workflows", json=CHATTY).status_code == 201
+        run = http.post("/api/runs", json={"workflow": "chatty", "params": {"gate": str(gate)}}).json()
+        ids = {t["name"]: t["id"] for t in run["tasks"]}
+
+        def live(task_id: int, line: str) -> dict | None:
+            logs = http.get(f"/api/tasks/{task_id}/logs").json()
+            shown = [a for a in logs["attempts"] if a["outcome"] == "running" and line in a["log"]]
+            return logs if shown else None
+
+        for name, line in (("py", "python says hi"), ("sh", "shell says hi")):
+            logs = wait_until(lambda: live(ids[name], line), timeout=30, interval=0.2,  # noqa: B023
+                              message=f"task {name}'s output never showed while it ran")
+            assert logs["state"] == "running"  # gated: it cannot have ended
+        assert not gate.exists()
+
+        gate.touch()
+        wait_until(lambda: http.get(f"/api/runs/{run['id']}").json()["state"] == "succeeded", timeout=30,
+                   interval=0.2, message="the run never succeeded")
+        final = {name: http.get(f"/api/tasks/{i}/logs").json()["attempts"] for name, i in ids.items()}
+    assert [(a["outcome"], a["log"]) for a in final["py"]] == [("succeeded", "python says hi\n")]
+    assert [(a["outcome"], a["log"]) for a in final["sh"]] == [("succeeded", "shell says hi\nbye\n")]
