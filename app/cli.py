@@ -258,11 +258,12 @@ def _render_run(d: dict[str, Any]) -> None:
 
 @run.command("list")
 @click.option("--state", type=click.Choice([str(st) for st in RunState]))
+@click.option("--kind", type=click.Choice([str(k) for k in RunKind]), help="dag or code runs only")
 @click.option("--workflow")
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def run_list(state: str | None, workflow: str | None, limit: int, as_json: bool) -> None:
-    rows = _read(views.list_runs, state=state, workflow=workflow, limit=limit)
+def run_list(state: str | None, kind: str | None, workflow: str | None, limit: int, as_json: bool) -> None:
+    rows = _read(views.list_runs, state=state, workflow=workflow, limit=limit, kind=kind)
 
     def render(rows: list[dict[str, Any]]) -> None:
         t = Table("id", "workflow", "state", "priority", "created", "duration")

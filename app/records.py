@@ -143,6 +143,8 @@ class RunRecord:
     state_values: dict[str, Any] | None = None
     cancel_requested: bool = False
     continued_run_id: int | None = None
+    #: the run of the parent task (a child run's parent run), when the query joined it (read models)
+    parent_run_id: int | None = field(default=None, compare=False)
 
     @classmethod
     def from_row(cls, row: Any) -> RunRecord:
@@ -154,6 +156,7 @@ class RunRecord:
             created_at=m["created_at"], updated_at=m["updated_at"], finished_at=m["finished_at"],
             key=m["key"], result=m["result"], state_values=m["state_values"],
             cancel_requested=bool(m["cancel_requested"]), continued_run_id=m["continued_run_id"],
+            parent_run_id=m["parent_run_id"] if "parent_run_id" in m else None,  # noqa: SIM401
         )
 
 

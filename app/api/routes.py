@@ -26,7 +26,7 @@ from app.api.schemas import (
 from app.client import Tideflow
 from app.definitions import NAME_RE, WorkflowSpec
 from app.services import views
-from app.states import RunState
+from app.states import RunKind, RunState
 
 
 def client(request: Request) -> Tideflow:
@@ -100,14 +100,15 @@ def start_run(body: StartRun, tf: TF, request: Request, response: Response) -> A
 @api.get("/runs", response_model=RunPage, tags=["runs"])
 def list_runs(
     tf: TF,
-    state: Annotated[RunState | None, Query()] = None,
+    state: Annotated[RunState | None, Query(description="incl. blocked (a code run waiting for run resume)")] = None,
+    kind: Annotated[RunKind | None, Query(description="dag or code")] = None,
     workflow: Annotated[str | None, Query(pattern=NAME_RE)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="only runs with a smaller id")] = None,
 ) -> Any:
-    """Runs, newest first, filtered by state and workflow; page with ``before``."""
+    """Runs, newest first, filtered by state, kind and workflow; page with ``before``."""
     items = tf.read(views.list_runs, state=state.value if state else None, workflow=workflow, limit=limit,
-                    before=before)
+                    before=before, kind=kind.value if kind else None)
     return {"items": items, "next_before": items[-1]["id"] if len(items) == limit else None}
 
 

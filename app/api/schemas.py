@@ -66,7 +66,8 @@ class RunSummary(_Strict):
     priority: int
     key: str | None = Field(description="the idempotency key it was started with")
     params: dict[str, Any]
-    parent_task_run_id: int | None
+    parent_task_run_id: int | None = Field(description="a child run: the task of its parent run that started it")
+    parent_run_id: int | None = Field(description="a child run: its parent run's id")
     error: str | None
     created_at: str | None
     finished_at: str | None
@@ -113,12 +114,21 @@ class TaskView(_Strict):
     attempts: list[AttemptView]
 
 
+class ChildRun(_Strict):
+    id: int
+    workflow: str
+    kind: str = Field(description="dag or code")
+    state: str
+
+
 class RunDetail(RunSummary):
     workflow_version: int | None
     result: Any = Field(description="a code run's return value")
     state_values: dict[str, Any] = Field(description="a code run's published state (ctx.set_state)")
     cancel_requested: bool
     continued_run_id: int | None = Field(description="ctx.continue_as_new: the run that continues this one")
+    children: list[ChildRun] = Field(description="the runs its tasks started (subworkflows, code children), oldest "
+                                                 "first")
     tasks: list[TaskView]
 
 

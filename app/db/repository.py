@@ -151,18 +151,42 @@ def lock_run(s: Session, run_id: int, *, skip_locked: bool = False) -> RunRecord
     return _run(s.execute(q).first())
 
 
+def _with_parent_run() -> Any:
+    """``SELECT workflow_runs.*, <the parent task's run_id> AS parent_run_id``: one outer join, so a list of runs
+    carries its parents' run ids without a query per run."""
+    parent = T.alias("parent_task")
+    return (select(R, parent.c.run_id.label("parent_run_id"))
+            .select_from(R.outerjoin(parent, parent.c.id == R.c.parent_task_run_id)))
+
+
+def get_run_view(s: Session, run_id: int) -> RunRecord | None:
+    """:func:`get_run` with ``parent_run_id`` (read models)."""
+    return _run(s.execute(_with_parent_run().where(R.c.id == run_id)).first())
+
+
 def list_runs(
     s: Session, *, state: str | None = None, workflow_name: str | None = None, limit: int = 50,
-    before_id: int | None = None,
+    before_id: int | None = None, kind: str | None = None,
 ) -> list[RunRecord]:
-    q = select(R).order_by(R.c.id.desc()).limit(limit)
+    """Newest first, each with its ``parent_run_id``."""
+    q = _with_parent_run().order_by(R.c.id.desc()).limit(limit)
     if state:
         q = q.where(R.c.state == state)
     if workflow_name:
         q = q.where(R.c.workflow_name == workflow_name)
+    if kind:
+        q = q.where(R.c.kind == kind)
     if before_id:
         q = q.where(R.c.id < before_id)
     return [RunRecord.from_row(r) for r in s.execute(q)]
+
+
+def child_runs(s: Session, run_id: int) -> Sequence[Any]:
+    """The runs started by the run's tasks (subworkflow tasks, code children, their continuations), oldest
+    first: (id, workflow_name, kind, state)."""
+    q = (select(R.c.id, R.c.workflow_name, R.c.kind, R.c.state).join(T, T.c.id == R.c.parent_task_run_id)
+         .where(T.c.run_id == run_id).order_by(R.c.id))
+    return s.execute(q).all()
 
 
 def transition_run(

@@ -56,7 +56,8 @@ def run_summary(run: Any) -> dict[str, Any]:
     return {
         "id": run.id, "workflow": run.workflow_name, "kind": run.kind, "state": run.state, "priority": run.priority,
         "key": run.key,
-        "params": run.params, "parent_task_run_id": run.parent_task_run_id, "error": run.error,
+        "params": run.params, "parent_task_run_id": run.parent_task_run_id, "parent_run_id": run.parent_run_id,
+        "error": run.error,
         "created_at": _ts(run.created_at), "finished_at": _ts(run.finished_at),
         "duration": _duration(run.created_at, run.finished_at),
     }
@@ -64,15 +65,15 @@ def run_summary(run: Any) -> dict[str, Any]:
 
 def list_runs(
     s: Session, *, state: str | None = None, workflow: str | None = None, limit: int = 50,
-    before: int | None = None,
+    before: int | None = None, kind: str | None = None,
 ) -> list[dict[str, Any]]:
     """Newest first; ``before`` (a run id) pages backwards (keyset paging: stable while runs are added)."""
-    rows = repo.list_runs(s, state=state, workflow_name=workflow, limit=limit, before_id=before)
+    rows = repo.list_runs(s, state=state, workflow_name=workflow, limit=limit, before_id=before, kind=kind)
     return [run_summary(r) for r in rows]
 
 
 def show_run(s: Session, run_id: int) -> dict[str, Any]:
-    run = repo.get_run(s, run_id)
+    run = repo.get_run_view(s, run_id)
     if run is None:
         raise NotFound(f"run {run_id} does not exist")
     tasks = repo.run_tasks(s, run_id)
@@ -92,6 +93,8 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
         "state_values": run.state_values or {},
         "cancel_requested": run.cancel_requested,
         "continued_run_id": run.continued_run_id,
+        "children": [{"id": c.id, "workflow": c.workflow_name, "kind": c.kind, "state": c.state}
+                     for c in repo.child_runs(s, run_id)],
         "tasks": [{
             "id": t.id, "name": t.name, "type": t.type, "state": t.state, "attempt": t.attempt, "seq": t.seq,
             "due_at": _ts(t.due_at),

@@ -251,6 +251,20 @@ def test_workflow_list_shows_both_kinds(h: Harness, tmp_path: Path) -> None:
     assert "tests.support.codeflows_cli:typed" in lines["typed"], text
 
 
+def test_run_list_filters_by_kind_and_shows_parent_run(h: Harness, tmp_path: Path) -> None:
+    path = tmp_path / "hello.yaml"
+    path.write_text(HELLO)
+    h.ok("workflow", "register", str(path))
+    dag = h.started("hello")
+    parent = h.started("code_parent", "-p", "x=1")
+    codes = h.json("run", "list", "--kind", "code")
+    assert {r["kind"] for r in codes} == {"code"} and parent in [r["id"] for r in codes]
+    children = [r for r in codes if r["parent_run_id"] == parent]
+    assert [r["workflow"] for r in children] == ["adder", "adder"], codes
+    assert [r["id"] for r in h.json("run", "list", "--kind", "dag")] == [dag]
+    assert "'bogus' is not one of 'dag', 'code'" in h.cli("run", "list", "--kind", "bogus").error_line()
+
+
 # -- blocked runs: replay, resume, --wait ---------------------------------------------------------------
 
 

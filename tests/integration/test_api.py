@@ -212,6 +212,47 @@ def test_start_with_a_key_is_idempotent(api) -> None:
     assert len(client.get("/api/runs", headers=AUTH).json()["items"]) == 2
 
 
+@pytest.fixture
+def code_api(db_url: str) -> Iterator:
+    """The API of a process that imports the code workflows (TIDEFLOW_WORKFLOW_MODULES), as ``tideflow web``."""
+    client, tf = make_client(db_url, workflow_modules="tests.support.codeflows")
+    try:
+        yield client, tf
+    finally:
+        tf.close()
+
+
+def test_parent_and_children_on_run_views_and_kind_filter(code_api) -> None:
+    """Every run view names its parent run; a run's view lists the runs its tasks started; ?kind= filters."""
+    client, _tf = code_api
+    parent_dag = {"name": "outer", "tasks": [{"name": "inner", "type": "subworkflow", "workflow": "hello"}]}
+    assert client.post("/api/workflows", json=HELLO, headers=AUTH).status_code == 201
+    assert client.post("/api/workflows", json=parent_dag, headers=AUTH).status_code == 201
+    dag = client.post("/api/runs", json={"workflow": "outer"}, headers=AUTH).json()
+    code = client.post("/api/runs", json={"workflow": "code_parent", "params": {"x": 1}}, headers=AUTH)
+    assert code.status_code == 201, code.text
+    code_id = code.json()["id"]
+
+    dag_children = client.get(f"/api/runs/{dag['id']}", headers=AUTH).json()["children"]
+    assert [(c["workflow"], c["kind"], c["state"]) for c in dag_children] == [("hello", "dag", "running")]
+    assert dag["parent_run_id"] is None
+    code_children = client.get(f"/api/runs/{code_id}", headers=AUTH).json()["children"]
+    assert [(c["workflow"], c["kind"]) for c in code_children] == [("adder", "code")]
+    child = client.get(f"/api/runs/{dag_children[0]['id']}", headers=AUTH).json()
+    assert child["parent_run_id"] == dag["id"] and child["children"] == []
+
+    listed = {r["id"]: r for r in client.get("/api/runs", headers=AUTH).json()["items"]}
+    assert listed[dag_children[0]["id"]]["parent_run_id"] == dag["id"]
+    assert listed[code_children[0]["id"]]["parent_run_id"] == code_id
+    assert listed[dag["id"]]["parent_run_id"] is None and listed[code_id]["parent_run_id"] is None
+
+    codes = client.get("/api/runs?kind=code", headers=AUTH).json()["items"]
+    assert sorted(r["id"] for r in codes) == sorted([code_id, code_children[0]["id"]])
+    assert {r["kind"] for r in client.get("/api/runs?kind=dag", headers=AUTH).json()["items"]} == {"dag"}
+    assert client.get("/api/runs?state=blocked", headers=AUTH).json()["items"] == []
+    _error(client.get("/api/runs?kind=bogus", headers=AUTH), 422, "invalid_request")
+
+
 # -- live logs: a real worker, the web process, HTTP ---------------------------------------------------------
 
 CHATTY = {
