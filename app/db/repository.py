@@ -181,6 +181,27 @@ def list_runs(
     return [RunRecord.from_row(r) for r in s.execute(q)]
 
 
+def grid_runs(s: Session, workflow_name: str, limit: int) -> Sequence[Any]:
+    """A workflow's ``limit`` most recent runs, newest first, with their workflow version (the grid's columns;
+    index ``ix_workflow_runs_workflow_name_id``): (id, kind, state, created_at, finished_at, version)."""
+    q = (select(R.c.id, R.c.kind, R.c.state, R.c.created_at, R.c.finished_at, W.c.version)
+         .join(W, W.c.id == R.c.workflow_id).where(R.c.workflow_name == workflow_name)
+         .order_by(R.c.id.desc()).limit(limit))
+    return s.execute(q).all()
+
+
+def grid_tasks(s: Session, run_ids: Iterable[int]) -> Sequence[Any]:
+    """The tasks of these runs in one query (the grid's cells), each run's in position order (a code run's
+    steps by ``seq``, a DAG's tasks as created, i.e. in definition order):
+    (run_id, id, name, state, attempt)."""
+    ids = list(run_ids)
+    if not ids:
+        return []
+    q = (select(T.c.run_id, T.c.id, T.c.name, T.c.state, T.c.attempt).where(T.c.run_id.in_(ids))
+         .order_by(T.c.run_id.desc(), T.c.seq, T.c.id))
+    return s.execute(q).all()
+
+
 def child_runs(s: Session, run_id: int) -> Sequence[Any]:
     """The runs started by the run's tasks (subworkflow tasks, code children, their continuations), oldest
     first: (id, workflow_name, kind, state)."""
