@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from selenium.webdriver.support.select import Select
 
 from tests.support.wait import holds_for
@@ -120,3 +121,61 @@ def test_pausing_stops_the_auto_refresh(page: Page, system: System) -> None:
     page.css("#pause-btn").click()
     page.wait(lambda: rows(page) == [(run_id, "succeeded")], message="resuming did not refresh the list")
     assert page.css("#pause-btn").text == "Pause"
+
+
+KID = "name: kid\ntasks:\n  - {name: play, type: shell, command: 'echo playing'}\n"
+GROWN = "name: grown\ntasks:\n  - {name: delegate, type: subworkflow, workflow: kid}\n"
+WORDY = """
+name: wordy
+tasks:
+  - name: fail
+    type: python
+    function: tests.support.jobs_unit:boom
+    retries: 0
+    args:
+      message: >-
+        the upstream ledger for 2026-11-30 is missing 3 partitions (eu-west, eu-north, ap-south);
+        rerun the export first
+"""
+
+
+@pytest.mark.cluster_env(TIDEFLOW_WORKFLOW_MODULES="tests.support.codeflows")
+def test_kind_and_state_filters_parent_links_and_whole_errors(page: Page, system: System) -> None:
+    system.register("kid", KID)
+    system.register("grown", GROWN)
+    system.register("wordy", WORDY)
+    parent = system.wait_run(system.start("grown"), "succeeded")
+    child_id = next(t["child_run_id"] for t in parent["tasks"] if t["name"] == "delegate")
+    failed = system.wait_run(system.start("wordy"), "failed")
+    code_id = system.start("adder", {"x": 1})
+    system.wait_run(code_id, "succeeded")
+
+    open_list(page)
+    page.wait(lambda: {i for i, _ in rows(page)} == {parent["id"], child_id, failed["id"], code_id},
+              message="not every run is listed")
+    # a child run names its parent, linked; the others do not
+    link = page.css(f'#runs-body tr[data-run-id="{child_id}"] .parent-ref a')
+    assert page.text(f'#runs-body tr[data-run-id="{child_id}"] .parent-ref') == f"child of #{parent['id']}"
+    assert (link.get_attribute("href") or "").endswith(f"/runs/{parent['id']}")
+    assert page.all(f'#runs-body tr[data-run-id="{parent["id"]}"] .parent-ref') == []
+    # the run's error, whole: it names the failing task and what its body raised
+    error = page.text(f'#runs-body tr[data-run-id="{failed["id"]}"] td.run-error')
+    assert error == failed["error"] and len(error) > 120, error
+    assert error.startswith("task 'fail' failed: ") and "rerun the export first" in error
+    assert page.text(f'#runs-body tr[data-run-id="{code_id}"] td.run-error') == ""
+    assert page.text(f'#runs-body tr[data-run-id="{code_id}"] .kind') == "code"
+
+    Select(page.css("#f-kind")).select_by_value("code")
+    page.wait(lambda: rows(page) == [(code_id, "succeeded")], message="the kind filter was not applied")
+    assert page.js("return location.search") == "?kind=code"
+    Select(page.css("#f-kind")).select_by_value("dag")
+    page.wait(lambda: [i for i, _ in rows(page)] == [failed["id"], child_id, parent["id"]],
+              message="kind=dag did not list the DAG runs only")
+
+    Select(page.css("#f-kind")).select_by_value("")
+    Select(page.css("#f-state")).select_by_value("blocked")
+    page.wait(lambda: page.css("#empty").is_displayed(), message="state=blocked did not filter")
+    assert rows(page) == [] and page.js("return location.search") == "?state=blocked"
+    page.open("/?kind=code&state=succeeded")  # both in the URL opened directly
+    page.wait(lambda: rows(page) == [(code_id, "succeeded")], message="the URL's filters were not applied")
+    assert page.css("#f-kind").get_attribute("value") == "code"
