@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.support.select import Select
 
-from tests.support.wait import holds_for
+from tests.support.wait import holds_for, wait_until
 from tests.ui.harness import STATE_RGB, Page, System, rgb
 
 GATED = """
@@ -179,3 +179,26 @@ def test_kind_and_state_filters_parent_links_and_whole_errors(page: Page, system
     page.open("/?kind=code&state=succeeded")  # both in the URL opened directly
     page.wait(lambda: rows(page) == [(code_id, "succeeded")], message="the URL's filters were not applied")
     assert page.css("#f-kind").get_attribute("value") == "code"
+
+
+@pytest.mark.cluster_env(TIDEFLOW_WORKFLOW_MODULES="tests.support.codeflows")
+def test_a_blocked_code_run_is_listed_under_blocked_with_its_divergence(page: Page, system: System) -> None:
+    """A code run whose deployed code no longer replays its history (tests.support.codeflows:deployed, version 2)
+    is blocked: the state filter finds it and the list shows why, whole."""
+    cluster = system.cluster
+    run_id = system.start("deployed", {"seconds": 1})
+    wait_until(lambda: any(t["type"] == "timer" for t in system.run(run_id)["tasks"]), timeout=60,
+               message="the run never reached its timer")
+    cluster.workers["w1"].terminate()
+    cluster.env["TIDEFLOW_TEST_CODE_VERSION"] = "2"  # the incompatible deploy
+    cluster.start_worker("w2")
+    cluster.start_beat()  # fires the timer: the replay on the new code blocks the run
+    run = system.wait_run(run_id, "blocked", timeout=60)
+
+    open_list(page, "/?state=blocked")
+    page.wait(lambda: rows(page) == [(run_id, "blocked")], message="the blocked run is not listed under blocked")
+    assert page.css("#f-state").get_attribute("value") == "blocked"
+    badge = page.css(f'#runs-body tr[data-run-id="{run_id}"] .badge')
+    assert badge.text == "blocked"
+    error = page.text(f'#runs-body tr[data-run-id="{run_id}"] td.run-error')
+    assert error == run["error"] and "position 0" in error and "activity 'refund'" in error, error
