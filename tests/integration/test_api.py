@@ -179,7 +179,7 @@ def test_openapi_document(api) -> None:
     paths = set(doc["paths"])
     assert {"/api/workflows", "/api/workflows/{name}", "/api/runs", "/api/runs/{run_id}",
             "/api/runs/{run_id}/history", "/api/runs/{run_id}/cancel", "/api/runs/{run_id}/retry",
-            "/api/tasks/{task_run_id}/logs", "/api/health"} <= paths
+            "/api/tasks/{task_run_id}/logs", "/api/health", "/api/workflows/{name}/grid"} <= paths
     assert doc["paths"]["/api/runs"]["post"]["responses"]["422"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Error"}
     assert client.get("/api/docs").status_code == 200

@@ -116,6 +116,26 @@ def test_the_start_form_is_built_from_the_declared_parameters_and_starts_a_run(p
     assert system.task(run_id, "show")["result"] == "5 1.10"
 
 
+def test_without_typed_parameters_the_form_falls_back_to_the_older_views(page: Page, system: System) -> None:
+    """An API without ``parameters`` (an older web process): a DAG's ``definition.params`` defaults (type from the
+    default) and a code workflow's ``params`` names (any type) still build the form."""
+    system.register("typed", TYPED)
+    open_workflow(page, "typed")
+    declared = page.js("""return [
+        TFParams.declared({kind: 'dag', definition: {params: {n: 3, day: '1.10', on: true, xs: [1], o: {}}}}),
+        TFParams.declared({kind: 'code', params: ['x', 'y']})];""")
+    assert [(p["name"], p["type"], p["default"]) for p in declared[0]] == [
+        ("n", "integer", 3), ("day", "string", "1.10"), ("on", "boolean", True), ("xs", "array", [1]),
+        ("o", "object", {})]
+    assert [(p["name"], p["type"], p["required"]) for p in declared[1]] == [("x", "any", False), ("y", "any", False)]
+    # and the form built from them: an "any" field takes JSON, so 2 is a number and "2" a string
+    page.js("document.getElementById('start-fields').replaceChildren(...TFParams.fields(arguments[0]))", declared[1])
+    field(page, "x").send_keys("2")
+    field(page, "y").send_keys('"2"')
+    assert page.js("return TFParams.read(document.getElementById('start-form'), arguments[0])", declared[1]) == {
+        "x": 2, "y": "2"}
+
+
 def test_a_code_workflow_starts_from_its_typed_parameters(page: Page, system: System) -> None:
     open_workflow(page, "adder")
     assert field(page, "x").get_attribute("type") == "number" and field(page, "y").get_attribute("value") == "1"
