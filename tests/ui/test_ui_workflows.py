@@ -214,3 +214,5 @@ def test_the_grid_shows_recent_runs_by_tasks_coloured_by_state_and_live(page: Pa
     page.wait(lambda: page.path() == f"/runs/{failed}", message="the cell did not open its run")
     assert page.js("return location.hash") == f"#task-{task_id}"
     page.wait(lambda: page.text("#task-title") == "Task first", message="the run page did not select the task")
+    # and the run links back to its workflow's page
+    assert (page.css("#run-workflow").get_attribute("href") or "").endswith("/workflows/mixed")

@@ -32,7 +32,8 @@
   function renderHeader() {
     document.title = `#${run.id} ${run.workflow} · Tideflow`;
     $('crumb').textContent = `Run #${run.id}`;
-    $('title').replaceChildren(h('span', { id: 'run-workflow' }, run.workflow),
+    $('title').replaceChildren(h('a', { id: 'run-workflow', href: `/workflows/${encodeURIComponent(run.workflow)}`,
+      title: 'The workflow: versions, start form, recent runs' }, run.workflow),
       h('span', { class: 'muted' }, `#${run.id}`), badge(run.state));
     $('subtitle').textContent = `version ${run.workflow_version ?? '?'} · priority ${run.priority}`;
     const duration = run.duration !== null ? fmtDuration(run.duration)
