@@ -23,6 +23,7 @@ from app.api.schemas import (
     StartRun,
     TaskLogs,
     WorkflowDetail,
+    WorkflowGrid,
     WorkflowSummary,
 )
 from app.client import Tideflow
@@ -85,6 +86,13 @@ def show_workflow(name: Name, tf: TF,
                   version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Any:
     """One version (default: the latest) with its definition and the list of all versions."""
     return tf.read(views.show_workflow, name, version)
+
+
+@api.get("/workflows/{name}/grid", response_model=WorkflowGrid, tags=["workflows"], responses=_NOT_FOUND)
+def workflow_grid(name: Name, tf: TF, limit: Annotated[int, Query(ge=1, le=100)] = 25) -> Any:
+    """Recent runs x tasks (Airflow's grid): the ``limit`` most recent runs, oldest first, and for each task
+    name its state in each of them."""
+    return tf.read(views.workflow_grid, name, limit)
 
 
 # -- runs -------------------------------------------------------------------------------------------

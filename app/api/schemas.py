@@ -71,6 +71,34 @@ class WorkflowDetail(WorkflowSummary):
     definition: dict[str, Any]
 
 
+class GridRun(_Strict):
+    id: int
+    kind: str = Field(description="dag or code")
+    state: str
+    version: int = Field(description="the workflow version it ran")
+    created_at: str | None
+    duration: float | None
+
+
+class GridCell(_Strict):
+    task_run_id: int
+    state: str
+    attempt: int
+
+
+class GridRow(_Strict):
+    name: str = Field(description="task name (a code run's step: name#position)")
+    cells: list[GridCell | None] = Field(description="one per run, in the order of runs; null: that run has no "
+                                                     "such task")
+
+
+class WorkflowGrid(_Strict):
+    workflow: str
+    runs: list[GridRun] = Field(description="the most recent runs, oldest first (the grid's columns, left to right)")
+    tasks: list[GridRow] = Field(description="the grid's rows: the newest run's tasks in order, then tasks only "
+                                             "older runs have")
+
+
 class RunSummary(_Strict):
     id: int
     workflow: str

@@ -181,6 +181,27 @@ def list_runs(
     return [RunRecord.from_row(r) for r in s.execute(q)]
 
 
+def grid_runs(s: Session, workflow_name: str, limit: int) -> Sequence[Any]:
+    """A workflow's ``limit`` most recent runs, newest first, with their workflow version (the grid's columns;
+    index ``ix_workflow_runs_workflow_name_id``): (id, kind, state, created_at, finished_at, version)."""
+    q = (select(R.c.id, R.c.kind, R.c.state, R.c.created_at, R.c.finished_at, W.c.version)
+         .join(W, W.c.id == R.c.workflow_id).where(R.c.workflow_name == workflow_name)
+         .order_by(R.c.id.desc()).limit(limit))
+    return s.execute(q).all()
+
+
+def grid_tasks(s: Session, run_ids: Iterable[int]) -> Sequence[Any]:
+    """The tasks of these runs in one query (the grid's cells), each run's in position order (a code run's
+    steps by ``seq``, a DAG's tasks as created, i.e. in definition order):
+    (run_id, id, name, state, attempt)."""
+    ids = list(run_ids)
+    if not ids:
+        return []
+    q = (select(T.c.run_id, T.c.id, T.c.name, T.c.state, T.c.attempt).where(T.c.run_id.in_(ids))
+         .order_by(T.c.run_id.desc(), T.c.seq, T.c.id))
+    return s.execute(q).all()
+
+
 def child_runs(s: Session, run_id: int) -> Sequence[Any]:
     """The runs started by the run's tasks (subworkflow tasks, code children, their continuations), oldest
     first: (id, workflow_name, kind, state)."""
@@ -363,19 +384,36 @@ def claim_task(
 
 def keep_attempt_log(s: Session, task_run_id: int, attempt: int, log: str) -> None:
     """Store the output of an attempt that was stopped (its outcome was already written by whoever stopped
-    it). Not a transition: the outcome is untouched."""
-    s.execute(update(A).where(A.c.task_run_id == task_run_id, A.c.attempt == attempt, A.c.log.is_(None))
-              .values(log=log))
+    it). Not a transition: the outcome is untouched. Replaces the tail the heartbeats stored while it ran (the
+    worker's buffer holds all of that and more)."""
+    s.execute(update(A).where(A.c.task_run_id == task_run_id, A.c.attempt == attempt).values(log=log))
 
 
-def renew_lease(s: Session, task_run_id: int, lease_token: str, expires_at: datetime) -> bool:
-    """Heartbeat: extend the lease if this attempt still holds it. Not a transition: no event."""
-    res = s.execute(
-        update(T)
-        .where(T.c.id == task_run_id, T.c.state == TaskState.RUNNING, T.c.lease_token == lease_token)
-        .values(lease_expires_at=expires_at)
-    )
-    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+def renew_lease(
+    s: Session, task_run_id: int, lease_token: str, expires_at: datetime, *, attempt: int | None = None,
+    log: str | None = None,
+) -> bool:
+    """Heartbeat: extend the lease if this attempt still holds it. Not a transition: no event.
+
+    With ``log`` (and ``attempt``): also store the running attempt's output so far (the live logs), only if the
+    lease was renewed and the attempt is still running. On PostgreSQL that is the same statement (a
+    data-modifying ``WITH``: ``WITH renewed AS (UPDATE task_runs ... RETURNING id), logged AS (UPDATE
+    task_attempts ... FROM renewed) SELECT count(*) FROM renewed``), so the heartbeat costs no extra round
+    trip; on SQLite (no DML in ``WITH``) a second statement in the same transaction."""
+    renew = (update(T)
+             .where(T.c.id == task_run_id, T.c.state == TaskState.RUNNING, T.c.lease_token == lease_token)
+             .values(lease_expires_at=expires_at))
+    if log is None or attempt is None:
+        return bool(s.execute(renew).rowcount == 1)  # type: ignore[attr-defined]
+    live = [A.c.attempt == attempt, A.c.outcome == AttemptOutcome.RUNNING]
+    if _is_pg(s):
+        renewed = renew.returning(T.c.id).cte("renewed")
+        logged = update(A).where(A.c.task_run_id == renewed.c.id, *live).values(log=log).cte("logged")
+        return bool(s.execute(select(func.count()).select_from(renewed).add_cte(logged)).scalar_one() == 1)
+    if s.execute(renew).rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    s.execute(update(A).where(A.c.task_run_id == task_run_id, *live).values(log=log))
+    return True
 
 
 def mark_handled(s: Session, task_ids: Iterable[int]) -> int:

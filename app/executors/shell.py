@@ -2,7 +2,8 @@
 
 Placeholders in the command are substituted shell-quoted (:func:`app.templating.render_shell`), so a
 parameter is always one literal word. Output goes to a temporary file (no pipe to fill up) and is copied
-into the bounded log at the end.
+into the bounded log as it grows (every :data:`COPY_SECONDS`: the lease heartbeat stores the log so far, the
+live logs) and at the end.
 
 The shell is started by a small reaper process (:mod:`app.executors.reaper`), a child subreaper that every
 process of the command stays below, even one that leaves its process group or session, and that terminates
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +49,8 @@ REAPER_MARGIN_SECONDS = 3.0
 REAPER = str(Path(__file__).with_name("reaper.py"))
 _FINAL = ("exit", "stopped", "error")
 _CHUNK = 64 * 1024
+#: how often a running command's new output is copied into the log
+COPY_SECONDS = 0.25
 #: how much of the end of the output is searched for the result line
 _RESULT_WINDOW = 64 * 1024
 
@@ -74,14 +78,15 @@ class ShellExecutor:
 
         with tempfile.TemporaryFile(prefix="tideflow-out-") as out:
             body = _Body.start(command, env, out)
+            output = _Output(out, ctx)
             try:
-                stopped = body.wait(ctx)
+                stopped = body.wait(ctx, output.tick)
             except BaseException:
                 # e.g. the worker is shutting down: never leave the command behind
                 body.stop()
                 raise
             finally:
-                _copy_output(out, ctx)
+                output.copy(final=True)
             if stopped:
                 raise TaskStopped("command stopped")
             code = body.returncode()
@@ -142,10 +147,13 @@ class _Body:
             pass  # the reaper died before reading it: it has reported nothing, which returncode() says
         return body
 
-    def wait(self, ctx: ExecutionContext) -> bool:
+    def wait(self, ctx: ExecutionContext, tick: Callable[[], None] | None = None) -> bool:
         """Wait for the reaper; True when the command was stopped because ``ctx.stop`` was set. The status pipe
-        reaches EOF when the reaper exits (nothing else holds it), which wakes this up at once."""
+        reaches EOF when the reaper exits (nothing else holds it), which wakes this up at once. ``tick`` is
+        called at every poll."""
         while not self._pump(POLL_SECONDS):
+            if tick is not None:
+                tick()
             if ctx.should_stop():
                 self.stop()
                 return True
@@ -237,16 +245,35 @@ def _env_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def _copy_output(out: IO[bytes], ctx: ExecutionContext) -> None:
-    """Stream the output file into the bounded log, chunk by chunk."""
-    out.flush()
-    out.seek(0)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    while chunk := out.read(_CHUNK):
-        ctx.log.write(decoder.decode(chunk))
-    rest = decoder.decode(b"", final=True)
-    if rest:
-        ctx.log.write(rest)
+class _Output:
+    """Streams the output file into the bounded log, chunk by chunk, from where the last copy stopped
+    (``pread``: the file's position, which :func:`_last_line` uses, is left alone)."""
+
+    def __init__(self, out: IO[bytes], ctx: ExecutionContext) -> None:
+        self._fd = out.fileno()
+        self._log = ctx.log
+        self._offset = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._due = time.monotonic() + COPY_SECONDS
+
+    def tick(self) -> None:
+        """While the command runs: copy what it wrote, at most every :data:`COPY_SECONDS`."""
+        now = time.monotonic()
+        if now >= self._due:
+            self._due = now + COPY_SECONDS
+            self.copy()
+
+    def copy(self, final: bool = False) -> None:
+        """Copy the output written so far (up to the file's current size: a chatty command cannot keep this
+        loop going); ``final``: the command has ended, flush a trailing partial character too."""
+        end = os.fstat(self._fd).st_size
+        while self._offset < end and (chunk := os.pread(self._fd, min(_CHUNK, end - self._offset), self._offset)):
+            self._offset += len(chunk)
+            self._log.write(self._decoder.decode(chunk))
+        if final:
+            rest = self._decoder.decode(b"", final=True)
+            if rest:
+                self._log.write(rest)
 
 
 def _last_line(out: IO[bytes]) -> str | None:

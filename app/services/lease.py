@@ -5,6 +5,8 @@ A heartbeat thread renews the lease every ``heartbeat_interval``. The body is st
   (a newer attempt may already be running) -- this worker has lost its lease;
 * the database has been unreachable for a whole lease: the lease has lapsed, so assume lost;
 * the task's timeout passed.
+Each renewal also stores the attempt's captured output so far when it grew (the live logs: the UI and
+``GET /api/tasks/{id}/logs`` show a running attempt's output), in the renewal's own statement.
 Stopping sets ``stop`` (shell bodies kill their process group), then interrupts a Python body with a signal
 (:data:`STOP_SIGNAL` raises :class:`TaskStopped` in the main thread), and if the body is still running after
 ``stop_grace_seconds`` the pool process kills itself (Celery replaces it; the message's redelivery is
@@ -24,6 +26,7 @@ from types import FrameType
 from app.clock import after
 from app.db import repository as repo
 from app.errors import TaskStopped
+from app.executors.logbuffer import LogBuffer
 from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ STOP_SIGNAL = signal.SIGUSR2
 class LeaseKeeper:
     def __init__(
         self, rt: Runtime, task_run_id: int, token: str, *, timeout: float | None, stop: threading.Event,
-        interrupt_main: bool, hard_kill: bool,
+        interrupt_main: bool, hard_kill: bool, attempt: int | None = None, output: LogBuffer | None = None,
     ):
         self.rt = rt
         self.task_run_id = task_run_id
@@ -43,6 +46,9 @@ class LeaseKeeper:
         self.stop = stop
         self.reason: str | None = None
         self.timed_out = False
+        self.attempt = attempt
+        self.output = output
+        self._stored_bytes = 0  # how much of ``output`` the last renewal stored
         self._interrupt_main = interrupt_main and threading.current_thread() is threading.main_thread()
         self._hard_kill = hard_kill
         self._done = threading.Event()
@@ -96,12 +102,17 @@ class LeaseKeeper:
         connection blocks without an error: the renewal runs in its own thread so that it cannot hold the
         keeper past the lease; if it hangs, that thread and its connection are abandoned)."""
         answer: list[bool | None] = []
+        written = self.output.bytes_written if self.output is not None else 0
+        text = self.output.getvalue() if self.output is not None and written != self._stored_bytes else None
 
         def renew() -> None:
             try:
                 with self.rt.db.transaction() as s:
                     answer.append(repo.renew_lease(s, self.task_run_id, self.token,
-                                                   after(self.rt.settings.lease_seconds)))
+                                                   after(self.rt.settings.lease_seconds), attempt=self.attempt,
+                                                   log=text))
+                if text is not None and answer[-1]:
+                    self._stored_bytes = written
             except Exception as exc:  # noqa: BLE001 - reported as "no answer"
                 log.warning("task run %s: lease renewal failed: %s", self.task_run_id, exc)
                 answer.append(None)

@@ -55,6 +55,28 @@ def show_workflow(s: Session, name: str, version: int | None = None) -> dict[str
     return {**workflow_summary(row), "versions": versions, "definition": row.definition}
 
 
+def workflow_grid(s: Session, name: str, limit: int = 25) -> dict[str, Any]:
+    """Airflow's grid: the workflow's ``limit`` most recent runs as columns (oldest on the left), its task names
+    as rows (in the newest run's order, then names only older runs have), each cell the task's state in that
+    run (None: that run has no such task). Two queries, whatever the number of runs."""
+    from app.code import registry
+
+    runs = list(reversed(repo.grid_runs(s, name, limit)))
+    if not runs and repo.workflow(s, name) is None and registry.get_workflow(name) is None:
+        raise NotFound(f"workflow '{name}' is not registered")
+    column = {r.id: i for i, r in enumerate(runs)}
+    rows: dict[str, list[dict[str, Any] | None]] = {}
+    for t in repo.grid_tasks(s, column):  # newest run first: its order decides the rows' order
+        cells = rows.setdefault(t.name, [None] * len(runs))
+        cells[column[t.run_id]] = {"task_run_id": t.id, "state": t.state, "attempt": t.attempt}
+    return {
+        "workflow": name,
+        "runs": [{"id": r.id, "kind": r.kind, "state": r.state, "version": r.version, "created_at": _ts(r.created_at),
+                  "duration": _duration(r.created_at, r.finished_at)} for r in runs],
+        "tasks": [{"name": task, "cells": cells} for task, cells in rows.items()],
+    }
+
+
 def run_summary(run: Any) -> dict[str, Any]:
     return {
         "id": run.id, "workflow": run.workflow_name, "kind": run.kind, "state": run.state, "priority": run.priority,

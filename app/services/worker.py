@@ -111,7 +111,8 @@ def run_claimed(
     from app.services.lease import LeaseKeeper  # local: keeps signal handling out of import time
 
     keeper = LeaseKeeper(rt, task.id, token, timeout=task.timeout, stop=ctx.stop,
-                         interrupt_main=task.kind in (TaskKind.PYTHON, TaskKind.ACTIVITY), hard_kill=hard_kill)
+                         interrupt_main=task.kind in (TaskKind.PYTHON, TaskKind.ACTIVITY), hard_kill=hard_kill,
+                         attempt=attempt, output=ctx.log)
     started = time.monotonic()
     result: Any = None
     error: str | None = None

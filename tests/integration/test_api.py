@@ -425,3 +425,120 @@ def test_blocked_code_run_shows_its_divergence_and_resumes(code_stub: CodeApi) -
     assert resumed.json()["result"] == "done"
     assert any(e["reason"] == "resumed" for e in h.client.get(f"/api/runs/{run_id}/history", headers=AUTH).json())
     _error(h.post("/api/runs/999999/resume"), 404, "not_found")
+
+
+def test_workflow_grid_is_recent_runs_by_tasks_in_two_queries(api) -> None:
+    """``GET /api/workflows/{name}/grid``: the most recent runs oldest first, one row per task name (newest
+    run's order, then names only older runs have), a cell per run (null where a run has no such task); the
+    number of SQL statements does not grow with the runs."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    client, tf = api
+    client.post("/api/workflows", json=HELLO, headers=AUTH)
+    first = client.post("/api/runs", json={"workflow": "hello"}, headers=AUTH).json()["id"]
+    client.post(f"/api/runs/{first}/cancel", headers=AUTH)
+    v2 = {**HELLO, "tasks": [*HELLO["tasks"], {"name": "c", "type": "shell", "command": "echo c"}]}
+    assert client.post("/api/workflows", json=v2, headers=AUTH).json()["version"] == 2
+    ids = [first] + [client.post("/api/runs", json={"workflow": "hello"}, headers=AUTH).json()["id"]
+                     for _ in range(3)]
+
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        grid = client.get("/api/workflows/hello/grid?limit=3", headers=AUTH)
+        few = len(statements)
+        statements.clear()
+        everything = client.get("/api/workflows/hello/grid?limit=50", headers=AUTH)
+        many = len(statements)
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert grid.status_code == 200, grid.text
+    body = grid.json()
+    assert body["workflow"] == "hello"
+    assert [(r["id"], r["version"], r["state"], r["kind"]) for r in body["runs"]] == [
+        (i, 2, "running", "dag") for i in ids[1:]]
+    assert [t["name"] for t in body["tasks"]] == ["a", "b", "c"]
+    a = body["tasks"][0]["cells"]
+    assert [c["state"] for c in a] == ["submitted"] * 3 and [c["attempt"] for c in a] == [1, 1, 1]
+    assert [c["state"] for c in body["tasks"][1]["cells"]] == ["pending"] * 3
+    run = client.get(f"/api/runs/{ids[1]}", headers=AUTH).json()
+    assert a[0]["task_run_id"] == next(t["id"] for t in run["tasks"] if t["name"] == "a")
+
+    whole = everything.json()
+    assert [r["id"] for r in whole["runs"]] == ids
+    cells = {t["name"]: t["cells"] for t in whole["tasks"]}
+    assert cells["c"][0] is None and all(c is not None for c in cells["c"][1:])  # v1 had no task c
+    assert [c["state"] for c in cells["a"]] == ["cancelled", "submitted", "submitted", "submitted"]
+    selects = [q for q in statements if q.lstrip().upper().startswith("SELECT")]
+    assert many == few and len(selects) == 2, statements  # the runs, then all their tasks
+
+    assert client.get("/api/workflows/nope/grid", headers=AUTH).status_code == 404
+    _error(client.get("/api/workflows/hello/grid?limit=0", headers=AUTH), 422, "invalid_request")
+    _error(client.get("/api/workflows/hello/grid?limit=101", headers=AUTH), 422, "invalid_request")
+
+
+def test_workflow_grid_of_a_code_workflow(code_api) -> None:
+    """A code workflow's grid: its steps (name#position) as rows; a code workflow no run has stored yet has an
+    empty grid, not a 404."""
+    client, _tf = code_api
+    empty = client.get("/api/workflows/adder/grid", headers=AUTH)
+    assert empty.status_code == 200 and empty.json() == {"workflow": "adder", "runs": [], "tasks": []}
+    run = client.post("/api/runs", json={"workflow": "adder", "params": {"x": 1}}, headers=AUTH).json()
+    grid = client.get("/api/workflows/adder/grid", headers=AUTH).json()
+    assert [(r["id"], r["kind"]) for r in grid["runs"]] == [(run["id"], "code")]
+    steps = client.get(f"/api/runs/{run['id']}", headers=AUTH).json()["tasks"]
+    assert [t["name"] for t in grid["tasks"]] == [t["name"] for t in sorted(steps, key=lambda t: t["seq"])]
+    assert [t["cells"][0]["task_run_id"] for t in grid["tasks"]] == [t["id"] for t in
+                                                                     sorted(steps, key=lambda t: t["seq"])]
+
+
+# -- live logs: a real worker, the web process, HTTP ---------------------------------------------------------
+
+CHATTY = {
+    "name": "chatty", "params": {"gate": ""},
+    "tasks": [
+        {"name": "py", "type": "python", "function": "tests.support.jobs:print_then_wait",
+         "args": {"text": "python says hi", "gate": "{{ params.gate }}"}},
+        {"name": "sh", "type": "shell",
+         "command": "echo shell says hi; while [ ! -e {{ params.gate }} ]; do sleep 0.05; done; echo bye"},
+    ],
+}
+
+
+def test_a_running_attempts_output_is_served_before_it_ends(cluster, tmp_path) -> None:
+    """``GET /api/tasks/{id}/logs`` shows what a running attempt printed (python and shell bodies) while it
+    still runs: the worker's heartbeat stores the output so far. At the end the full output replaces it."""
+    import httpx
+
+    from tests.support.wait import wait_until
+
+    cluster.start_worker(concurrency=2)
+    _web, base_url = cluster.start_web()
+    gate = tmp_path / "gate"
+    with httpx.Client(base_url=base_url, headers={"Authorization": "Bearer test-token"}, timeout=30) as http:
+        assert http.post("/api/workflows", json=CHATTY).status_code == 201
+        run = http.post("/api/runs", json={"workflow": "chatty", "params": {"gate": str(gate)}}).json()
+        ids = {t["name"]: t["id"] for t in run["tasks"]}
+
+        def live(task_id: int, line: str) -> dict | None:
+            logs = http.get(f"/api/tasks/{task_id}/logs").json()
+            shown = [a for a in logs["attempts"] if a["outcome"] == "running" and line in a["log"]]
+            return logs if shown else None
+
+        for name, line in (("py", "python says hi"), ("sh", "shell says hi")):
+            logs = wait_until(lambda: live(ids[name], line), timeout=30, interval=0.2,  # noqa: B023
+                              message=f"task {name}'s output never showed while it ran")
+            assert logs["state"] == "running"  # gated: it cannot have ended
+        assert not gate.exists()
+
+        gate.touch()
+        wait_until(lambda: http.get(f"/api/runs/{run['id']}").json()["state"] == "succeeded", timeout=30,
+                   interval=0.2, message="the run never succeeded")
+        final = {name: http.get(f"/api/tasks/{i}/logs").json()["attempts"] for name, i in ids.items()}
+    assert [(a["outcome"], a["log"]) for a in final["py"]] == [("succeeded", "python says hi\n")]
+    assert [(a["outcome"], a["log"]) for a in final["sh"]] == [("succeeded", "shell says hi\nbye\n")]

@@ -349,3 +349,33 @@ def test_a_stale_claimed_record_cannot_record_a_success(h: Harness) -> None:
     with h.rt.db.read() as s:
         row = repo.get_task(s, stale.id)
     assert row is not None and (row.state, row.attempt, row.lease_token, row.result) == ("running", 2, "token-2", None)
+
+
+# -- the heartbeat stores a running attempt's output (live logs) ------------------------------------------------
+
+def test_the_heartbeat_stores_the_running_attempts_output_while_it_holds_the_lease(h: Harness) -> None:
+    """``renew_lease(..., log=)`` writes the attempt's output so far with the renewal (one statement on
+    PostgreSQL), and only when the renewal lands: a stale token stores nothing."""
+    h.register("wf", [{"name": "x", "type": "python", "function": ECHO, "args": {"v": 1}}])
+    h.tf.start_run("wf")
+    claimed = _claim_first(h, "token-1")
+
+    def stored() -> Any:
+        with h.rt.db.read() as s:
+            return [(a.outcome, a.log) for a in repo.attempts(s, [claimed.id])]
+
+    assert stored() == [("running", None)]
+    with h.rt.db.transaction() as s:
+        assert not repo.renew_lease(s, claimed.id, "stale", utcnow() + timedelta(seconds=60),
+                                    attempt=claimed.attempt, log="not mine")
+    assert stored() == [("running", None)]
+    with h.rt.db.transaction() as s:
+        assert repo.renew_lease(s, claimed.id, "token-1", utcnow() + timedelta(seconds=60),
+                                attempt=claimed.attempt, log="line 1\n")
+    assert stored() == [("running", "line 1\n")]
+    with h.rt.db.transaction() as s:  # without output: the lease alone, the stored output stays
+        assert repo.renew_lease(s, claimed.id, "token-1", utcnow() + timedelta(seconds=60))
+    assert stored() == [("running", "line 1\n")]
+    with h.rt.db.read() as s:
+        row = repo.get_task(s, claimed.id)
+    assert row is not None and row.lease_expires_at is not None and row.lease_expires_at > utcnow()

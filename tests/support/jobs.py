@@ -40,6 +40,15 @@ def sleep(context: Any, seconds: float = 30.0) -> str:
     return "slept"
 
 
+def print_then_wait(context: Any, text: str, gate: str, timeout: float = 60.0) -> str:
+    """Print ``text``, then wait (up to ``timeout``) for the file ``gate``: a running attempt with output."""
+    print(text, flush=True)
+    deadline = time.monotonic() + timeout
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "opened"
+
+
 def fail_times(context: Any, times: int = 1) -> str:
     """Fail the first ``times`` attempts, then succeed."""
     _ledger(context, "exec")

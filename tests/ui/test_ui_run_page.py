@@ -46,6 +46,17 @@ tasks:
   - {name: hello, type: shell, command: "echo hello from {{ params.who }}"}
   - {name: second, type: shell, command: "echo second output", depends_on: [hello]}
 """
+CHATTY = """
+name: chatty
+params: {gate1: "", gate2: ""}
+tasks:
+  - name: talk
+    type: shell
+    timeout: 300
+    command: >-
+      echo first line; while [ ! -e {{ params.gate1 }} ]; do sleep 0.05; done;
+      echo second line; while [ ! -e {{ params.gate2 }} ]; do sleep 0.05; done; echo done
+"""
 CHILD = "name: kid\ntasks:\n  - {name: play, type: shell, command: 'echo playing'}\n"
 PARENT = """
 name: grown
@@ -144,6 +155,31 @@ def test_clicking_a_node_or_a_task_row_shows_its_logs(page: Page, system: System
     assert page.text("#task-title") == "Task second"
 
 
+def test_a_running_attempts_log_is_shown_and_grows_while_it_runs(page: Page, system: System,
+                                                                   tmp_path: Path) -> None:
+    """Live logs: the output printed so far shows before the attempt ends, and new lines appear in place."""
+    system.register("chatty", CHATTY)
+    gate1, gate2 = tmp_path / "gate1", tmp_path / "gate2"
+    run_id = system.start("chatty", {"gate1": str(gate1), "gate2": str(gate2)})
+    open_run(page, run_id)
+    page.css('#tasks-body tr[data-task="talk"]').click()
+    log = '#task-detail pre.log[data-attempt="1"]'
+    page.wait(lambda: page.text(log) == "first line", message="the running attempt's output never showed")
+    assert system.task(run_id, "talk")["state"] == "running"
+    assert page.text("#task-state .badge") == "running" and "Live" in page.text("#task-detail .log-live")
+    page.js("document.querySelector(arguments[0]).dataset.kept = 'yes'", log)
+
+    gate1.touch()
+    page.wait(lambda: page.text(log) == "first line\nsecond line", message="the new line never showed")
+    assert page.css(log).get_attribute("data-kept") == "yes", "the log was redrawn, not updated in place"
+    assert system.task(run_id, "talk")["state"] == "running"
+
+    gate2.touch()
+    page.wait(lambda: page.text("#task-state .badge") == "succeeded", message="the task's end was not shown")
+    page.wait(lambda: page.text(log) == "first line\nsecond line\ndone", message="the final output is not shown")
+    assert not page.all("#task-detail .log-live")
+
+
 def test_cancel_button_cancels_a_running_run(page: Page, system: System) -> None:
     system.register("long", LONG)
     run_id = system.start("long")
@@ -152,7 +188,18 @@ def test_cancel_button_cancels_a_running_run(page: Page, system: System) -> None
     page.wait(lambda: page.css("#cancel-btn").is_enabled(), message="cancel must be enabled while running")
     assert not page.css("#retry-btn").is_enabled()
 
+    # cancel asks first: dismissing the dialog changes nothing
     page.css("#cancel-btn").click()
+    page.wait(lambda: page.css("dialog#confirm-dialog[open]"), message="cancel did not ask to confirm")
+    assert page.text("#confirm-title") == f"Cancel run #{run_id} long?"
+    assert "cannot be undone" in page.text("#confirm-message")
+    page.css("#confirm-no").click()
+    page.wait(lambda: not page.all("dialog#confirm-dialog"), message="the dialog did not close")
+    page.wait(lambda: page.text("#live-text") == "Live", message="the page stopped polling")
+    assert system.run(run_id)["state"] == "running" and page.css("#action-msg").get_attribute("hidden") is not None
+
+    page.css("#cancel-btn").click()
+    page.wait(lambda: page.css("dialog#confirm-dialog[open] #confirm-yes"), message="no dialog").click()
     system.wait_run(run_id, "cancelled", timeout=30)
     page.wait(lambda: page.text("#title .badge") == "cancelled", message="the page never showed the cancel")
     page.wait(lambda: coloured(page, {"nap": "cancelled"}), message="the node was not shown cancelled")
@@ -162,8 +209,16 @@ def test_cancel_button_cancels_a_running_run(page: Page, system: System) -> None
 
     # a refused action shows the API's message (force the disabled button: the run is already cancelled)
     page.js("const b = document.getElementById('cancel-btn'); b.disabled = false; b.click();")
+    page.wait(lambda: page.css("dialog#confirm-dialog[open] #confirm-yes"), message="no dialog").click()
     page.wait(lambda: "already cancelled" in page.text("#action-msg"), message="the API's error was not shown")
     assert "alert-error" in (page.css("#action-msg").get_attribute("class") or "")
+
+    # the history says who cancelled it: the actor the API recorded for the run's cancel
+    events = system.http.get(f"/api/runs/{run_id}/history").json()
+    cancel = next(e for e in events if e["task"] is None and e["to"] == "cancelled")
+    assert cancel["actor"]
+    page.wait(lambda: any(r[1] == "run" and r[3] == "running → cancelled" and r[4] == cancel["actor"]
+                          for r in history_rows(page)), message="the history does not show who cancelled the run")
 
 
 def test_retry_button_reruns_a_failed_run(page: Page, system: System, tmp_path: Path) -> None:
@@ -177,6 +232,9 @@ def test_retry_button_reruns_a_failed_run(page: Page, system: System, tmp_path: 
     assert failed["error"] and page.text("#run-error") == failed["error"]
 
     page.css("#retry-btn").click()
+    page.wait(lambda: page.text("dialog#confirm-dialog[open] #confirm-title") == f"Retry run #{run_id} once?",
+              message="retry did not ask to confirm")
+    page.css("#confirm-yes").click()
     system.wait_run(run_id, "succeeded")
     page.wait(lambda: coloured(page, {"first": "succeeded", "fragile": "succeeded"}),
               message="the page did not follow the retried run to its end")

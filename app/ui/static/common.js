@@ -152,5 +152,28 @@ const TF = (() => {
     node.textContent = message || '';
   }
 
-  return { TERMINAL, ApiError, api, h, svg, badge, fmtTime, fmtDuration, elapsed, now, loop, showAlert };
+  // Ask before a destructive action: a modal <dialog id="confirm-dialog"> (not window.confirm: styled, and the
+  // page keeps polling behind it). Resolves true when confirmed; Cancel, Escape or a click outside: false.
+  function confirmAction(title, message, confirmLabel, { danger = true } = {}) {
+    return new Promise((resolve) => {
+      const dialog = h('dialog', { class: 'confirm', id: 'confirm-dialog', 'aria-labelledby': 'confirm-title' });
+      const done = (ok) => { if (dialog.open) dialog.close(); dialog.remove(); resolve(ok); };
+      const yes = h('button', { type: 'button', class: `btn ${danger ? 'btn-danger-solid' : 'btn-primary'}`,
+        id: 'confirm-yes', onclick: () => done(true) }, confirmLabel);
+      append(dialog, [
+        h('h2', { id: 'confirm-title' }, title),
+        h('p', { id: 'confirm-message' }, message),
+        h('div', { class: 'confirm-buttons' },
+          h('button', { type: 'button', class: 'btn', id: 'confirm-no', onclick: () => done(false) }, 'Cancel'), yes),
+      ]);
+      dialog.addEventListener('cancel', (e) => { e.preventDefault(); done(false); });
+      dialog.addEventListener('click', (e) => { if (e.target === dialog) done(false); });
+      document.body.append(dialog);
+      dialog.showModal();
+      yes.focus();
+    });
+  }
+
+  return { TERMINAL, ApiError, api, h, svg, badge, fmtTime, fmtDuration, elapsed, now, loop, showAlert,
+    confirmAction };
 })();

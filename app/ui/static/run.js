@@ -13,6 +13,7 @@
   let run = null;
   let selectedId = Number((location.hash.match(/^#task-(\d+)$/) || [])[1]) || null;
   let logsKey = null;
+  let logsShape = null; // what the rendered logs show besides the output (attempts and their outcomes)
   let historyKey = null;
   let acting = false;
   let parent; // undefined: not looked up yet; null: none or unknown; else {run_id, name}
@@ -99,20 +100,39 @@
     $('task-card').scrollIntoView({ block: 'nearest' });
   }
 
+  const logText = (a) => a.log || (a.outcome === 'running' ? '(no output yet)' : '(no output)');
+
   function attemptLog(a) {
-    const empty = a.outcome === 'running' ? '(the output is kept when the attempt ends)' : '(no output)';
     return h('div', { class: 'attempt-log', 'data-attempt': a.attempt },
       h('div', { class: 'attempt-head' }, h('strong', {}, `Attempt ${a.attempt}`), badge(a.outcome),
         a.worker ? h('span', { class: 'muted' }, a.worker) : null),
       a.error ? h('div', { class: 'alert alert-error attempt-error' }, a.error) : null,
-      h('pre', { class: 'log', 'data-attempt': a.attempt }, a.log || empty));
+      a.outcome === 'running' ? h('div', { class: 'muted log-live' }, 'Live: the output so far, refreshed while it runs')
+        : null,
+      h('pre', { class: 'log', 'data-attempt': a.attempt }, logText(a)));
+  }
+
+  // only a running attempt's output changed since the last render: update its text in place (the reader's
+  // scroll position and selection stay; a log scrolled to its end follows the new lines)
+  function updateLiveLogs(attempts) {
+    for (const a of attempts) {
+      const pre = $('task-detail').querySelector(`pre.log[data-attempt="${a.attempt}"]`);
+      const text = logText(a);
+      if (!pre || pre.textContent === text) continue;
+      const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.textContent = text;
+      if (atEnd) pre.scrollTop = pre.scrollHeight;
+    }
   }
 
   async function loadLogs(force) {
     const t = run && run.tasks.find((x) => x.id === selectedId);
     if (!t) return;
     const key = `${t.id}:${t.state}:${t.attempt}:${t.attempts.map((a) => a.outcome).join(',')}`;
-    if (!force && key === logsKey) return;
+    // a running attempt's output grows (the worker's heartbeat stores it): fetched again at every poll
+    const live = t.attempts.some((a) => a.outcome === 'running');
+    if (!force && !live && key === logsKey) return;
+    const same = !force && key === logsKey;
     logsKey = key;
     $('task-title').textContent = `Task ${t.name}`;
     $('task-state').replaceChildren(badge(t.state));
@@ -125,6 +145,12 @@
       return;
     }
     if (selectedId !== t.id) return;
+    const shape = `${key}:${data.attempts.map((a) => `${a.attempt}/${a.outcome}`).join(',')}`;
+    if (same && shape === logsShape) {
+      updateLiveLogs(data.attempts);
+      return;
+    }
+    logsShape = shape;
     const parts = [h('div', { class: 'muted' }, `${t.type} task · queue ${t.queue} · priority ${t.priority}`,
       t.child_run_id ? [' · child run ', runLink(t.child_run_id)] : null)];
     const repeated = data.attempts.some((a) => a.error === t.error);  // shown with its attempt below
@@ -202,8 +228,18 @@
     poller.kick();
   }
 
-  $('cancel-btn').addEventListener('click', () => act('cancel'));
-  $('retry-btn').addEventListener('click', () => act('retry'));
+  // destructive actions ask first (what will happen, to which run)
+  async function confirmed(kind) {
+    const name = run ? `#${run.id} ${run.workflow}` : `#${runId}`;
+    return kind === 'cancel'
+      ? TF.confirmAction(`Cancel run ${name}?`, 'Its pending tasks will never start and its running tasks are '
+        + 'stopped. This cannot be undone (a cancelled run can be retried).', 'Cancel run')
+      : TF.confirmAction(`Retry run ${name}?`, 'Its failed, cancelled and skipped tasks are reset to pending and '
+        + 'run again; succeeded tasks keep their results.', 'Retry run', { danger: false });
+  }
+
+  $('cancel-btn').addEventListener('click', async () => { if (await confirmed('cancel')) act('cancel'); });
+  $('retry-btn').addEventListener('click', async () => { if (await confirmed('retry')) act('retry'); });
   legend('dag-legend', TASK_STATES);
   legend('gantt-legend', OUTCOMES);
   poller.start();
