@@ -183,7 +183,12 @@ def test_openapi_document(api) -> None:
     paths = set(doc["paths"])
     assert {"/api/workflows", "/api/workflows/{name}", "/api/runs", "/api/runs/{run_id}",
             "/api/runs/{run_id}/history", "/api/runs/{run_id}/cancel", "/api/runs/{run_id}/retry",
-            "/api/tasks/{task_run_id}/logs", "/api/health"} <= paths
+            "/api/tasks/{task_run_id}/logs", "/api/health", "/api/runs/{run_id}/signals/{name}",
+            "/api/runs/{run_id}/resume"} <= paths
+    schemas = doc["components"]["schemas"]
+    assert {"steps", "waiting", "blocked", "children", "parent_run_id"} <= set(schemas["RunDetail"]["properties"])
+    assert {"parent_run_id"} <= set(schemas["RunSummary"]["properties"])
+    assert [p["name"] for p in doc["paths"]["/api/runs"]["get"]["parameters"]][:2] == ["state", "kind"]
     assert doc["paths"]["/api/runs"]["post"]["responses"]["422"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Error"}
     assert client.get("/api/docs").status_code == 200
