@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.definitions import NAME_RE
 
 MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and the database would reject them
+#: an idempotency key: any text but NUL, which PostgreSQL's text columns cannot hold (a 422, not a 500)
+KEY_RE = r"^[^\x00]+$"
 
 
 class _Strict(BaseModel):
@@ -24,13 +26,13 @@ class StartRun(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="run parameters (declared by the workflow)")
     priority: int | None = Field(None, ge=0, le=9, description="0..9, 9 most urgent; default: the workflow's")
     version: int | None = Field(None, ge=1, le=2**31 - 1, description="workflow version; default: the latest")
-    key: str | None = Field(None, min_length=1, max_length=200,
+    key: str | None = Field(None, min_length=1, max_length=200, pattern=KEY_RE,
                             description="idempotency key: a start with a key an existing run holds returns that run")
 
 
 class SendSignal(_Strict):
     data: Any = Field(None, description="the signal's data (any JSON): what the run's ctx.wait_signal returns")
-    key: str | None = Field(None, min_length=1, max_length=200,
+    key: str | None = Field(None, min_length=1, max_length=200, pattern=KEY_RE,
                             description="idempotency key: the same key twice is one signal (delivered once)")
 
 

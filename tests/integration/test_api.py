@@ -353,6 +353,11 @@ def test_code_run_start_signal_and_its_waits(code_stub: CodeApi) -> None:
     _error(h.post(f"/api/runs/{run_id}/signals/bad%20name", {"data": 1}), 422, "invalid_request")
     _error(h.post(f"/api/runs/{run_id}/signals/approve", {"data": 1, "extra": 2}), 422, "invalid_request")
     _error(h.post(f"/api/runs/{run_id}/signals/approve", {"key": ""}), 422, "invalid_request")
+    _error(h.post(f"/api/runs/{run_id}/signals/approve", {"key": "k\x00"}), 422, "invalid_request")  # not 500
+    _error(h.post("/api/runs", {"workflow": "approval", "key": "k\x00"}), 422, "invalid_request")
+    nan = h.client.post(f"/api/runs/{run_id}/signals/approve", content=b'{"data": NaN}',
+                        headers={**AUTH, "content-type": "application/json"})
+    assert "must be JSON" in _error(nan, 422, "invalid_request")["message"]
     assert row_counts(h.tf) == before
     h.client.post("/api/workflows", json=HELLO, headers=AUTH)
     dag = h.post("/api/runs", {"workflow": "hello"}, drain=False).json()
