@@ -162,41 +162,49 @@ def _split_params(pairs: tuple[str, ...]) -> dict[str, str]:
     return raw
 
 
-def _parse_params(name: str, pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``-p k=v`` values. A code workflow registered in this process (``TIDEFLOW_WORKFLOW_MODULES``) converts each by
-    its parameter's type hint (:mod:`app.code.params`; a value that does not fit is one error, before anything is
-    stored); otherwise (a DAG workflow) a value is JSON if it parses, else a string."""
+def _parse_params(tf: Tideflow, name: str, pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``-p k=v`` values converted by the declared types, a value that does not fit is one error before anything is
+    stored: a code workflow registered in this process (``TIDEFLOW_WORKFLOW_MODULES``) by its parameters' type
+    hints (:mod:`app.code.params`), a DAG by its ``params:`` types (:mod:`app.params`: a string keeps the text;
+    an untyped one is JSON if it parses, else the text)."""
     from app.code import registry
     from app.code.params import parse_params
+    from app.params import Parameter, parse_text
 
     raw = _split_params(pairs)
     wdef = registry.get_workflow(name)
     if wdef is not None:
         return parse_params(wdef, raw)
-    params: dict[str, Any] = {}
-    for key, value in raw.items():
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
+    declared = tf.parameters(name)
+    if declared is None:  # not registered: the start says so; the values as untyped ones meanwhile
+        return parse_text(name, [Parameter(k) for k in raw], raw)
+    return parse_text(name, declared, raw)
 
 
 @run.command("start")
 @click.argument("name")
 @click.option("-p", "--param", "params", multiple=True,
-              help="key=value: a code workflow's value is converted by the parameter's type hint; otherwise it is "
-                   "parsed as JSON if it can be")
+              help="key=value, converted by the parameter's type (a code workflow's type hint, a DAG's params: "
+                   "type); an untyped value is parsed as JSON if it can be")
 @click.option("--key", help="idempotent start: if a run holds this key, that run is the answer (nothing starts)")
 @click.option("--priority", type=click.IntRange(0, 9))
 @click.option("--wait", is_flag=True, help="show live progress; exit 0 only if the run succeeded")
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="with --wait")
+@click.option("--dry-run", is_flag=True,
+              help="check that the workflow exists and the parameters convert; print them; start nothing")
 @click.option("--json", "as_json", is_flag=True)
 def run_start(name: str, params: tuple[str, ...], key: str | None, priority: int | None, wait: bool,
-              timeout: float, as_json: bool) -> None:
+              timeout: float, dry_run: bool, as_json: bool) -> None:
     """Start a run. ``--json`` prints the run as ``POST /api/runs`` returns it (at the end, with ``--wait``)."""
     tf = _client()  # imports TIDEFLOW_WORKFLOW_MODULES first: the code workflows' hints convert -p values
-    run_id, created = tf.start_run_keyed(name, _parse_params(name, params), priority=priority, key=key)
+    values = _parse_params(tf, name, params)
+    if dry_run:
+        resolved = tf.check_start(name, values)
+        _emit({"workflow": name, "params": resolved}, as_json, lambda d: click.echo(
+            f"ok: a run of {name} would start with params {json.dumps(d['params'], sort_keys=True)} "
+            "(dry run: nothing stored)"))
+        return
+    run_id, created = tf.start_run_keyed(name, values, priority=priority, key=key)
     said = f"started run {run_id}" if created else f"existing run {run_id} (key '{key}' is held by it)"
     if not wait:
         if not created and as_json:

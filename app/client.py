@@ -75,6 +75,22 @@ class Tideflow:
             return master.start_run_keyed(s, self.runtime, name, params, priority=priority, version=version,
                                           actor=actor, key=key)
 
+    def parameters(self, workflow: Any) -> list[Any] | None:
+        """The typed parameters (:class:`app.params.Parameter`) a start of ``workflow`` is checked against; None
+        when it is not registered (here, for a code workflow)."""
+        from app.code.registry import workflow_name
+
+        return self.read(master.declared_parameters, workflow_name(workflow))
+
+    def check_start(self, workflow: Any, params: dict[str, Any] | None = None, *, version: int | None = None
+                    ) -> dict[str, Any]:
+        """Check a start without doing it (``run start --dry-run``): the parameters the run would get, or the
+        error :meth:`start_run` would raise. Nothing is stored or published."""
+        from app.code.registry import workflow_name
+
+        with self.runtime.db.read() as s:
+            return master.resolve_params(s, self.runtime, workflow_name(workflow), params, version=version)
+
     def signal(
         self, run_id: int, name: str, data: Any = None, *, key: str | None = None, session: Session | None = None,
         actor: str = "api",

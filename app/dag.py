@@ -30,13 +30,12 @@ def evaluate(
     deps: Mapping[str, Sequence[str]], states: Mapping[str, TaskState], on_failure: str = "stop",
 ) -> Decision:
     """Decide what to do next. ``deps``: task -> upstream names; ``states``: task -> state."""
-    failed = sorted(n for n, st in states.items() if st == TaskState.FAILED)
-    if failed and on_failure == "stop":
+    if on_failure == "stop" and any(st == TaskState.FAILED for st in states.values()):
         return Decision(
             skip=sorted(n for n, st in states.items() if st in (TaskState.PENDING, TaskState.SUBMITTED)),
             cancel=sorted(n for n, st in states.items() if st == TaskState.RUNNING),
             outcome=RunState.FAILED,
-            reason=f"task '{failed[0]}' failed",
+            reason=f"task '{culprit(states)}' failed",
         )
 
     submit: list[str] = []
@@ -92,9 +91,15 @@ def run_outcome(states: Mapping[str, TaskState]) -> tuple[RunState, str] | None:
         return None
     if all(st == TaskState.SUCCEEDED for st in states.values()):
         return RunState.SUCCEEDED, "all tasks succeeded"
+    return RunState.FAILED, f"task '{culprit(states)}' did not succeed"
+
+
+def culprit(states: Mapping[str, TaskState]) -> str | None:
+    """The task a failed run names as its cause: the first failed one (by name), else the first that did not
+    succeed."""
     failed = sorted(n for n, st in states.items() if st == TaskState.FAILED)
     bad = failed or sorted(n for n, st in states.items() if st != TaskState.SUCCEEDED)
-    return RunState.FAILED, f"task '{bad[0]}' did not succeed"
+    return bad[0] if bad else None
 
 
 def topological_order(deps: Mapping[str, Sequence[str]]) -> list[str]:

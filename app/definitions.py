@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app import templating
 from app.dag import topological_order as dag_order
 from app.errors import DefinitionError
+from app.params import Parameter, dag_parameters
+from app.params import check as check_params
 
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$"
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -97,7 +99,7 @@ def _where(loc: tuple[Any, ...], raw: Any) -> str:
 
 
 def _semantic_problems(spec: WorkflowSpec) -> list[str]:
-    problems: list[str] = []
+    problems: list[str] = list(dag_parameters(spec.params)[1])
     names = [t.name for t in spec.tasks]
     seen: set[str] = set()
     for n in names:
@@ -282,12 +284,12 @@ def task_row_values(spec: WorkflowSpec, task: TaskSpec, *, default_max_lost_atte
     }
 
 
+def parameters(spec: WorkflowSpec) -> list[Parameter]:
+    """A DAG's typed parameters (:func:`app.params.dag_parameters`; a parsed spec has no problems)."""
+    return dag_parameters(spec.params)[0]
+
+
 def check_run_params(spec: WorkflowSpec, params: dict[str, Any]) -> dict[str, Any]:
-    """Merge run parameters over the declared defaults; an undeclared name is an error."""
-    unknown = sorted(set(params) - set(spec.params))
-    if unknown:
-        declared = ", ".join(sorted(spec.params)) or "none"
-        raise DefinitionError(
-            [f"unknown parameter '{u}' for workflow '{spec.name}' (declared: {declared})" for u in unknown]
-        )
-    return {**spec.params, **params}
+    """Run parameters checked against the declared ones (:func:`app.params.check`) and merged over their
+    defaults."""
+    return check_params(spec.name, parameters(spec), params)

@@ -55,6 +55,15 @@ class Registered(_Strict):
     created: bool
 
 
+class ParameterView(_Strict):
+    name: str
+    type: str = Field(description="string, integer, number, boolean, array, object or any")
+    default: Any = Field(description="null for a required parameter")
+    required: bool
+    description: str
+    enum: list[Any] | None = Field(None, description="the allowed values, when the parameter declares them")
+
+
 class WorkflowSummary(_Strict):
     name: str
     kind: str = Field(description="dag (a registered definition) or code (a @tideflow.workflow function)")
@@ -66,6 +75,8 @@ class WorkflowSummary(_Strict):
     module: str | None = Field(None, description="code workflows: the function's module")
     function: str | None = Field(None, description="code workflows: the function's qualified name")
     params: list[str] | None = Field(None, description="code workflows: the function's parameters")
+    parameters: list[ParameterView] = Field(
+        default_factory=list, description="the declared parameters, typed (both kinds): what a start takes")
 
 
 class WorkflowDetail(WorkflowSummary):

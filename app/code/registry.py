@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar, overload
 
 from app.definitions import NAME_RE
 from app.errors import DefinitionError, TideflowError
+from app.params import Parameter as TypedParameter
+from app.params import check, signature_parameters
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -79,23 +81,14 @@ class WorkflowDef:
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()
 
+    def parameters(self) -> list[TypedParameter]:
+        """The typed parameters (:mod:`app.params`): from the function's hints and defaults."""
+        return signature_parameters(self.fn, [(p.name, p.required, p.default) for p in self.params])
+
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The run's parameters, checked against the function's signature (all problems in one error)."""
-        return check_params(self.name, [p.name for p in self.params], [p.name for p in self.params if p.required],
-                            params)
-
-
-def check_params(name: str, declared: list[str], required: list[str], params: dict[str, Any]) -> dict[str, Any]:
-    problems = [f"workflow '{name}': '{k}' is not a parameter (declared: {', '.join(declared) or 'none'})"
-                for k in sorted(set(params) - set(declared))]
-    problems += [f"workflow '{name}': parameter '{k}' is required" for k in required if k not in params]
-    try:
-        json.dumps(params, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        problems.append(f"workflow '{name}': parameters must be JSON ({exc})")
-    if problems:
-        raise DefinitionError(problems)
-    return dict(params)
+        """The run's parameters, checked against the function's signature and hints (all problems in one error;
+        :func:`app.params.check`). The function applies its own defaults."""
+        return check(self.name, self.parameters(), params, merge_defaults=False)
 
 
 _lock = threading.Lock()

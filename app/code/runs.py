@@ -53,17 +53,24 @@ def workflow_row(s: Session, name: str, version: int | None = None) -> WorkflowR
         return repo.workflow(s, name)
 
 
+def startable(name: str) -> registry.WorkflowDef:
+    """The code workflow ``name`` as this process registered it. A run's first pass runs in the starting
+    transaction: a process without the code cannot start it (nor should the run wait, blocked, for a process that
+    has it)."""
+    wdef = registry.get_workflow(name)
+    if wdef is None:
+        raise TideflowError(f"workflow '{name}' is a code workflow not registered in this process: import its "
+                            "module (TIDEFLOW_WORKFLOW_MODULES) to start it")
+    return wdef
+
+
 def insert_run(
     s: Session, row: WorkflowRecord, params: dict[str, Any], *, priority: int | None, actor: str, reason: str,
     parent_task_run_id: int | None, key: str | None,
 ) -> RunRecord:
-    if registry.get_workflow(row.name) is None:
-        # its first pass runs here, in this transaction: a process without the code cannot start it (nor should
-        # the run wait, blocked, for a process that has it)
-        raise TideflowError(f"workflow '{row.name}' is a code workflow not registered in this process: import its "
-                            "module (TIDEFLOW_WORKFLOW_MODULES) to start it")
+    wdef = startable(row.name)
     d = row.definition
-    checked = registry.check_params(row.name, list(d.get("params", [])), list(d.get("required", [])), params)
+    checked = wdef.check_params(params)  # the code that runs: its signature's names, hints and required ones
     prio = int(d.get("priority", 5)) if priority is None else priority
     if not 0 <= prio <= 9:
         raise DefinitionError([f"priority must be between 0 and 9, not {prio}"])

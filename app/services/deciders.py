@@ -72,13 +72,29 @@ class DagDecider:
                 return self._plan(decision, tasks)
         if repo.has_live_tasks(s, run.id):
             return Plan()
-        outcome = dag.run_outcome(repo.task_states(s, run.id))
-        return Plan(outcome=outcome[0], reason=outcome[1]) if outcome is not None else Plan()
+        states = repo.task_states(s, run.id)
+        outcome = dag.run_outcome(states)
+        if outcome is None:
+            return Plan()
+        reason = outcome[1]
+        if outcome[0] == RunState.FAILED:  # the run's end: one more read, to name the cause
+            name = dag.culprit(states)
+            reason = _caused(reason, next(iter(repo.tasks_named(s, run.id, [name] if name else [])), None))
+        return Plan(outcome=outcome[0], reason=reason)
 
     @staticmethod
     def _plan(d: dag.Decision, tasks: dict[str, TaskRecord]) -> Plan:
+        reason = d.reason
+        if d.outcome == RunState.FAILED:
+            reason = _caused(reason, tasks.get(dag.culprit({n: t.state for n, t in tasks.items()}) or ""))
         return Plan(submit=[tasks[n] for n in d.submit], skip=[tasks[n] for n in d.skip],
-                    cancel=[tasks[n] for n in d.cancel], outcome=d.outcome, reason=d.reason)
+                    cancel=[tasks[n] for n in d.cancel], outcome=d.outcome, reason=reason)
+
+
+def _caused(reason: str, task: TaskRecord | None) -> str:
+    """A failed DAG run's error names its cause: the failing task's own error, whole ("task 'load' failed:
+    command exited with status 3")."""
+    return f"{reason}: {task.error}" if task is not None and task.error else reason
 
 
 def decider_for(s: Session, rt: Runtime, run: RunRecord) -> Decider:

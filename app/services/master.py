@@ -26,11 +26,13 @@ from sqlalchemy.orm import Session
 
 from app import templating
 from app.clock import utcnow
+from app.code import registry
 from app.code import runs as code_runs
 from app.db import repository as repo
 from app.definitions import check_run_params
 from app.dispatch import ExecuteMessage, publish_after_commit
 from app.errors import DefinitionError, NotFound, TideflowError
+from app.params import Parameter, dag_parameters
 from app.records import RunRecord, TaskRecord
 from app.runtime import Runtime
 from app.services import attempts
@@ -107,6 +109,36 @@ def create_run(
         for t, row in zip(wf.spec.tasks, wf.task_rows(rt.settings.max_lost_attempts), strict=True)
     ])
     return run
+
+
+def declared_parameters(s: Session, workflow_name: str) -> list[Parameter] | None:
+    """The typed parameters a start of ``workflow_name`` is checked against (:mod:`app.params`): the code workflow
+    this process registered, else the latest stored DAG's; None when there is neither (a start says why)."""
+    wdef = registry.get_workflow(workflow_name)
+    if wdef is not None:
+        return wdef.parameters()
+    row = repo.workflow(s, workflow_name)
+    if row is None or code_runs.is_code(row):
+        return None
+    return dag_parameters(dict(row.definition.get("params") or {}))[0]
+
+
+def resolve_params(
+    s: Session, rt: Runtime, workflow_name: str, params: dict[str, Any] | None = None, *, version: int | None = None,
+) -> dict[str, Any]:
+    """What a start would store as the run's parameters, checked exactly as :func:`create_run` checks them, with
+    nothing stored (``run start --dry-run``): the workflow exists (a code one is registered in this process) and
+    every parameter is declared, given when required and of its type."""
+    wdef = registry.get_workflow(workflow_name)
+    if wdef is not None and version is None:
+        return wdef.check_params(dict(params or {}))
+    row = repo.workflow(s, workflow_name, version)
+    if row is None:
+        raise NotFound(f"workflow '{workflow_name}'" + (f" version {version}" if version else "")
+                       + " is not registered")
+    if code_runs.is_code(row):
+        return code_runs.startable(row.name).check_params(dict(params or {}))
+    return check_run_params(rt.workflow(s, row.id).spec, dict(params or {}))
 
 
 def advance_run(rt: Runtime, run_id: int, *, actor: str, skip_locked: bool = False) -> bool:

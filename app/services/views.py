@@ -31,7 +31,24 @@ def workflow_summary(row: Any) -> dict[str, Any]:
     return {"name": row.name, "kind": kind, "version": row.version, "id": row.id, "digest": row.digest[:12],
             "tasks": len(d.get("tasks", [])), "created_at": _ts(row.created_at),
             "module": d.get("module") if code else None, "function": d.get("function") if code else None,
-            "params": list(d.get("params", [])) if code else None}
+            "params": list(d.get("params", [])) if code else None, "parameters": parameters(row)}
+
+
+def parameters(row: Any) -> list[dict[str, Any]]:
+    """A stored workflow's typed parameters (:mod:`app.params`), for the start form: a DAG's from its ``params:``;
+    a code workflow's from its function's hints when this process has that very code (same digest), else its
+    stored names (type ``any``)."""
+    from app.code import registry
+    from app.params import Parameter, dag_parameters
+
+    d = row.definition
+    if d.get("kind") != "code":
+        return [p.view() for p in dag_parameters(dict(d.get("params") or {}))[0]]
+    wdef = registry.get_workflow(row.name)
+    if wdef is not None and wdef.digest() == row.digest:
+        return [p.view() for p in wdef.parameters()]
+    required = set(d.get("required", []))
+    return [Parameter(n, required=n in required, nullable=True).view() for n in d.get("params", [])]
 
 
 def list_workflows(s: Session) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from app.ui.pages import STATIC, router
 
 
 def mount(app: FastAPI) -> None:
-    """Add the pages (``/``, ``/runs/{id}``, ``/login``, ``/logout``) and the assets (``/static``)."""
+    """Add the pages (``/``, ``/runs/{id}``, ``/workflows``, ``/workflows/{name}``, ``/login``, ``/logout``) and the
+    assets (``/static``)."""
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="ui-static")

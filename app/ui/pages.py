@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from app.api import auth
 from app.api.schemas import MAX_ID
 from app.config import Settings
+from app.definitions import NAME_RE
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_FORM_BYTES = 8 * 1024
@@ -89,6 +90,16 @@ def runs_page(request: Request) -> Response:
 @router.get("/runs/{run_id}")
 def run_page(request: Request, run_id: Annotated[int, PathParam(ge=1, le=MAX_ID)]) -> Response:
     return _guarded(request, "run.html")
+
+
+@router.get("/workflows")
+def workflows_page(request: Request) -> Response:
+    return _guarded(request, "workflows.html")
+
+
+@router.get("/workflows/{name}")
+def workflow_page(request: Request, name: Annotated[str, PathParam(pattern=NAME_RE)]) -> Response:
+    return _guarded(request, "workflow.html")
 
 
 @router.get("/login")

@@ -152,6 +152,25 @@ def test_a_value_that_does_not_fit_its_hint_is_one_line_and_stores_nothing(
     assert typed["version"] is None
 
 
+def test_code_workflow_views_carry_typed_parameters(h: Harness) -> None:
+    """``workflow list`` (and ``GET /api/workflows``: the same view) types a code workflow's parameters by its
+    hints, required when there is no default: what the UI's start form is built from."""
+    (typed,) = [w for w in h.json("workflow", "list") if w["name"] == "typed"]
+    got = {p["name"]: (p["type"], p["default"], p["required"]) for p in typed["parameters"]}
+    assert got == {
+        "n": ("integer", None, True), "ratio": ("number", None, True), "flag": ("boolean", None, True),
+        "label": ("string", None, True), "opts": ("object", None, True), "items": ("array", None, True),
+        "maybe": ("integer", None, False), "old_style": ("number", None, False), "mode": ("string", "fast", False),
+        "loose": ("any", None, False), "bare": ("any", None, False)}
+    assert [p["enum"] for p in typed["parameters"] if p["name"] == "mode"] == [["fast", "slow"]]
+    run_id = h.started("typed", "-p", "n=1", "-p", "ratio=1", "-p", "flag=true", "-p", "label=a", "-p", "opts={}",
+                       "-p", "items=[]")
+    (stored,) = [w for w in h.json("workflow", "list") if w["name"] == "typed"]
+    assert stored["version"] == 1 and stored["parameters"] == typed["parameters"]
+    assert h.json("workflow", "show", "typed")["parameters"] == typed["parameters"]
+    assert h.run(run_id)["state"] == "succeeded"
+
+
 def test_unknown_and_missing_parameters_are_one_line(h: Harness) -> None:
     assert h.cli("run", "start", "adder", "-p", "x=1", "-p", "z=2").error_line() == (
         "error: workflow 'adder': 'z' is not a parameter (declared: x, y)")
@@ -159,12 +178,31 @@ def test_unknown_and_missing_parameters_are_one_line(h: Harness) -> None:
     assert h.tf.read(views.list_runs) == []
 
 
-def test_dag_parameters_keep_json_else_string(h: Harness, tmp_path: Path) -> None:
-    path = tmp_path / "hello.yaml"
-    path.write_text(HELLO)
+TYPED_DAG = """\
+name: typed-dag
+params:
+  who: world
+  version: "1.0"
+  n: {type: integer, description: how many}
+  loose: null
+tasks:
+  - {name: greet, type: shell, command: "echo {{ params.who }} {{ params.n }}"}
+"""
+
+
+def test_dag_parameters_convert_by_their_declared_type(h: Harness, tmp_path: Path) -> None:
+    path = tmp_path / "typed.yaml"
+    path.write_text(TYPED_DAG)
     h.ok("workflow", "register", str(path))
-    run_id = h.started("hello", "-p", "who=123")
-    assert h.run(run_id)["params"] == {"who": 123}  # a DAG parameter has no type: JSON if it parses
+    run_id = h.started("typed-dag", "-p", "who=123", "-p", "version=1.10", "-p", "n=7", "-p", "loose=[1]")
+    # a string stays the text ("1.10" is not 1.1); the untyped one (default null) is JSON if it parses
+    assert h.run(run_id)["params"] == {"who": "123", "version": "1.10", "n": 7, "loose": [1]}
+    assert h.run(h.started("typed-dag", "-p", "n=1", "-p", "loose=not json"))["params"]["loose"] == "not json"
+    before = h.tf.read(views.list_runs)
+    assert h.cli("run", "start", "typed-dag", "-p", "n=abc").error_line() == (
+        "error: workflow 'typed-dag': parameter 'n' (integer): 'abc' is not an integer")
+    assert h.cli("run", "start", "typed-dag").error_line() == "error: workflow 'typed-dag': parameter 'n' is required"
+    assert h.tf.read(views.list_runs) == before
 
 
 # -- run start --key ---------------------------------------------------------------------------------------

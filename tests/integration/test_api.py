@@ -184,7 +184,7 @@ def test_openapi_document(api) -> None:
     assert {"/api/workflows", "/api/workflows/{name}", "/api/runs", "/api/runs/{run_id}",
             "/api/runs/{run_id}/history", "/api/runs/{run_id}/cancel", "/api/runs/{run_id}/retry",
             "/api/tasks/{task_run_id}/logs", "/api/health", "/api/runs/{run_id}/signals/{name}",
-            "/api/runs/{run_id}/resume"} <= paths
+            "/api/runs/{run_id}/resume", "/api/workflows/{name}/grid"} <= paths
     schemas = doc["components"]["schemas"]
     assert {"steps", "waiting", "blocked", "children", "parent_run_id"} <= set(schemas["RunDetail"]["properties"])
     assert {"parent_run_id"} <= set(schemas["RunSummary"]["properties"])
@@ -552,3 +552,41 @@ def test_a_running_attempts_output_is_served_before_it_ends(cluster, tmp_path) -
         final = {name: http.get(f"/api/tasks/{i}/logs").json()["attempts"] for name, i in ids.items()}
     assert [(a["outcome"], a["log"]) for a in final["py"]] == [("succeeded", "python says hi\n")]
     assert [(a["outcome"], a["log"]) for a in final["sh"]] == [("succeeded", "shell says hi\nbye\n")]
+
+
+TYPED: dict = {
+    "name": "typed", "params": {"n": {"type": "integer", "description": "how many"}, "version": "1.10",
+                                "dry": False},
+    "tasks": [{"name": "a", "type": "shell", "command": "echo {{ params.n }} {{ params.version }}"}],
+}
+
+
+def test_workflow_views_carry_typed_parameters(api) -> None:
+    """The views (list and show) carry the declared parameters with their types, for the start form."""
+    client, _tf = api
+    assert client.post("/api/workflows", json=TYPED, headers=AUTH).status_code == 201
+    expected = [
+        {"name": "n", "type": "integer", "default": None, "required": True, "description": "how many",
+         "enum": None},
+        {"name": "version", "type": "string", "default": "1.10", "required": False, "description": "",
+         "enum": None},
+        {"name": "dry", "type": "boolean", "default": False, "required": False, "description": "", "enum": None},
+    ]
+    assert client.get("/api/workflows/typed", headers=AUTH).json()["parameters"] == expected
+    (listed,) = [w for w in client.get("/api/workflows", headers=AUTH).json() if w["name"] == "typed"]
+    assert listed["parameters"] == expected
+
+
+def test_a_parameter_of_the_wrong_type_is_a_422_and_nothing_is_stored(api) -> None:
+    client, tf = api
+    assert client.post("/api/workflows", json=TYPED, headers=AUTH).status_code == 201
+    before = row_counts(tf)
+    body = _error(client.post("/api/runs", json={"workflow": "typed", "params": {"n": "3", "version": 1.1}},
+                              headers=AUTH), 422, "invalid_definition")
+    assert body["message"] == ("workflow 'typed': parameter 'n' (integer): \"3\" is not an integer; "
+                               "workflow 'typed': parameter 'version' (string): 1.1 is not a string")
+    assert "\n" not in body["message"]
+    _error(client.post("/api/runs", json={"workflow": "typed"}, headers=AUTH), 422, "invalid_definition")
+    assert row_counts(tf) == before
+    ok = client.post("/api/runs", json={"workflow": "typed", "params": {"n": 3}}, headers=AUTH)
+    assert ok.status_code == 201 and ok.json()["params"] == {"n": 3, "version": "1.10", "dry": False}

@@ -15,6 +15,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import text
 
+from app.params import is_spec, json_type
 from tests.support.api import AUTH, HELLO, make_client, row_counts
 
 EXAMPLES = 40  # per operation and mode: ~1,000 requests in all, about a minute
@@ -84,6 +85,15 @@ JSON_VALUES = st.recursive(
 )
 
 
+#: a value of a parameter's declared type (app/params.py: inferred from its default; a null default takes any)
+OF_TYPE = {
+    "string": st.text(max_size=20), "integer": st.integers(-(2**53), 2**53), "boolean": st.booleans(),
+    "number": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53),
+    "array": st.lists(JSON_VALUES, max_size=3), "object": st.dictionaries(st.text(max_size=5), JSON_VALUES, max_size=3),
+    "any": JSON_VALUES,
+}
+
+
 @st.composite
 def definitions(draw: st.DrawFn) -> dict[str, Any]:
     """Valid definitions: a random DAG of shell tasks with arbitrary text in commands, params and description."""
@@ -94,7 +104,8 @@ def definitions(draw: st.DrawFn) -> dict[str, Any]:
         tasks.append({"name": name, "type": "shell", "command": draw(st.text(min_size=1, max_size=40)),
                       "depends_on": deps, "retries": draw(st.integers(0, 3))})
     return {"name": draw(NAMES), "description": draw(st.text(max_size=40)),
-            "params": draw(st.dictionaries(NAMES, JSON_VALUES, max_size=3)), "priority": draw(st.integers(0, 9)),
+            "params": draw(st.dictionaries(NAMES, JSON_VALUES.filter(lambda v: not is_spec(v)), max_size=3)),
+            "priority": draw(st.integers(0, 9)),
             "tasks": tasks}
 
 
@@ -114,7 +125,7 @@ def test_valid_requests_store_exactly_what_they_say(pg_url: str, definition: dic
         assert stored["tasks"][0]["command"] == definition["tasks"][0]["command"]
         assert stored["params"] == definition["params"] and stored["description"] == definition["description"]
 
-        params = {k: data.draw(JSON_VALUES, label=k) for k in definition["params"]
+        params = {k: data.draw(OF_TYPE[json_type(v)], label=k) for k, v in definition["params"].items()
                   if data.draw(st.booleans(), label=f"override {k}")}
         priority = data.draw(st.none() | st.integers(0, 9), label="priority")
         sent = len(tf.runtime.dispatcher.executed)

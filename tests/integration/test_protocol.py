@@ -379,3 +379,20 @@ def test_the_heartbeat_stores_the_running_attempts_output_while_it_holds_the_lea
     with h.rt.db.read() as s:
         row = repo.get_task(s, claimed.id)
     assert row is not None and row.lease_expires_at is not None and row.lease_expires_at > utcnow()
+
+
+# -- a failed run names its cause ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("on_failure", ["stop", "continue"])
+def test_a_failed_dag_runs_error_names_the_failing_task_and_its_error(h: Harness, on_failure: str) -> None:
+    """The run's error (the list, the run page, the CLI show it) is not only "task 'x' failed" but what failed it:
+    the task's own error, whole. Both ends of a DAG run: stopped by the failure, or after the rest ran."""
+    h.register("wf", [{"name": "x", "type": "python", "function": BOOM, "retries": 0},
+                      {"name": "y", "type": "python", "function": ECHO, "args": {"v": 1}}], on_failure=on_failure)
+    run = h.run("wf")
+    x = h.tasks(run)["x"]
+    assert run["state"] == "failed" and x["error"]
+    verb = "failed" if on_failure == "stop" else "did not succeed"
+    assert run["error"] == f"task 'x' {verb}: {x['error']}"
+    ends = [e for e in h.tf.read(_history, run["id"]) if e["task"] is None and e["to"] == "failed"]
+    assert [e["reason"] for e in ends] == [run["error"]]

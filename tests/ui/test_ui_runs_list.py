@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from selenium.webdriver.support.select import Select
 
-from tests.support.wait import holds_for
+from tests.support.wait import holds_for, wait_until
 from tests.ui.harness import STATE_RGB, Page, System, rgb
 
 GATED = """
@@ -120,3 +121,84 @@ def test_pausing_stops_the_auto_refresh(page: Page, system: System) -> None:
     page.css("#pause-btn").click()
     page.wait(lambda: rows(page) == [(run_id, "succeeded")], message="resuming did not refresh the list")
     assert page.css("#pause-btn").text == "Pause"
+
+
+KID = "name: kid\ntasks:\n  - {name: play, type: shell, command: 'echo playing'}\n"
+GROWN = "name: grown\ntasks:\n  - {name: delegate, type: subworkflow, workflow: kid}\n"
+WORDY = """
+name: wordy
+tasks:
+  - name: fail
+    type: python
+    function: tests.support.jobs_unit:boom
+    retries: 0
+    args:
+      message: >-
+        the upstream ledger for 2026-11-30 is missing 3 partitions (eu-west, eu-north, ap-south);
+        rerun the export first
+"""
+
+
+@pytest.mark.cluster_env(TIDEFLOW_WORKFLOW_MODULES="tests.support.codeflows")
+def test_kind_and_state_filters_parent_links_and_whole_errors(page: Page, system: System) -> None:
+    system.register("kid", KID)
+    system.register("grown", GROWN)
+    system.register("wordy", WORDY)
+    parent = system.wait_run(system.start("grown"), "succeeded")
+    child_id = next(t["child_run_id"] for t in parent["tasks"] if t["name"] == "delegate")
+    failed = system.wait_run(system.start("wordy"), "failed")
+    code_id = system.start("adder", {"x": 1})
+    system.wait_run(code_id, "succeeded")
+
+    open_list(page)
+    page.wait(lambda: {i for i, _ in rows(page)} == {parent["id"], child_id, failed["id"], code_id},
+              message="not every run is listed")
+    # a child run names its parent, linked; the others do not
+    link = page.css(f'#runs-body tr[data-run-id="{child_id}"] .parent-ref a')
+    assert page.text(f'#runs-body tr[data-run-id="{child_id}"] .parent-ref') == f"child of #{parent['id']}"
+    assert (link.get_attribute("href") or "").endswith(f"/runs/{parent['id']}")
+    assert page.all(f'#runs-body tr[data-run-id="{parent["id"]}"] .parent-ref') == []
+    # the run's error, whole: it names the failing task and what its body raised
+    error = page.text(f'#runs-body tr[data-run-id="{failed["id"]}"] td.run-error')
+    assert error == failed["error"] and len(error) > 120, error
+    assert error.startswith("task 'fail' failed: ") and "rerun the export first" in error
+    assert page.text(f'#runs-body tr[data-run-id="{code_id}"] td.run-error') == ""
+    assert page.text(f'#runs-body tr[data-run-id="{code_id}"] .kind') == "code"
+
+    Select(page.css("#f-kind")).select_by_value("code")
+    page.wait(lambda: rows(page) == [(code_id, "succeeded")], message="the kind filter was not applied")
+    assert page.js("return location.search") == "?kind=code"
+    Select(page.css("#f-kind")).select_by_value("dag")
+    page.wait(lambda: [i for i, _ in rows(page)] == [failed["id"], child_id, parent["id"]],
+              message="kind=dag did not list the DAG runs only")
+
+    Select(page.css("#f-kind")).select_by_value("")
+    Select(page.css("#f-state")).select_by_value("blocked")
+    page.wait(lambda: page.css("#empty").is_displayed(), message="state=blocked did not filter")
+    assert rows(page) == [] and page.js("return location.search") == "?state=blocked"
+    page.open("/?kind=code&state=succeeded")  # both in the URL opened directly
+    page.wait(lambda: rows(page) == [(code_id, "succeeded")], message="the URL's filters were not applied")
+    assert page.css("#f-kind").get_attribute("value") == "code"
+
+
+@pytest.mark.cluster_env(TIDEFLOW_WORKFLOW_MODULES="tests.support.codeflows")
+def test_a_blocked_code_run_is_listed_under_blocked_with_its_divergence(page: Page, system: System) -> None:
+    """A code run whose deployed code no longer replays its history (tests.support.codeflows:deployed, version 2)
+    is blocked: the state filter finds it and the list shows why, whole."""
+    cluster = system.cluster
+    run_id = system.start("deployed", {"seconds": 1})
+    wait_until(lambda: any(t["type"] == "timer" for t in system.run(run_id)["tasks"]), timeout=60,
+               message="the run never reached its timer")
+    cluster.workers["w1"].terminate()
+    cluster.env["TIDEFLOW_TEST_CODE_VERSION"] = "2"  # the incompatible deploy
+    cluster.start_worker("w2")
+    cluster.start_beat()  # fires the timer: the replay on the new code blocks the run
+    run = system.wait_run(run_id, "blocked", timeout=60)
+
+    open_list(page, "/?state=blocked")
+    page.wait(lambda: rows(page) == [(run_id, "blocked")], message="the blocked run is not listed under blocked")
+    assert page.css("#f-state").get_attribute("value") == "blocked"
+    badge = page.css(f'#runs-body tr[data-run-id="{run_id}"] .badge')
+    assert badge.text == "blocked"
+    error = page.text(f'#runs-body tr[data-run-id="{run_id}"] td.run-error')
+    assert error == run["error"] and "position 0" in error and "activity 'refund'" in error, error

@@ -438,14 +438,24 @@ def test_check_run_params() -> None:
     with pytest.raises(DefinitionError) as info:
         check_run_params(spec, {"limit": 3, "zeta": 1, "alpha": 2})
     assert info.value.problems == [
-        "unknown parameter 'alpha' for workflow 'etl' (declared: day, limit)",
-        "unknown parameter 'zeta' for workflow 'etl' (declared: day, limit)",
+        "workflow 'etl': 'alpha' is not a parameter (declared: day, limit)",
+        "workflow 'etl': 'zeta' is not a parameter (declared: day, limit)",
+    ]
+
+
+def test_check_run_params_checks_the_types_inferred_from_the_defaults() -> None:
+    spec = parse_definition(copy.deepcopy(VALID))
+    with pytest.raises(DefinitionError) as info:
+        check_run_params(spec, {"limit": "3", "day": 20240101})
+    assert info.value.problems == [
+        "workflow 'etl': parameter 'limit' (integer): \"3\" is not an integer",
+        "workflow 'etl': parameter 'day' (string): 20240101 is not a string",
     ]
 
 
 def test_check_run_params_without_declared_params() -> None:
     spec = parse_definition(wf(shell("a")))
-    with pytest.raises(DefinitionError, match=r"unknown parameter 'x' for workflow 'w' \(declared: none\)"):
+    with pytest.raises(DefinitionError, match=r"workflow 'w': 'x' is not a parameter \(declared: none\)"):
         check_run_params(spec, {"x": 1})
 
 

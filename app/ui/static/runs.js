@@ -4,7 +4,7 @@
 (() => {
   const { api, h, badge, fmtTime, fmtDuration, elapsed, loop, showAlert } = TF;
   const $ = (id) => document.getElementById(id);
-  const KEYS = ['workflow', 'state', 'before', 'limit'];
+  const KEYS = ['workflow', 'kind', 'state', 'before', 'limit'];
   const REFRESH_MS = 2000;
 
   let query = readQuery();
@@ -25,7 +25,7 @@
 
   function apiQuery() {
     const params = new URLSearchParams({ limit: query.limit || '50' });
-    for (const k of ['workflow', 'state', 'before']) if (query[k]) params.set(k, query[k]);
+    for (const k of ['workflow', 'kind', 'state', 'before']) if (query[k]) params.set(k, query[k]);
     return params.toString();
   }
 
@@ -33,14 +33,19 @@
     const duration = run.duration !== null
       ? fmtDuration(run.duration)
       : (run.state === 'running' ? `${fmtDuration(elapsed(run.created_at))}…` : '—');
-    return h('tr', { 'data-run-id': run.id, 'data-state': run.state },
-      h('td', {}, h('a', { class: 'run-link', href: `/runs/${run.id}` }, `#${run.id}`)),
+    // a child run names its parent (a subworkflow task's or a code workflow's child)
+    const parent = run.parent_run_id ? h('div', { class: 'parent-ref muted' }, 'child of ',
+      h('a', { class: 'parent-link', href: `/runs/${run.parent_run_id}` }, `#${run.parent_run_id}`)) : null;
+    return h('tr', { 'data-run-id': run.id, 'data-state': run.state, 'data-kind': run.kind },
+      h('td', {}, h('a', { class: 'run-link', href: `/runs/${run.id}` }, `#${run.id}`), parent),
       h('td', {}, h('a', { href: `?workflow=${encodeURIComponent(run.workflow)}`, title: 'Only this workflow' },
-        run.workflow)),
+        run.workflow), ' ', h('span', { class: `kind kind-${run.kind}` }, run.kind)),
       h('td', {}, badge(run.state)),
       h('td', { class: 'num' }, run.priority),
       h('td', { class: 'time', title: run.created_at || '' }, fmtTime(run.created_at)),
-      h('td', { class: 'num' }, duration));
+      h('td', { class: 'num' }, duration),
+      // whole: it names the cause (the failing task and its error, a blocked run's divergence)
+      h('td', { class: 'run-error' }, run.error || ''));
   }
 
   function render(page) {
@@ -92,6 +97,7 @@
     }
     select.value = query.workflow;
     $('f-state').value = query.state;
+    $('f-kind').value = query.kind;
   }
 
   async function loadWorkflows() {
@@ -108,6 +114,7 @@
 
   $('f-workflow').addEventListener('change', (e) => { query = { ...query, workflow: e.target.value, before: '' }; changed(); });
   $('f-state').addEventListener('change', (e) => { query = { ...query, state: e.target.value, before: '' }; changed(); });
+  $('f-kind').addEventListener('change', (e) => { query = { ...query, kind: e.target.value, before: '' }; changed(); });
   $('filters').addEventListener('submit', (e) => e.preventDefault());
   $('older-btn').addEventListener('click', () => {
     if (nextBefore !== null) { query = { ...query, before: String(nextBefore) }; changed(); }
