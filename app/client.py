@@ -98,12 +98,19 @@ class Tideflow:
         """Send signal ``name`` (with JSON ``data``) to a code run: stored durably (inside ``session``'s
         transaction when given), delivered to the run's ``ctx.wait_signal(name)`` once, in arrival order. The
         same ``key`` twice delivers once. Returns the signal's id. A finished run: :class:`InvalidState`."""
+        return self.signal_keyed(run_id, name, data, key=key, session=session, actor=actor)[0]
+
+    def signal_keyed(
+        self, run_id: int, name: str, data: Any = None, *, key: str | None = None, session: Session | None = None,
+        actor: str = "api",
+    ) -> tuple[int, bool]:
+        """:meth:`signal`, also saying whether the signal is new (False: ``key`` was sent before; its id)."""
         from app.code.runs import send_signal
 
         if session is not None:
-            return send_signal(session, self.runtime, run_id, name, data, key=key, actor=actor)[0]
+            return send_signal(session, self.runtime, run_id, name, data, key=key, actor=actor)
         with self.runtime.db.transaction() as s:
-            return send_signal(s, self.runtime, run_id, name, data, key=key, actor=actor)[0]
+            return send_signal(s, self.runtime, run_id, name, data, key=key, actor=actor)
 
     def resume(self, run_id: int, *, actor: str = "api") -> str:
         """Continue a ``blocked`` code run with the code deployed now; returns its state after the replay."""

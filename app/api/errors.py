@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException
 
 from app.api.auth import ConfigError, Forbidden, Unauthorized
+from app.code.engine import NotJSON
 from app.errors import DefinitionError, InvalidState, NotFound, TideflowError
 
 log = logging.getLogger("tideflow.api")
@@ -46,6 +47,8 @@ async def _tideflow(_req: Request, exc: Exception) -> JSONResponse:
         return error_response(422, "invalid_definition", str(exc), list(exc.problems))
     if isinstance(exc, NotFound):
         return error_response(404, "not_found", str(exc))
+    if isinstance(exc, NotJSON):  # e.g. a signal's data with NaN (Python's JSON parser reads it)
+        return error_response(422, "invalid_request", str(exc))
     if isinstance(exc, InvalidState):
         return error_response(409, "conflict", str(exc))
     if isinstance(exc, Unauthorized):

@@ -18,6 +18,8 @@ from app.api.schemas import (
     Retried,
     RunDetail,
     RunPage,
+    SendSignal,
+    SignalSent,
     StartRun,
     TaskLogs,
     WorkflowDetail,
@@ -38,6 +40,7 @@ def client(request: Request) -> Tideflow:
 TF = Annotated[Tideflow, Depends(client)]
 RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="run id")]
 Name = Annotated[str, Path(pattern=NAME_RE, description="workflow name")]
+SignalName = Annotated[str, Path(pattern=NAME_RE, description="signal name (what ctx.wait_signal waits for)")]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "the body could not be read (not UTF-8 JSON)"},
@@ -144,6 +147,29 @@ def retry_run(run_id: RunId, tf: TF, request: Request) -> Any:
     """Re-run a failed or cancelled run from its unfinished tasks (409 otherwise)."""
     reset = tf.retry(run_id, actor=_actor(request))
     return {"id": run_id, "state": tf.run(run_id)["state"], "reset": reset}
+
+
+@api.post("/runs/{run_id}/signals/{name}", response_model=SignalSent, status_code=201, tags=["runs"],
+          responses={**_NOT_FOUND, **_CONFLICT,
+                     200: {"model": SignalSent, "description": "a signal with this key was already sent"}})
+def send_signal(run_id: RunId, name: SignalName, tf: TF, request: Request, response: Response,
+                body: SendSignal | None = None) -> Any:
+    """Send signal ``name`` with JSON ``data`` to a code run: stored, then delivered once, in arrival order, to
+    the run's ``ctx.wait_signal(name)`` (now if it waits for it, else when it does). With a ``key`` sent
+    before: that signal, status 200, nothing new. 409 for a finished run or a DAG run."""
+    data, key = (body.data, body.key) if body is not None else (None, None)
+    signal_id, created = tf.signal_keyed(run_id, name, data, key=key, actor=_actor(request))
+    if not created:
+        response.status_code = 200
+    return {"id": signal_id, "run_id": run_id, "name": name, "created": created}
+
+
+@api.post("/runs/{run_id}/resume", response_model=RunDetail, tags=["runs"], responses={**_NOT_FOUND, **_CONFLICT})
+def resume_run(run_id: RunId, tf: TF, request: Request) -> Any:
+    """Continue a ``blocked`` code run with the code this deployment runs (409 for a run that is not blocked).
+    The run is replayed at once: it is running again, or blocked again if the code still diverges."""
+    tf.resume(run_id, actor=_actor(request))
+    return tf.run(run_id)
 
 
 # -- tasks ------------------------------------------------------------------------------------------

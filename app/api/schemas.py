@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.definitions import NAME_RE
 
 MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and the database would reject them
+#: an idempotency key: any text but NUL, which PostgreSQL's text columns cannot hold (a 422, not a 500)
+KEY_RE = r"^[^\x00]+$"
 
 
 class _Strict(BaseModel):
@@ -24,8 +26,21 @@ class StartRun(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="run parameters (declared by the workflow)")
     priority: int | None = Field(None, ge=0, le=9, description="0..9, 9 most urgent; default: the workflow's")
     version: int | None = Field(None, ge=1, le=2**31 - 1, description="workflow version; default: the latest")
-    key: str | None = Field(None, min_length=1, max_length=200,
+    key: str | None = Field(None, min_length=1, max_length=200, pattern=KEY_RE,
                             description="idempotency key: a start with a key an existing run holds returns that run")
+
+
+class SendSignal(_Strict):
+    data: Any = Field(None, description="the signal's data (any JSON): what the run's ctx.wait_signal returns")
+    key: str | None = Field(None, min_length=1, max_length=200, pattern=KEY_RE,
+                            description="idempotency key: the same key twice is one signal (delivered once)")
+
+
+class SignalSent(_Strict):
+    id: int = Field(description="the signal's id (with a key sent before: the first signal's)")
+    run_id: int
+    name: str
+    created: bool = Field(description="false: a signal with this key was already sent, nothing new was stored")
 
 
 class Error(_Strict):
@@ -153,6 +168,45 @@ class TaskView(_Strict):
     attempts: list[AttemptView]
 
 
+class StepView(_Strict):
+    seq: int = Field(description="its position in the code run's history")
+    kind: str = Field(description="activity, timer, signal, subworkflow or marker (ctx.now/uuid4/random, patches)")
+    name: str = Field(description="the activity, the signal, the child workflow, or the marker")
+    state: str
+    task_run_id: int
+    attempt: int = Field(description="an activity: its current attempt (0: not submitted yet)")
+    attempts: list[AttemptView]
+    due_at: str | None = Field(description="a timer: when it fires; a signal wait: when it times out")
+    child_run_id: int | None
+    result: Any
+    error: str | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class Waiting(_Strict):
+    kind: str = Field(description="the kind of the step it waits for: activity, timer, signal or subworkflow")
+    text: str = Field(description="the wait in words, e.g. 'waiting for signal approve, no timeout'; several "
+                                  "waits (a gather) joined by '; '")
+    seq: int | None
+    name: str = Field(description="the activity, signal or child workflow")
+    task_run_id: int
+    more: int = Field(description="how many other steps it also waits for")
+    until: str | None = Field(description="a timer: when it fires")
+    signal: str | None = Field(description="a signal wait: the signal's name")
+    timeout_at: str | None = Field(description="a signal wait: when it times out (null: no timeout)")
+    child_run_id: int | None = Field(description="a child: its run (null: not started yet)")
+    attempt: int | None = Field(description="an activity: the attempt it waits for")
+
+
+class Blocked(_Strict):
+    position: int | None = Field(description="where the code diverged from the history (null: another cause)")
+    history: str | None = Field(description="what the history holds at that position")
+    asked: str | None = Field(description="what the code asked for there")
+    message: str | None = Field(description="why it is blocked and what to do")
+
+
 class ChildRun(_Strict):
     id: int
     workflow: str
@@ -162,6 +216,9 @@ class ChildRun(_Strict):
 
 class RunDetail(RunSummary):
     workflow_version: int | None
+    steps: list[StepView] = Field(description="a code run's steps in position order (empty for a DAG run)")
+    waiting: Waiting | None = Field(description="a running code run: what it waits for now")
+    blocked: Blocked | None = Field(description="a blocked code run: its divergence")
     result: Any = Field(description="a code run's return value")
     state_values: dict[str, Any] = Field(description="a code run's published state (ctx.set_state)")
     cancel_requested: bool

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import random as _random
+import re
 import uuid as _uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -122,6 +123,25 @@ def describe(kind: TaskKind | str, name: str) -> str:
     if kind == TaskKind.SUBWORKFLOW:
         return f"child workflow '{name}'"
     return f"ctx.{name}()" if not name.startswith("patch:") else f"patch marker '{name[6:]}'"
+
+
+#: the divergence messages :meth:`Context._next` and :func:`_check_tail` write (a blocked run's ``error`` holds one):
+#: read back by :func:`parse_divergence`, next to the code that writes them so the two change together
+_DIVERGENCE = re.compile(
+    r"position (?P<position>\d+): the history (?:holds (?P<history>.+?)|(?P<ends>ends) \(the run finished\)), "
+    r"the code (?:asked for (?P<asked>.+?)|(?P<stopped>returned|ended) before it)(?=\. The run is kept|$)")
+
+
+def parse_divergence(message: str | None) -> dict[str, Any]:
+    """A blocked run's divergence, from its message: ``position`` (int), what the ``history`` holds there and
+    what the code ``asked`` for, in words (None when the message names no position: e.g. a workflow this process
+    does not have)."""
+    m = _DIVERGENCE.search(message or "")
+    if m is None:
+        return {"position": None, "history": None, "asked": None}
+    history = m["history"] if m["ends"] is None else "nothing (the run had finished)"
+    asked = m["asked"] if m["stopped"] is None else f"nothing (the code {m['stopped']} before it)"
+    return {"position": int(m["position"]), "history": history, "asked": asked}
 
 
 @dataclass

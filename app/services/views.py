@@ -8,9 +8,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.code.engine import parse_divergence, step_name
 from app.db import repository as repo
 from app.errors import NotFound
 from app.graph import layout
+from app.records import RunRecord, TaskRecord
+from app.states import TASK_LIVE, RunKind, RunState, TaskKind, TaskState
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -125,9 +128,19 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
             "attempt": a.attempt, "worker": a.worker, "pid": a.pid, "outcome": a.outcome, "error": a.error,
             "started_at": _ts(a.started_at), "finished_at": _ts(a.finished_at), "duration": a.duration,
         })
+    code = run.kind == RunKind.CODE
+    steps = sorted((t for t in tasks if t.seq is not None), key=lambda t: t.seq or 0) if code else []
     return {
         **run_summary(run),
         "workflow_version": wf.version if wf else None,
+        "steps": [{
+            "seq": t.seq, "kind": t.type, "name": step_name(t.name), "state": t.state, "task_run_id": t.id,
+            "attempt": t.attempt, "attempts": by_task.get(t.id, []), "due_at": _ts(t.due_at),
+            "child_run_id": t.child_run_id, "result": t.result, "error": t.error, "created_at": _ts(t.created_at),
+            "started_at": _ts(t.started_at), "finished_at": _ts(t.finished_at),
+        } for t in steps],
+        "waiting": _waiting(run, steps),
+        "blocked": _blocked(run),
         "result": run.result if run.kind == "code" else None,
         "state_values": run.state_values or {},
         "cancel_requested": run.cancel_requested,
@@ -144,6 +157,46 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
             "duration": _duration(t.started_at, t.finished_at), "attempts": by_task.get(t.id, []),
         } for t in tasks],
     }
+
+
+def _wait(t: TaskRecord) -> dict[str, Any]:
+    """What one live step of a code run waits for: words and fields."""
+    name = step_name(t.name)
+    base: dict[str, Any] = {"kind": t.type, "seq": t.seq, "name": name, "task_run_id": t.id, "until": None,
+                            "signal": None, "timeout_at": None, "child_run_id": None, "attempt": None}
+    if t.kind == TaskKind.TIMER:
+        return {**base, "text": f"sleeping until {_ts(t.due_at)}", "until": _ts(t.due_at)}
+    if t.kind == TaskKind.SIGNAL:
+        timeout = f"timeout at {_ts(t.due_at)}" if t.due_at is not None else "no timeout"
+        return {**base, "text": f"waiting for signal {name}, {timeout}", "signal": name, "timeout_at": _ts(t.due_at)}
+    if t.kind == TaskKind.SUBWORKFLOW:
+        text = (f"waiting for child run {t.child_run_id} ({name})" if t.child_run_id is not None
+                else f"waiting for child workflow {name} to start")
+        return {**base, "text": text, "child_run_id": t.child_run_id}
+    attempt = max(t.attempt, 1)  # a pending activity's first attempt is not submitted yet
+    retry = (f", retry at {_ts(t.not_before)}" if t.state != TaskState.RUNNING and t.not_before is not None
+             and t.attempt > 1 else "")
+    return {**base, "text": f"waiting for {t.type} {name}, attempt {attempt}{retry}", "attempt": attempt}
+
+
+def _waiting(run: RunRecord, steps: list[TaskRecord]) -> dict[str, Any] | None:
+    """A running code run's current wait: its first live step (``more``: how many others it also waits for, as
+    in a ``gather``; the text names them all). None when it waits for nothing (between steps, or finished)."""
+    if run.state != RunState.RUNNING:
+        return None
+    waits = [_wait(t) for t in steps if t.state in TASK_LIVE]
+    if not waits:
+        return None
+    return {**waits[0], "text": "; ".join(w["text"] for w in waits), "more": len(waits) - 1}
+
+
+def _blocked(run: RunRecord) -> dict[str, Any] | None:
+    """A blocked code run's divergence, read back from the message it was blocked with (its ``error``): the
+    position, what the history holds there and what the code asked for (None each when the cause is not a
+    divergence, e.g. a process without the workflow's code)."""
+    if run.state != RunState.BLOCKED:
+        return None
+    return {**parse_divergence(run.error), "message": run.error}
 
 
 def run_history(s: Session, run_id: int) -> list[dict[str, Any]]:

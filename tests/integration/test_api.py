@@ -4,12 +4,16 @@ request stores nothing. (Fuzzing: test_api_fuzz.py; real workers behind the API:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from app.api.app import create_app
 from app.api.auth import COOKIE, CSRF_HEADER, ConfigError
 from app.config import load_settings
+from app.services.worker import execute
+from tests.support import codeflows
 from tests.support.api import AUTH, HELLO, TOKEN, make_client, row_counts
 
 
@@ -179,7 +183,12 @@ def test_openapi_document(api) -> None:
     paths = set(doc["paths"])
     assert {"/api/workflows", "/api/workflows/{name}", "/api/runs", "/api/runs/{run_id}",
             "/api/runs/{run_id}/history", "/api/runs/{run_id}/cancel", "/api/runs/{run_id}/retry",
-            "/api/tasks/{task_run_id}/logs", "/api/health", "/api/workflows/{name}/grid"} <= paths
+            "/api/tasks/{task_run_id}/logs", "/api/health", "/api/runs/{run_id}/signals/{name}",
+            "/api/runs/{run_id}/resume", "/api/workflows/{name}/grid"} <= paths
+    schemas = doc["components"]["schemas"]
+    assert {"steps", "waiting", "blocked", "children", "parent_run_id"} <= set(schemas["RunDetail"]["properties"])
+    assert {"parent_run_id"} <= set(schemas["RunSummary"]["properties"])
+    assert [p["name"] for p in doc["paths"]["/api/runs"]["get"]["parameters"]][:2] == ["state", "kind"]
     assert doc["paths"]["/api/runs"]["post"]["responses"]["422"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Error"}
     assert client.get("/api/docs").status_code == 200
@@ -251,6 +260,181 @@ def test_parent_and_children_on_run_views_and_kind_filter(code_api) -> None:
     assert {r["kind"] for r in client.get("/api/runs?kind=dag", headers=AUTH).json()["items"]} == {"dag"}
     assert client.get("/api/runs?state=blocked", headers=AUTH).json()["items"] == []
     _error(client.get("/api/runs?kind=bogus", headers=AUTH), 422, "invalid_request")
+
+
+class CodeApi:
+    """The API of a process with the code workflows, whose broker is the in-process stub: ``drain`` delivers what
+    a request published (advances, activities), as workers would."""
+
+    def __init__(self, db_url: str):
+        from app.client import Tideflow
+        from app.runtime import Runtime
+        from app.testing import StubDispatcher
+        from tests.support.api import TestClient
+
+        settings = load_settings(database_url=db_url, api_token=TOKEN, workflow_modules="tests.support.codeflows")
+        self.stub = StubDispatcher()
+        self.tf = Tideflow(Runtime.create(settings, self.stub))
+        self.client = TestClient(create_app(settings, self.tf), raise_server_exceptions=False)
+
+    def post(self, path: str, body: Any = None, *, drain: bool = True) -> Any:
+        resp = self.client.post(path, json=body, headers=AUTH)
+        if drain:
+            self.stub.drain(self.tf.runtime)
+        return resp
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        resp = self.client.get(f"/api/runs/{run_id}", headers=AUTH)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def fire_timers(self) -> None:
+        """As if every timer were due now: a reconciler pass, and the messages it leads to."""
+        from sqlalchemy import update
+
+        from app.clock import utcnow
+        from app.db.schema import TaskRun
+        from app.services.reconciler import reconcile_once
+
+        with self.tf.runtime.db.transaction() as s:
+            s.execute(update(TaskRun).where(TaskRun.state == "running", TaskRun.due_at.is_not(None))
+                      .values(due_at=utcnow() - timedelta(seconds=1)))
+        reconcile_once(self.tf.runtime)
+        self.stub.drain(self.tf.runtime)
+
+
+@pytest.fixture
+def code_stub(db_url: str) -> Iterator[CodeApi]:
+    codeflows.CALLS.clear()
+    codeflows.FAIL.clear()
+    h = CodeApi(db_url)
+    yield h
+    h.tf.close()
+
+
+def test_code_run_start_signal_and_its_waits(code_stub: CodeApi) -> None:
+    """POST /api/runs starts a code run (idempotent key), its view says what it waits for, POST .../signals/NAME
+    delivers (a key twice is one signal) and the run finishes with its result; bad signals are refused."""
+    h = code_stub
+    first = h.post("/api/runs", {"workflow": "approval", "key": "order-9"})
+    assert first.status_code == 201, first.text
+    run_id = first.json()["id"]
+    again = h.post("/api/runs", {"workflow": "approval", "key": "order-9"})
+    assert again.status_code == 200 and again.json()["id"] == run_id
+    run = h.run(run_id)
+    assert run["kind"] == "code" and run["state"] == "running" and run["state_values"] == {"stage": "waiting"}
+    assert run["waiting"] == {"kind": "signal", "text": "waiting for signal approve, no timeout", "seq": 0,
+                              "name": "approve", "task_run_id": run["steps"][0]["task_run_id"], "more": 0,
+                              "until": None, "signal": "approve", "timeout_at": None, "child_run_id": None,
+                              "attempt": None}
+    assert [(st["seq"], st["kind"], st["name"], st["state"]) for st in run["steps"]] == [
+        (0, "signal", "approve", "running")]
+
+    sent = h.post(f"/api/runs/{run_id}/signals/approve", {"data": {"ok": 1}, "key": "s-1"})
+    assert sent.status_code == 201 and sent.json() == {"id": sent.json()["id"], "run_id": run_id,
+                                                       "name": "approve", "created": True}
+    dup = h.post(f"/api/runs/{run_id}/signals/approve", {"data": {"ok": 2}, "key": "s-1"})
+    assert dup.status_code == 200 and dup.json()["created"] is False and dup.json()["id"] == sent.json()["id"]
+    run = h.run(run_id)
+    assert [(st["seq"], st["state"], st["result"]) for st in run["steps"]] == [
+        (0, "succeeded", {"ok": 1}), (1, "running", None)]
+    assert run["waiting"]["seq"] == 1 and run["state"] == "running"  # the duplicate was not delivered
+
+    assert h.post(f"/api/runs/{run_id}/signals/approve").status_code == 201  # no body: data null
+    run = h.run(run_id)
+    assert run["state"] == "succeeded" and run["result"] == {"approved": [{"ok": 1}, None]}
+    assert run["waiting"] is None and run["blocked"] is None
+    history = h.client.get(f"/api/runs/{run_id}/history", headers=AUTH).json()
+    assert any("signal 'approve'" in e["reason"] and e["actor"].startswith("api@") for e in history)
+
+    before = row_counts(h.tf)
+    _error(h.post(f"/api/runs/{run_id}/signals/approve", {"data": 1}), 409, "conflict")
+    _error(h.post("/api/runs/999999/signals/approve", {"data": 1}), 404, "not_found")
+    _error(h.post(f"/api/runs/{run_id}/signals/bad%20name", {"data": 1}), 422, "invalid_request")
+    _error(h.post(f"/api/runs/{run_id}/signals/approve", {"data": 1, "extra": 2}), 422, "invalid_request")
+    _error(h.post(f"/api/runs/{run_id}/signals/approve", {"key": ""}), 422, "invalid_request")
+    _error(h.post(f"/api/runs/{run_id}/signals/approve", {"key": "k\x00"}), 422, "invalid_request")  # not 500
+    _error(h.post("/api/runs", {"workflow": "approval", "key": "k\x00"}), 422, "invalid_request")
+    nan = h.client.post(f"/api/runs/{run_id}/signals/approve", content=b'{"data": NaN}',
+                        headers={**AUTH, "content-type": "application/json"})
+    assert "must be JSON" in _error(nan, 422, "invalid_request")["message"]
+    assert row_counts(h.tf) == before
+    h.client.post("/api/workflows", json=HELLO, headers=AUTH)
+    dag = h.post("/api/runs", {"workflow": "hello"}, drain=False).json()
+    _error(h.post(f"/api/runs/{dag['id']}/signals/approve"), 409, "conflict")
+    assert dag["steps"] == [] and dag["waiting"] is None and dag["blocked"] is None
+
+
+def test_code_run_waits_in_words(code_stub: CodeApi) -> None:
+    """The current wait of a code run, in words and fields: a timer, a signal with a timeout, an activity's
+    retry, a child run."""
+    h = code_stub
+    sleeper = h.run(h.post("/api/runs", {"workflow": "sleeper", "params": {"seconds": 3600}}).json()["id"])
+    due = sleeper["steps"][0]["due_at"]
+    assert due and sleeper["waiting"]["kind"] == "timer" and sleeper["waiting"]["until"] == due
+    assert sleeper["waiting"]["text"] == f"sleeping until {due}"
+
+    timed = h.run(h.post("/api/runs", {"workflow": "approval", "params": {"timeout": 60}}).json()["id"])
+    timeout_at = timed["waiting"]["timeout_at"]
+    assert timeout_at == timed["steps"][0]["due_at"]
+    assert timed["waiting"]["text"] == f"waiting for signal approve, timeout at {timeout_at}"
+
+    @codeflows.tideflow.workflow(name="flaky_api")
+    def flaky_api(ctx: Any) -> str:
+        return str(ctx.activity(codeflows.flaky, "api"))
+
+    codeflows.FAIL["api"] = 1
+    flaky_id = h.post("/api/runs", {"workflow": "flaky_api"}, drain=False).json()["id"]
+    assert h.run(flaky_id)["waiting"]["text"] == "waiting for activity flaky, attempt 1"
+    kind, body = h.stub.queue.popleft()  # attempt 1 runs and fails; attempt 2 is submitted (its message queued)
+    assert (kind, body["attempt"]) == ("execute", 1)
+    execute(h.tf.runtime, int(body["task_run_id"]), 1)
+    run = h.run(flaky_id)
+    assert run["waiting"]["text"] == "waiting for activity flaky, attempt 2" and run["waiting"]["attempt"] == 2
+    assert [a["outcome"] for a in run["steps"][0]["attempts"]] == ["failed"]
+    h.stub.drain(h.tf.runtime)
+    run = h.run(flaky_id)
+    assert run["state"] == "succeeded" and run["result"] == "ok api"
+    assert [a["outcome"] for a in run["steps"][0]["attempts"]] == ["failed", "succeeded"]
+
+    parent = h.run(h.post("/api/runs", {"workflow": "sleepy_parent"}).json()["id"])
+    child_id = parent["children"][0]["id"]
+    assert parent["steps"][0]["child_run_id"] == child_id and parent["waiting"]["child_run_id"] == child_id
+    assert parent["waiting"]["text"] == f"waiting for child run {child_id} (sleeper)"
+    assert h.run(child_id)["parent_run_id"] == parent["id"]
+
+
+def test_blocked_code_run_shows_its_divergence_and_resumes(code_stub: CodeApi) -> None:
+    h = code_stub
+    state = {"changed": False}
+
+    @codeflows.tideflow.workflow(name="changing_api")
+    def changing_api(ctx: Any) -> str:
+        if state["changed"]:
+            ctx.activity(codeflows.refund, 1)  # at position 0, where the history holds another call
+        else:
+            ctx.activity(codeflows.add, 1, 1)
+        ctx.sleep(60)
+        return "done"
+
+    run_id = h.post("/api/runs", {"workflow": "changing_api"}).json()["id"]
+    _error(h.post(f"/api/runs/{run_id}/resume"), 409, "conflict")  # running, not blocked
+    state["changed"] = True
+    h.fire_timers()
+    run = h.run(run_id)
+    assert run["state"] == "blocked" and run["waiting"] is None
+    assert run["blocked"] == {"position": 0, "history": "activity 'add'", "asked": "activity 'refund'",
+                              "message": run["error"]}
+    assert [r["id"] for r in h.client.get("/api/runs?state=blocked", headers=AUTH).json()["items"]] == [run_id]
+
+    state["changed"] = False
+    resumed = h.post(f"/api/runs/{run_id}/resume")
+    assert resumed.status_code == 200, resumed.text
+    # the replay runs in the request: its timer had fired, so the run returns at once
+    assert resumed.json()["state"] == "succeeded" and resumed.json()["blocked"] is None
+    assert resumed.json()["result"] == "done"
+    assert any(e["reason"] == "resumed" for e in h.client.get(f"/api/runs/{run_id}/history", headers=AUTH).json())
+    _error(h.post("/api/runs/999999/resume"), 404, "not_found")
 
 
 def test_workflow_grid_is_recent_runs_by_tasks_in_two_queries(api) -> None:

@@ -23,13 +23,15 @@ EXAMPLES = 40  # per operation and mode: ~1,000 requests in all, about a minute
 
 @pytest.fixture
 def api(pg_url: str) -> Iterator[Any]:
-    client, tf = make_client(pg_url)
-    # something to find: two workflows (one with a declared parameter), a running and a cancelled run
+    client, tf = make_client(pg_url, workflow_modules="tests.support.codeflows")
+    # something to find: two workflows (one with a declared parameter), a running and a cancelled run, and a code
+    # run (3) waiting for signals (what POST /api/runs/{id}/signals/{name} and /resume act on)
     client.post("/api/workflows", json=HELLO, headers=AUTH)
     client.post("/api/workflows", json={**HELLO, "name": "other", "params": {}}, headers=AUTH)
     for _ in range(2):
         client.post("/api/runs", json={"workflow": "hello"}, headers=AUTH)
     client.post("/api/runs/1/cancel", headers=AUTH)
+    assert client.post("/api/runs", json={"workflow": "approval"}, headers=AUTH).json()["id"] == 3
     try:
         yield client, tf
     finally:
@@ -48,6 +50,8 @@ def test_api_fuzz(api: Any, mode: GenerationMode) -> None:
     schema = schemathesis.openapi.from_asgi("/api/openapi.json", client.app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 10, [op.label for op in operations]
+    assert {"POST /api/runs/{run_id}/signals/{name}", "POST /api/runs/{run_id}/resume"} <= {
+        op.label for op in operations}
 
     for operation in operations:
         has_input = any(len(getattr(operation, part)) for part in ("path_parameters", "query", "body"))

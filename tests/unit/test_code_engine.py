@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import tideflow
-from app.code.engine import Context, PassOutcome, Step, run_pass
+from app.code.engine import Context, PassOutcome, Step, parse_divergence, run_pass
 from app.code.registry import get_workflow
 from app.states import TaskKind, TaskState
 
@@ -61,6 +61,19 @@ def test_a_different_call_at_a_position_is_a_divergence_naming_it() -> None:
 def test_returning_before_the_history_ends_is_a_divergence() -> None:
     res = _pass(unit_seq, [Step(0, A, "unit_a", OK, 1), Step(1, A, "unit_b", OK, 2), Step(2, T, "sleep", OK)])
     assert res.outcome == PassOutcome.DIVERGED and "position 2" in res.error and "timer" in res.error
+
+
+def test_parse_divergence_reads_back_what_the_engine_wrote() -> None:
+    """A blocked run's view (``blocked``) parses the message its divergence was recorded with (run.error)."""
+    asked = _pass(unit_seq, [Step(0, A, "unit_b", OK, 1)]).error
+    blocked = f"nondeterministic code: {asked}. The run is kept as it is: deploy code that replays its history"
+    assert parse_divergence(blocked) == {"position": 0, "history": "activity 'unit_b'",
+                                         "asked": "activity 'unit_a'"}
+    returned = _pass(unit_seq, [Step(0, A, "unit_a", OK, 1), Step(1, A, "unit_b", OK, 2), Step(2, T, "sleep", OK)])
+    assert parse_divergence(returned.error) == {"position": 2, "history": "a timer (ctx.sleep)",
+                                                "asked": "nothing (the code returned before it)"}
+    assert parse_divergence("workflow 'x' is not registered in process w1") == {
+        "position": None, "history": None, "asked": None}
 
 
 def test_a_failed_activity_raises_activity_error_with_its_cause() -> None:

@@ -71,12 +71,12 @@ const TFGantt = (() => {
       h('div', { class: 'gantt-track' }, lanes));
   }
 
-  function render(container, run, tasks, selectedId, onSelect) {
-    const range = span(run, tasks);
+  // the time axis and its gridlines over [range.start, range.end] (ms): the first two children of a timeline
+  function axis(range) {
     const total = (range.end - range.start) / 1000;
     const marks = ticks(total);
     const pos = (s) => `${(s / total) * 100}%`;
-    const axis = h('div', { class: 'gantt-axis' }, h('div', { class: 'muted' }, fmtTime(new Date(range.start).toISOString())),
+    const scale = h('div', { class: 'gantt-axis' }, h('div', { class: 'muted' }, fmtTime(new Date(range.start).toISOString())),
       h('div', { class: 'ticks' }, marks.map((s) => {
         const tick = h('span', { class: (s / total) > 0.94 ? 'tick last' : 'tick' }, tickLabel(s));
         tick.style.left = pos(s);
@@ -87,9 +87,15 @@ const TFGantt = (() => {
       line.style.left = pos(s);
       return line;
     }));
-    const ordered = [...tasks].sort((a, b) => a.layer - b.layer || a.row - b.row);
-    container.replaceChildren(grid, axis, ...ordered.map((t) => row(t, range, selectedId, onSelect)));
+    return [grid, scale];
   }
 
-  return { render };
+  function render(container, run, tasks, selectedId, onSelect) {
+    const range = span(run, tasks);
+    const ordered = [...tasks].sort((a, b) => a.layer - b.layer || a.row - b.row);
+    container.replaceChildren(...axis(range), ...ordered.map((t) => row(t, range, selectedId, onSelect)));
+  }
+
+  // the code run page (coderun.js) draws its steps with the same axis, attempt bars and placement rule
+  return { render, axis, bar, placement };
 })();

@@ -61,7 +61,9 @@
   }
 
   function renderControls(polling) {
-    $('cancel-btn').disabled = acting || run.state !== 'running';
+    const code = run.kind === 'code';  // a blocked code run can be cancelled; a code run is not retried
+    $('cancel-btn').disabled = acting || !(run.state === 'running' || (code && run.state === 'blocked'));
+    $('retry-btn').hidden = code;
     $('retry-btn').disabled = acting || !['failed', 'cancelled'].includes(run.state);
     $('live').classList.toggle('on', polling);
     $('live-text').textContent = polling ? 'Live' : 'Finished';
@@ -88,8 +90,15 @@
     renderHeader();
     renderControls(polling);
     const tasks = ordered(run.tasks);
-    TFDag.render($('dag'), tasks, selectedId, select);
-    TFGantt.render($('gantt'), run, tasks, selectedId, select);
+    const code = run.kind === 'code';
+    for (const id of ['graph-card', 'gantt-card']) $(id).hidden = code;
+    for (const id of ['code-card', 'code-timeline-card']) $(id).hidden = !code;
+    if (code) {
+      TFCode.render(run, selectedId, select, runLink);
+    } else {
+      TFDag.render($('dag'), tasks, selectedId, select);
+      TFGantt.render($('gantt'), run, tasks, selectedId, select);
+    }
     $('tasks-body').replaceChildren(...tasks.map(taskRow));
   }
 
@@ -241,7 +250,9 @@
 
   $('cancel-btn').addEventListener('click', async () => { if (await confirmed('cancel')) act('cancel'); });
   $('retry-btn').addEventListener('click', async () => { if (await confirmed('retry')) act('retry'); });
+  TFCode.init({ runId, changed: () => { logsKey = null; poller.kick(); } });
   legend('dag-legend', TASK_STATES);
+  legend('code-legend', TASK_STATES);
   legend('gantt-legend', OUTCOMES);
   poller.start();
 })();
