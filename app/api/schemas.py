@@ -38,6 +38,8 @@ class Registered(_Strict):
     name: str
     version: int
     created: bool
+    warnings: list[str] = Field(default_factory=list, description="what could not be checked in this process "
+                                "(a python task's module it cannot import): the workers may still have it")
 
 
 class ParameterView(_Strict):

@@ -15,24 +15,45 @@ from app.services.master import advance_locked, cancel_locked
 from app.states import RUN_TERMINAL, RunKind, RunState, TaskState
 
 
-def register_workflow(s: Session, definition: WorkflowSpec | dict[str, Any]) -> tuple[WorkflowRecord, bool]:
-    """Store a definition. Same content as the latest version: returns it (created=False); anything else
-    becomes the new latest version. Invalid: :class:`DefinitionError` and nothing is stored."""
+def check_definition(
+    s: Session, definition: WorkflowSpec | dict[str, Any], *, python_modules: tuple[str, ...] = (),
+) -> tuple[WorkflowSpec, list[str]]:
+    """Every check a registration makes, storing nothing (``tideflow workflow validate``): the definition, its
+    name against the code workflows, its subworkflows, and each ``python`` task's function against its ``args``
+    (imported when this process can; ``python_modules``: ``TIDEFLOW_PYTHON_MODULES``, never crossed). Returns the
+    spec and the warnings (what could not be checked here); a problem is a :class:`DefinitionError`."""
     spec = parse_definition(definition)
     from app.code import registry
+    from app.executors.python import check_call
 
     code = registry.get_workflow(spec.name)
     if code is not None:
         raise DefinitionError([f"workflow '{spec.name}' is a code workflow in this process ({code.module}."
                                f"{code.qualname}): a DAG cannot take its name (a name is one kind of workflow)"])
     problems = _child_problems(s, spec)
+    warnings: list[str] = []
+    for t in spec.tasks:
+        if t.type == "python" and t.function is not None:
+            problem, warning = check_call(t.function, t.args or {}, python_modules)
+            problems += [f"task '{t.name}': {problem}"] if problem else []
+            warnings += [f"task '{t.name}': {warning}"] if warning else []
     if problems:
         raise DefinitionError(problems)
+    return spec, warnings
+
+
+def register_workflow(
+    s: Session, definition: WorkflowSpec | dict[str, Any], *, python_modules: tuple[str, ...] = (),
+) -> tuple[WorkflowRecord, bool, list[str]]:
+    """Store a definition. Same content as the latest version: returns it (created=False); anything else
+    becomes the new latest version. Invalid: :class:`DefinitionError` and nothing is stored. Also returns the
+    warnings of :func:`check_definition`."""
+    spec, warnings = check_definition(s, definition, python_modules=python_modules)
     digest = spec.digest()
     latest = repo.workflow(s, spec.name)
     if latest is not None and latest.digest == digest:
-        return latest, False
-    return repo.insert_workflow(s, spec.name, digest, spec.canonical()), True
+        return latest, False, warnings
+    return repo.insert_workflow(s, spec.name, digest, spec.canonical()), True, warnings
 
 
 def _child_problems(s: Session, spec: WorkflowSpec) -> list[str]:
