@@ -149,6 +149,13 @@ def workflow_show(name: str, version: int | None, as_json: bool) -> None:
 
     def render(d: dict[str, Any]) -> None:
         console.print(f"[bold]{d['name']}[/] version {d['version']} (versions: {d['versions']})")
+        if d["parameters"]:
+            p = Table("parameter", "type", "default", "description")
+            for param in d["parameters"]:
+                p.add_row(param["name"], param["type"] + ("" if param["enum"] is None else
+                                                          f" ({', '.join(json.dumps(e) for e in param['enum'])})"),
+                          "(required)" if param["required"] else json.dumps(param["default"]), param["description"])
+            console.print(p)
         t = Table("task", "type", "depends on", "retries", "timeout", "queue")
         for task in d["definition"]["tasks"]:
             t.add_row(task["name"], task["type"], ", ".join(task.get("depends_on", [])), str(task.get("retries", 0)),

@@ -194,6 +194,9 @@ def test_dag_parameters_convert_by_their_declared_type(h: Harness, tmp_path: Pat
     path = tmp_path / "typed.yaml"
     path.write_text(TYPED_DAG)
     h.ok("workflow", "register", str(path))
+    shown = [line.split() for line in h.ok("workflow", "show", "typed-dag").splitlines()]
+    assert ["│", "n", "│", "integer", "│", "(required)", "│", "how", "many", "│"] in shown, shown
+    assert ["│", "version", "│", "string", "│", '"1.0"', "│", "│"] in shown, shown
     run_id = h.started("typed-dag", "-p", "who=123", "-p", "version=1.10", "-p", "n=7", "-p", "loose=[1]")
     # a string stays the text ("1.10" is not 1.1); the untyped one (default null) is JSON if it parses
     assert h.run(run_id)["params"] == {"who": "123", "version": "1.10", "n": 7, "loose": [1]}
