@@ -111,7 +111,7 @@ def dag_parameters(params: dict[str, Any]) -> tuple[list[Parameter], list[str]]:
             continue
         has_default = "default" in entry
         if required and has_default:
-            problems.append(f"{where}: a required parameter has no default (drop one of them)")
+            problems.append(f"{where}: required: true with a default (a required parameter has none: drop one)")
             continue
         default = entry.get("default")
         if ptype is None:

@@ -55,7 +55,8 @@ def test_a_mapping_with_other_keys_is_an_object_default() -> None:
     ({"type": "integer", "enum": [1, "two"]}, 'params.p: enum value "two" is not an integer'),
     ({"enum": []}, "params.p: enum must be a non-empty list of values"),
     ({"type": "string", "default": "c", "enum": ["a", "b"]}, 'params.p: default "c" is not one of "a", "b"'),
-    ({"required": True, "default": 1}, "params.p: a required parameter has no default (drop one of them)"),
+    ({"required": True, "default": 1},
+     "params.p: required: true with a default (a required parameter has none: drop one)"),
     ({"description": 3}, "params.p: description must be a string"),
 ])
 def test_a_bad_spec_is_a_definition_problem(entry: dict[str, Any], problem: str) -> None:
