@@ -302,3 +302,36 @@ def test_register_never_imports_a_module_outside_tideflow_python_modules(db_url:
         assert not (tmp_path / "imported").exists()
     finally:
         tf.close()
+
+
+def test_register_checks_what_a_subworkflow_task_passes_against_the_childs_types(api) -> None:
+    """A value whose type is known at registration (a literal, ``{{ run.id }}``, one parent parameter) must fit
+    the child's declared type, and every required child parameter must be passed; an upstream result is only
+    known when it runs (the child's start checks it then)."""
+    client, tf = api
+    assert client.post("/api/workflows", json=TYPED, headers=AUTH).status_code == 201  # n: integer, required
+
+    def parent(params: dict, declared: dict | None = None) -> dict:
+        return {"name": "parent", "params": declared or {"day": "2026-01-01", "count": 2},
+                "tasks": [{"name": "u", "type": "shell", "command": "echo 1"},
+                          {"name": "kid", "type": "subworkflow", "workflow": "typed", "params": params,
+                           "depends_on": ["u"]}]}
+
+    before = row_counts(tf)
+    cases = {
+        "literal": ({"n": "3"}, "task 'kid': params: 'n' (integer in workflow 'typed'): \"3\" is not an integer"),
+        "parent param": ({"n": "{{ params.day }}"},
+                         "task 'kid': params: 'n' (integer in workflow 'typed'): '{{ params.day }}' is a string"),
+        "text around": ({"n": "run {{ run.id }}"},
+                        "task 'kid': params: 'n' (integer in workflow 'typed'): 'run {{ run.id }}' is a string"),
+        "run id to a string": ({"n": 1, "version": "{{ run.id }}"}, "task 'kid': params: 'version' (string in "
+                               "workflow 'typed'): '{{ run.id }}' is an integer"),
+        "missing": ({"dry": True}, "task 'kid': params: workflow 'typed' requires parameter 'n'"),
+    }
+    for label, (params, message) in cases.items():
+        body = _error(client.post("/api/workflows", json=parent(params), headers=AUTH), 422, "invalid_definition")
+        assert body["message"] == message, label
+    assert row_counts(tf) == before
+    for params in ({"n": "{{ params.count }}"}, {"n": "{{ run.id }}"}, {"n": "{{ upstream.u }}"}, {"n": 4}):
+        ok = client.post("/api/workflows", json=parent(params), headers=AUTH)
+        assert ok.status_code in (200, 201), (params, ok.text)
