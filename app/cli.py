@@ -101,11 +101,23 @@ def workflow() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def workflow_register(path: str, as_json: bool) -> None:
     """Validate and store a YAML/JSON definition (a changed definition becomes a new version)."""
-    name, version, created = _client().register(path)
-    data = {"name": name, "version": version, "created": created}
+    data = _client().register_report(path)
+    for warning in data["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     _emit(data, as_json, lambda d: click.echo(
         f"registered {d['name']} version {d['version']}" if d["created"]
         else f"{d['name']} version {d['version']} is unchanged"))
+
+
+@workflow.command("validate")
+@click.argument("path", type=click.Path(dir_okay=False))
+def workflow_validate(path: str) -> None:
+    """Check a YAML/JSON definition exactly as ``register`` would (a python task's function against its args when
+    its module imports here), storing nothing: one line, OK or the error (exit 1)."""
+    data = _client().validate(path)
+    for warning in data["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"ok: {path} is a valid definition of workflow {data['name']} (nothing stored)")
 
 
 @workflow.command("list")
@@ -137,6 +149,13 @@ def workflow_show(name: str, version: int | None, as_json: bool) -> None:
 
     def render(d: dict[str, Any]) -> None:
         console.print(f"[bold]{d['name']}[/] version {d['version']} (versions: {d['versions']})")
+        if d["parameters"]:
+            p = Table("parameter", "type", "default", "description")
+            for param in d["parameters"]:
+                p.add_row(param["name"], param["type"] + ("" if param["enum"] is None else
+                                                          f" ({', '.join(json.dumps(e) for e in param['enum'])})"),
+                          "(required)" if param["required"] else json.dumps(param["default"]), param["description"])
+            console.print(p)
         t = Table("task", "type", "depends on", "retries", "timeout", "queue")
         for task in d["definition"]["tasks"]:
             t.add_row(task["name"], task["type"], ", ".join(task.get("depends_on", [])), str(task.get("retries", 0)),

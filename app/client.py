@@ -44,11 +44,28 @@ class Tideflow:
         return cls(Runtime.create(settings, CeleryDispatcher(create_app(settings))))
 
     def register(self, definition: WorkflowSpec | dict[str, Any] | str | Path) -> tuple[str, int, bool]:
+        report = self.register_report(definition)
+        return report["name"], report["version"], report["created"]
+
+    def register_report(self, definition: WorkflowSpec | dict[str, Any] | str | Path) -> dict[str, Any]:
+        """:meth:`register`, as ``POST /api/workflows`` answers: ``{name, version, created, warnings}``; the
+        warnings say what could not be checked in this process (a python task's module it cannot import)."""
         if isinstance(definition, str | Path):
             definition = load_definition_file(definition)
         with self.runtime.db.transaction() as s:
-            row, created = control.register_workflow(s, definition)
-            return row.name, row.version, created
+            row, created, warnings = control.register_workflow(
+                s, definition, python_modules=self.runtime.settings.allowed_python_modules)
+            return {"name": row.name, "version": row.version, "created": created, "warnings": warnings}
+
+    def validate(self, definition: WorkflowSpec | dict[str, Any] | str | Path) -> dict[str, Any]:
+        """Check a definition exactly as :meth:`register` would, storing nothing: ``{name, warnings}``, or the
+        :class:`~app.errors.DefinitionError` registering would raise."""
+        if isinstance(definition, str | Path):
+            definition = load_definition_file(definition)
+        with self.runtime.db.read() as s:
+            spec, warnings = control.check_definition(
+                s, definition, python_modules=self.runtime.settings.allowed_python_modules)
+            return {"name": spec.name, "warnings": warnings}
 
     def start_run(
         self, workflow: Any, params: dict[str, Any] | None = None, *, priority: int | None = None,

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
 
     #: code workflows: the modules every process imports (comma separated) to register its workflows and activities
     workflow_modules: str = ""
+    #: where users' code lives: directories (separated by ``os.pathsep``, ``:``, like ``PYTHONPATH``) that every
+    #: process (CLI, web, workers, beat) puts first on ``sys.path`` at start, before importing
+    #: ``TIDEFLOW_WORKFLOW_MODULES``; the modules of code workflows and of ``python`` tasks are found there
+    #: (or install them as a package). Relative directories are taken from the process's working directory.
+    pythonpath: str = ""
     #: a code run's history past this many steps is warned about (in its history and the log) ...
     history_warn_steps: int = Field(10_000, gt=0)
     #: ... and past this many the run fails: long loops use ``ctx.continue_as_new``

@@ -37,7 +37,8 @@ SPEC_KEYS = frozenset({"type", "default", "description", "enum", "required"})
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
-_ARTICLE = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean",
+#: "an integer": how messages name a type
+ARTICLE = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean",
             "array": "an array", "object": "an object", "any": "any value"}
 
 
@@ -111,7 +112,7 @@ def dag_parameters(params: dict[str, Any]) -> tuple[list[Parameter], list[str]]:
             continue
         has_default = "default" in entry
         if required and has_default:
-            problems.append(f"{where}: a required parameter has no default (drop one of them)")
+            problems.append(f"{where}: required: true with a default (a required parameter has none: drop one)")
             continue
         default = entry.get("default")
         if ptype is None:
@@ -121,7 +122,7 @@ def dag_parameters(params: dict[str, Any]) -> tuple[list[Parameter], list[str]]:
                       tuple(enum) if enum is not None else None, has_default and default is None)
         bad = [e for e in (enum or []) if _fits(Parameter(name, ptype), e) is _NO]
         if bad:
-            problems.append(f"{where}: enum value {json.dumps(bad[0])} is not {_ARTICLE[ptype]}")
+            problems.append(f"{where}: enum value {json.dumps(bad[0])} is not {ARTICLE[ptype]}")
             continue
         if has_default and default is not None:
             try:
@@ -169,10 +170,10 @@ def check_value(p: Parameter, value: Any) -> Any:
     if value is None:
         if p.nullable or p.type == "any":
             return None
-        raise Unfit(_ARTICLE[p.type])
+        raise Unfit(ARTICLE[p.type])
     fitted = _fits(p, value)
     if fitted is _NO:
-        raise Unfit(_ARTICLE[p.type] + (" or null" if p.nullable else ""))
+        raise Unfit(ARTICLE[p.type] + (" or null" if p.nullable else ""))
     if p.enum is not None and fitted not in p.enum:
         raise Unfit(f"one of {', '.join(json.dumps(e) for e in p.enum)}")
     return fitted
@@ -191,7 +192,7 @@ def from_text(p: Parameter, raw: str) -> Any:
         try:
             value = int(word)
         except ValueError:
-            raise Unfit(_ARTICLE[t]) from None
+            raise Unfit(ARTICLE[t]) from None
     elif t == "number":
         try:
             value = int(word)
@@ -199,7 +200,7 @@ def from_text(p: Parameter, raw: str) -> Any:
             try:
                 value = float(word)
             except ValueError:
-                raise Unfit(_ARTICLE[t]) from None
+                raise Unfit(ARTICLE[t]) from None
     elif t == "boolean":
         if word.lower() in _TRUE:
             value = True
@@ -212,7 +213,7 @@ def from_text(p: Parameter, raw: str) -> Any:
             value = json.loads(raw)
         except json.JSONDecodeError:
             if t != "any":
-                raise Unfit(f"JSON of {_ARTICLE[t]}") from None
+                raise Unfit(f"JSON of {ARTICLE[t]}") from None
             value = raw
     return check_value(p, value)
 

@@ -107,12 +107,13 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: Settings, dispatcher: Dispatcher) -> Runtime:
-        """The process's runtime. Imports ``TIDEFLOW_WORKFLOW_MODULES`` first (registering the code workflows and
-        activities this process can run): a module that does not import stops the process, naming it."""
-        if settings.workflow_modules:
+        """The process's runtime. Puts ``TIDEFLOW_PYTHONPATH`` on ``sys.path`` and imports
+        ``TIDEFLOW_WORKFLOW_MODULES`` first (registering the code workflows and activities this process can run): a
+        module that does not import stops the process, naming it."""
+        if settings.workflow_modules or settings.pythonpath:
             from app.code.registry import load_modules
 
-            load_modules(settings.workflow_modules)
+            load_modules(settings.workflow_modules, settings.pythonpath)
         return cls(settings=settings, db=Database(settings.database_url), dispatcher=dispatcher)
 
     def workflow(self, s: Session, workflow_id: int) -> LoadedWorkflow:

@@ -25,17 +25,18 @@ app = create_app()
 
 
 def _import_workflow_modules() -> None:
-    """Workers and beat import the users' workflow modules at start: a module that does not import stops the
-    process here, with the module's name, instead of failing each task it would have run."""
+    """Workers and beat put ``TIDEFLOW_PYTHONPATH`` on ``sys.path`` and import the users' workflow modules at start:
+    a module that does not import stops the process here, with the module's name, instead of failing each task it
+    would have run."""
     import sys
 
     from app.code.registry import ConfigurationError, load_modules
     from app.config import load_settings
 
-    modules = load_settings().workflow_modules
-    if modules:
+    settings = load_settings()
+    if settings.workflow_modules or settings.pythonpath:
         try:
-            load_modules(modules)
+            load_modules(settings.workflow_modules, settings.pythonpath)  # TIDEFLOW_PYTHONPATH first
         except ConfigurationError as exc:
             print(f"error: {exc}", file=sys.stderr)  # one line, not the import's traceback
             raise SystemExit(1) from None

@@ -74,11 +74,13 @@ def list_workflows(tf: TF) -> Any:
           responses={200: {"model": Registered, "description": "same content as the latest version"}})
 def register_workflow(definition: WorkflowSpec, tf: TF, response: Response) -> Any:
     """Validate and store a definition. Changed content becomes a new version (201); the same content as
-    the latest version returns it (200). An invalid definition is rejected (422) and nothing is stored."""
-    name, version, created = tf.register(definition)
-    if not created:
+    the latest version returns it (200). An invalid definition is rejected (422) and nothing is stored: a
+    ``python`` task whose function does not take its ``args`` too, when this process can import its module;
+    when it cannot, ``warnings`` says so."""
+    report = tf.register_report(definition)
+    if not report["created"]:
         response.status_code = 200
-    return {"name": name, "version": version, "created": created}
+    return report
 
 
 @api.get("/workflows/{name}", response_model=WorkflowDetail, tags=["workflows"], responses=_NOT_FOUND)

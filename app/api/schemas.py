@@ -23,7 +23,8 @@ class _Strict(BaseModel):
 
 class StartRun(_Strict):
     workflow: str = Field(pattern=NAME_RE, description="registered workflow name")
-    params: dict[str, Any] = Field(default_factory=dict, description="run parameters (declared by the workflow)")
+    params: dict[str, Any] = Field(default_factory=dict, description="run parameters: declared by the workflow, each "
+                                   "of its declared type (the workflow's `parameters`); a wrong one is a 422")
     priority: int | None = Field(None, ge=0, le=9, description="0..9, 9 most urgent; default: the workflow's")
     version: int | None = Field(None, ge=1, le=2**31 - 1, description="workflow version; default: the latest")
     key: str | None = Field(None, min_length=1, max_length=200, pattern=KEY_RE,
@@ -53,6 +54,8 @@ class Registered(_Strict):
     name: str
     version: int
     created: bool
+    warnings: list[str] = Field(default_factory=list, description="what could not be checked in this process "
+                                "(a python task's module it cannot import): the workers may still have it")
 
 
 class ParameterView(_Strict):

@@ -1,8 +1,10 @@
 """Text to a code workflow's parameters: ``tideflow run start NAME -p k=v`` converts each value by the type hint of
 the function's parameter ``k`` (:class:`~app.code.registry.Param`). A parameter without a hint (or with a hint
-this does not know, e.g. a class) takes the value as JSON if it parses, else as a string, like a DAG parameter. A
-value that does not fit its hint is a :class:`~app.errors.DefinitionError` naming the parameter (nothing is
-started).
+this does not know, e.g. a class) takes the value as JSON if it parses, else as a string, like an untyped DAG
+parameter (:func:`app.params.from_text`). A value that does not fit its hint is a
+:class:`~app.errors.DefinitionError` naming the parameter (nothing is started). This converts text only: the values
+are then checked, as every start's are, by :func:`app.params.check` (the types :func:`app.params.hint_parameter`
+reads from the same hints).
 
 Hints understood: ``str``, ``int``, ``float``, ``bool``, ``dict``/``list`` (and ``dict[...]``/``list[...]``,
 ``Mapping``/``Sequence``: JSON of that shape; the items are not checked), ``Any``, ``Literal[...]``, unions

@@ -12,7 +12,9 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -243,10 +245,26 @@ def workflow_name(ref: Any) -> str:
 _loaded: set[str] = set()
 
 
-def load_modules(spec: str) -> list[str]:
-    """Import the comma-separated modules of ``TIDEFLOW_WORKFLOW_MODULES`` (once per process). A module that
-    cannot be imported is a :class:`ConfigurationError` naming it: the process must not start without the
-    workflows it is expected to run."""
+def add_pythonpath(pythonpath: str) -> list[str]:
+    """``TIDEFLOW_PYTHONPATH``: its directories (``os.pathsep``-separated, like ``PYTHONPATH``), made absolute, put
+    first on ``sys.path`` in their order (a directory already there moves to the front: the users' code wins, as
+    with ``PYTHONPATH``). Returns them."""
+    dirs = [os.path.abspath(d) for d in pythonpath.split(os.pathsep) if d.strip()]
+    for d in reversed(dirs):
+        while d in sys.path:
+            sys.path.remove(d)
+        sys.path.insert(0, d)
+    importlib.invalidate_caches()
+    return dirs
+
+
+def load_modules(spec: str, pythonpath: str = "") -> list[str]:
+    """Every process's start (CLI, web, workers, beat; :meth:`app.runtime.Runtime.create` and ``tasks/celery_app``):
+    ``TIDEFLOW_PYTHONPATH`` first on ``sys.path`` (:func:`add_pythonpath`), then import the comma-separated modules
+    of ``TIDEFLOW_WORKFLOW_MODULES`` (once per process). A module that cannot be imported is a
+    :class:`ConfigurationError` naming it: the process must not start without the workflows it is expected to
+    run."""
+    add_pythonpath(pythonpath)
     names = [m.strip() for m in spec.split(",") if m.strip()]
     for module in names:
         if module in _loaded:
@@ -254,7 +272,9 @@ def load_modules(spec: str) -> list[str]:
         try:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - any import failure is a configuration error, named
+            hint = f" (TIDEFLOW_PYTHONPATH: {pythonpath})" if pythonpath and isinstance(exc, ModuleNotFoundError) \
+                else ""
             raise ConfigurationError(f"TIDEFLOW_WORKFLOW_MODULES: cannot import module '{module}': "
-                                     f"{type(exc).__name__}: {exc}") from exc
+                                     f"{type(exc).__name__}: {exc}{hint}") from exc
         _loaded.add(module)
     return names

@@ -2,44 +2,70 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import templating
 from app.db import repository as repo
 from app.definitions import WorkflowSpec, parse_definition
 from app.errors import DefinitionError, InvalidState, NotFound
+from app.params import ARTICLE, Parameter, Unfit, check_value, dag_parameters, json_type
 from app.records import WorkflowRecord
 from app.runtime import Runtime
 from app.services.master import advance_locked, cancel_locked
 from app.states import RUN_TERMINAL, RunKind, RunState, TaskState
 
 
-def register_workflow(s: Session, definition: WorkflowSpec | dict[str, Any]) -> tuple[WorkflowRecord, bool]:
-    """Store a definition. Same content as the latest version: returns it (created=False); anything else
-    becomes the new latest version. Invalid: :class:`DefinitionError` and nothing is stored."""
+def check_definition(
+    s: Session, definition: WorkflowSpec | dict[str, Any], *, python_modules: tuple[str, ...] = (),
+) -> tuple[WorkflowSpec, list[str]]:
+    """Every check a registration makes, storing nothing (``tideflow workflow validate``): the definition, its
+    name against the code workflows, its subworkflows, and each ``python`` task's function against its ``args``
+    (imported when this process can; ``python_modules``: ``TIDEFLOW_PYTHON_MODULES``, never crossed). Returns the
+    spec and the warnings (what could not be checked here); a problem is a :class:`DefinitionError`."""
     spec = parse_definition(definition)
     from app.code import registry
+    from app.executors.python import check_call
 
     code = registry.get_workflow(spec.name)
     if code is not None:
         raise DefinitionError([f"workflow '{spec.name}' is a code workflow in this process ({code.module}."
                                f"{code.qualname}): a DAG cannot take its name (a name is one kind of workflow)"])
     problems = _child_problems(s, spec)
+    warnings: list[str] = []
+    for t in spec.tasks:
+        if t.type == "python" and t.function is not None:
+            problem, warning = check_call(t.function, t.args or {}, python_modules)
+            problems += [f"task '{t.name}': {problem}"] if problem else []
+            warnings += [f"task '{t.name}': {warning}"] if warning else []
     if problems:
         raise DefinitionError(problems)
+    return spec, warnings
+
+
+def register_workflow(
+    s: Session, definition: WorkflowSpec | dict[str, Any], *, python_modules: tuple[str, ...] = (),
+) -> tuple[WorkflowRecord, bool, list[str]]:
+    """Store a definition. Same content as the latest version: returns it (created=False); anything else
+    becomes the new latest version. Invalid: :class:`DefinitionError` and nothing is stored. Also returns the
+    warnings of :func:`check_definition`."""
+    spec, warnings = check_definition(s, definition, python_modules=python_modules)
     digest = spec.digest()
     latest = repo.workflow(s, spec.name)
     if latest is not None and latest.digest == digest:
-        return latest, False
-    return repo.insert_workflow(s, spec.name, digest, spec.canonical()), True
+        return latest, False, warnings
+    return repo.insert_workflow(s, spec.name, digest, spec.canonical()), True, warnings
 
 
 def _child_problems(s: Session, spec: WorkflowSpec) -> list[str]:
-    """What can be checked of a subworkflow task before anything runs: its child is registered, and every
-    parameter it passes is declared by the child (its latest version: the one a run would start)."""
+    """What can be checked of a subworkflow task before anything runs: its child is registered, every parameter it
+    passes is declared by the child (its latest version: the one a run would start), every required one is passed,
+    and each passed value whose type is known now is of the declared type (:func:`_passed_type`)."""
     problems: list[str] = []
-    children: dict[str, list[str] | None] = {}
+    children: dict[str, list[Parameter] | None] = {}
+    parent = {p.name: p for p in dag_parameters(spec.params)[0]}
     for t in spec.tasks:
         if t.type != "subworkflow" or not t.workflow:
             continue
@@ -50,27 +76,70 @@ def _child_problems(s: Session, spec: WorkflowSpec) -> list[str]:
             problems.append(f"task '{t.name}': subworkflow '{t.workflow}' is not registered (register it first, or "
                             "for a code workflow import its module in this process: TIDEFLOW_WORKFLOW_MODULES)")
             continue
-        declared = ", ".join(sorted(child)) or "none"
+        declared = ", ".join(sorted(p.name for p in child)) or "none"
+        passed = t.params or {}
         problems.extend(
             f"task '{t.name}': params: '{p}' is not a parameter of workflow '{t.workflow}' (declared: {declared})"
-            for p in sorted(set(t.params or {}) - set(child)))
+            for p in sorted(set(passed) - {p.name for p in child}))
+        problems.extend(f"task '{t.name}': params: workflow '{t.workflow}' requires parameter '{p.name}'"
+                        for p in child if p.required and p.name not in passed)
+        for p in child:
+            if p.name in passed:
+                problem = _passed_type(p, passed[p.name], parent)
+                if problem:
+                    problems.append(f"task '{t.name}': params: '{p.name}' ({p.type} in workflow '{t.workflow}'): "
+                                    f"{problem}")
     return problems
 
 
-def _declared_params(s: Session, name: str) -> list[str] | None:
-    """The parameters a workflow declares: a code workflow's (registered in this process, or stored), or the
-    latest DAG version's. None: no such workflow."""
+#: the types of the run placeholders (``{{ run.id }}`` ...), kept by a value that is one placeholder
+_RUN_TYPES = {"id": "integer", "priority": "integer", "workflow": "string"}
+
+
+def _passed_type(p: Parameter, value: Any, parent: dict[str, Parameter]) -> str | None:
+    """Why ``value``, passed to the child's parameter ``p``, cannot fit it, when that is known at registration: a
+    literal is checked as a start would check it; a value that is one placeholder keeps the type of what it names
+    (a parent parameter's declared type, ``run.id``'s integer); text around a placeholder makes a string. An
+    upstream result's type is not known before it runs."""
+    refs = templating.references(value)
+    if not refs:
+        try:
+            check_value(p, value)
+        except Unfit as exc:
+            return f"{json.dumps(value)} is not {exc}"
+        return None
+    if p.type == "any":
+        return None
+    if isinstance(value, str) and len(refs) == 1 and value.strip().startswith("{{") and value.strip().endswith("}}"):
+        scope, path = refs[0]
+        if scope == "params" and len(path) == 1 and path[0] in parent:
+            source = parent[path[0]].type
+        elif scope == "run":
+            source = _RUN_TYPES.get(path[0], "any")
+        else:
+            return None
+    else:
+        source = json_type(value)  # text around placeholders: a string; a list or mapping holding some
+    if source in ("any", p.type) or (source, p.type) == ("integer", "number"):
+        return None
+    return f"{value!r} is {ARTICLE[source]}"
+
+
+def _declared_params(s: Session, name: str) -> list[Parameter] | None:
+    """The typed parameters a workflow declares: a code workflow's (registered in this process; stored: its names,
+    untyped), or the latest DAG version's. None: no such workflow."""
     from app.code import registry
 
     code = registry.get_workflow(name)
     if code is not None:
-        return [p.name for p in code.params]
+        return code.parameters()
     row = repo.workflow(s, name)
     if row is None:
         return None
     if row.definition.get("kind") == "code":
-        return list(row.definition.get("params", []))
-    return list(WorkflowSpec.model_validate(row.definition).params)
+        required = set(row.definition.get("required", []))
+        return [Parameter(n, required=n in required, nullable=True) for n in row.definition.get("params", [])]
+    return dag_parameters(dict(row.definition.get("params") or {}))[0]
 
 
 def cancel_run(rt: Runtime, run_id: int, *, actor: str = "api", reason: str = "cancelled by request") -> None:

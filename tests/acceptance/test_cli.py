@@ -123,7 +123,8 @@ def test_register_versions_and_runs_keep_theirs(cluster, tmp_path):
     _write(tmp_path, "versioned.yaml", v2)
     assert cluster.run_cli("workflow", "register", path, check=True).stdout.strip() == \
         "registered versioned version 2"
-    assert _json(cluster, "workflow", "register", path) == {"name": "versioned", "version": 2, "created": False}
+    assert _json(cluster, "workflow", "register", path) == {"name": "versioned", "version": 2, "created": False,
+                                                            "warnings": []}
     shown = _json(cluster, "workflow", "show", "versioned")
     assert shown["versions"] == [1, 2] and shown["version"] == 2
     assert [t["name"] for t in shown["definition"]["tasks"]] == ["greet", "extra"]
@@ -273,7 +274,7 @@ def test_errors_are_one_line(cluster, tmp_path):
         ("task", "logs", "999"): "error: task run 999 does not exist",
         ("run", "start", "nope"): "error: workflow 'nope' is not registered",
         ("run", "start", "hello", "-p", "who=x", "-p", "bogus=1"):
-            "error: unknown parameter 'bogus' for workflow 'hello' (declared: who)",
+            "error: workflow 'hello': 'bogus' is not a parameter (declared: who)",
     }
     results = _cli_all(cluster, *expected)
     assert {cmd: _error_line(res) for cmd, res in zip(expected, results, strict=True)} == expected

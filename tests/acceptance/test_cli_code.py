@@ -194,6 +194,9 @@ def test_dag_parameters_convert_by_their_declared_type(h: Harness, tmp_path: Pat
     path = tmp_path / "typed.yaml"
     path.write_text(TYPED_DAG)
     h.ok("workflow", "register", str(path))
+    shown = [line.split() for line in h.ok("workflow", "show", "typed-dag").splitlines()]
+    assert ["│", "n", "│", "integer", "│", "(required)", "│", "how", "many", "│"] in shown, shown
+    assert ["│", "version", "│", "string", "│", '"1.0"', "│", "│"] in shown, shown
     run_id = h.started("typed-dag", "-p", "who=123", "-p", "version=1.10", "-p", "n=7", "-p", "loose=[1]")
     # a string stays the text ("1.10" is not 1.1); the untyped one (default null) is JSON if it parses
     assert h.run(run_id)["params"] == {"who": "123", "version": "1.10", "n": 7, "loose": [1]}
@@ -427,3 +430,75 @@ def test_code_runs_through_the_cli_with_workers(cluster: Any) -> None:
         assert cancelled["tasks"][-1]["state"] == "succeeded"  # the compensation ran on the worker
     finally:
         tf.close()
+
+
+# -- workflow validate, register's signature check, run start --dry-run (issue 11) -------------------------------
+
+
+def _python_dag(args: str, function: str = "tests.support.jobs:fail_unless_exists") -> str:
+    return ("name: pyjob\nparams: {marker: /tmp/x}\ntasks:\n"
+            f"  - {{name: job, type: python, function: \"{function}\", args: {args}}}\n")
+
+
+def test_workflow_validate_checks_as_register_does_and_stores_nothing(h: Harness, tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(_python_dag('{marker: "{{ params.marker }}"}'))
+    assert h.ok("workflow", "validate", str(good)).splitlines() == [
+        f"ok: {good} is a valid definition of workflow pyjob (nothing stored)"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nparams: {n: {type: int}}\ntasks:\n  - {name: a, type: shell, command: 'true'}\n")
+    assert h.cli("workflow", "validate", str(bad)).error_line() == (
+        'error: params.n: type "int" is not one of string, integer, number, boolean, array, object, any')
+    clash = tmp_path / "clash.yaml"  # a check only registration makes (a code workflow holds the name)
+    clash.write_text("name: typed\ntasks:\n  - {name: a, type: shell, command: 'true'}\n")
+    assert "a DAG cannot take its name" in h.cli("workflow", "validate", str(clash)).error_line()
+    assert [w for w in h.tf.read(views.list_workflows) if w["version"] is not None] == []  # nothing stored
+
+
+def test_register_checks_a_python_tasks_signature_against_its_args(h: Harness, tmp_path: Path) -> None:
+    path = tmp_path / "pyjob.yaml"
+    path.write_text(_python_dag('{marker: "{{ params.marker }}", extra: 1}'))
+    for command in ("validate", "register"):
+        line = h.cli("workflow", command, str(path)).error_line()
+        assert line == ("error: task 'job': function 'tests.support.jobs:fail_unless_exists' (context, marker) does "
+                        "not take its args: got an unexpected keyword argument 'extra'"), line
+    path.write_text(_python_dag("{}"))
+    assert "missing a required argument: 'marker'" in h.cli("workflow", "register", str(path)).error_line()
+    path.write_text(_python_dag("{marker: x}", function="tests.support.jobs:no_such_function"))
+    assert h.cli("workflow", "register", str(path)).error_line() == (
+        "error: task 'job': function 'tests.support.jobs:no_such_function': module 'tests.support.jobs' has no "
+        "attribute 'no_such_function'")
+    assert [w for w in h.tf.read(views.list_workflows) if w["name"] == "pyjob"] == []  # nothing stored
+
+
+def test_a_module_not_importable_here_is_a_warning_not_a_failure(h: Harness, tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text(_python_dag("{anything: 1}", function="only_on_the_workers.jobs:run"))
+    out = h.cli("workflow", "register", str(path))
+    assert out.code == 0, out
+    assert out.stderr.splitlines() == [
+        "warning: task 'job': module 'only_on_the_workers.jobs' is not importable here: the signature of "
+        "'only_on_the_workers.jobs:run' is not checked"]
+    assert out.stdout.splitlines() == ["registered pyjob version 1"]
+    assert h.json("workflow", "show", "pyjob")["version"] == 1
+
+
+def test_run_start_dry_run_converts_and_checks_and_stores_nothing(h: Harness, tmp_path: Path) -> None:
+    path = tmp_path / "typed.yaml"
+    path.write_text(TYPED_DAG)
+    h.ok("workflow", "register", str(path))
+    assert h.ok("run", "start", "typed-dag", "-p", "n=3", "-p", "version=1.10", "--dry-run").splitlines() == [
+        'ok: a run of typed-dag would start with params {"loose": null, "n": 3, "version": "1.10", "who": "world"} '
+        "(dry run: nothing stored)"]
+    assert h.json("run", "start", "typed", "-p", "n=1", "-p", "ratio=2", "-p", "flag=no", "-p", "label=1.10",
+                  "-p", "opts={}", "-p", "items=[1]", "--dry-run") == {
+        "workflow": "typed", "params": {"n": 1, "ratio": 2.0, "flag": False, "label": "1.10", "opts": {},
+                                        "items": [1]}}
+    assert h.cli("run", "start", "typed-dag", "-p", "n=x", "--dry-run").error_line() == (
+        "error: workflow 'typed-dag': parameter 'n' (integer): 'x' is not an integer")
+    assert h.cli("run", "start", "typed-dag", "--dry-run").error_line() == (
+        "error: workflow 'typed-dag': parameter 'n' is required")
+    assert h.cli("run", "start", "nope", "--dry-run").error_line() == "error: workflow 'nope' is not registered"
+    assert h.tf.read(views.list_runs) == []
+    assert [w for w in h.tf.read(views.list_workflows) if w["name"] == "typed"][0]["version"] is None
+    assert h.stub.published == []

@@ -69,7 +69,7 @@ def test_json_output_has_the_api_models_keys_and_values(cluster, tmp_path):
 
     registered = _json(cluster, "workflow", "register", str(definition))
     _same_shape(registered, Registered)
-    assert registered == {"name": "hello", "version": 1, "created": True}
+    assert registered == {"name": "hello", "version": 1, "created": True, "warnings": []}
 
     started = _json(cluster, "run", "start", "hello")  # no worker yet: the run is submitted, not finished
     _same_shape(started, RunDetail)

@@ -158,3 +158,25 @@ def test_dockerignore_keeps_local_state_and_secrets_out_of_the_build_context():
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert {".git", ".venv", ".env", "tests"} <= ignored
+
+
+CODE_DIR = "/srv/tideflow/workflows"
+
+
+def test_every_process_gets_tideflow_pythonpath_and_the_code_directory():
+    """Where users' code lives (README, "Your own workflows"): the image puts ``TIDEFLOW_PYTHONPATH`` on a directory
+    of its own, compose passes the variable (defaulting to it) to every process of the application and mounts
+    docker/workflows there read-only, and the Procfile says that its processes read it from the environment."""
+    final = dockerfile_stages()[-1]
+    env = " ".join(rest for keyword, rest in final if keyword == "ENV")
+    assert f"TIDEFLOW_PYTHONPATH={CODE_DIR}" in env.split(), env
+    assert any(keyword == "RUN" and f"mkdir -p {CODE_DIR}" in rest for keyword, rest in final)
+    services = compose()["services"]
+    for name in PROCESSES | {"migrate"}:
+        svc = services[name]
+        assert svc["environment"]["TIDEFLOW_PYTHONPATH"] == f"${{TIDEFLOW_PYTHONPATH:-{CODE_DIR}}}", name
+        assert svc["environment"]["TIDEFLOW_WORKFLOW_MODULES"] == "${TIDEFLOW_WORKFLOW_MODULES:-}", name
+        assert f"./workflows:{CODE_DIR}:ro" in svc["volumes"], name
+    assert (REPO / "docker" / "workflows").is_dir()
+    header = [line for line in (REPO / "Procfile").read_text().splitlines() if line.startswith("#")]
+    assert "TIDEFLOW_PYTHONPATH" in " ".join(header)

@@ -172,7 +172,7 @@ def _wait_succeeded(api: httpx.Client, run_id: int, timeout: float = 90.0) -> di
 def _start(api: httpx.Client, definition: dict[str, Any]) -> int:
     registered = api.post("/api/workflows", json=definition)
     assert registered.status_code == 201, registered.text
-    assert registered.json() == {"name": definition["name"], "version": 1, "created": True}
+    assert registered.json() == {"name": definition["name"], "version": 1, "created": True, "warnings": []}
     started = api.post("/api/runs", json={"workflow": definition["name"]})
     assert started.status_code == 201, started.text
     run_id: int = started.json()["id"]

@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -151,3 +153,55 @@ def test_ci_runs_the_readme_test_command(tmp_path):
     values = {i + 1 for i, a in enumerate(extra) if a == "-p"}
     selecting = [a for i, a in enumerate(extra) if i not in values and (not a.startswith("-") or a in ("-k", "-m"))]
     assert not selecting, f".ci/run must run the whole suite, as the README's command does: {extra}"
+
+
+def marked_block(marker: str) -> str:
+    """The ```sh block that follows ``<!-- test: MARKER -->`` in README.md, as written."""
+    text = (REPO / "README.md").read_text()
+    found = re.search(rf"^<!-- test: {re.escape(marker)} -->\n```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    assert found, f"README.md has no ```sh block marked <!-- test: {marker} -->"
+    return found.group(1)
+
+
+@pytest.mark.timeout(400)
+def test_readme_own_workflows_example_runs_as_written(tmp_path: Path, broker) -> None:
+    """README "Your own workflows": the block as written (``/bin/sh -e``: any failing line fails it), in an empty
+    directory, with this project's ``tideflow`` and ``celery`` on PATH and the test's Redis namespace as the broker
+    (the README's "else set TIDEFLOW_BROKER_URL"); its code lives in ./flows, found through TIDEFLOW_PYTHONPATH by
+    the CLI and by the Celery worker the block starts."""
+    from app.client import Tideflow
+    from app.config import load_settings
+    from app.runtime import Runtime
+    from app.services import views
+    from app.testing import StubDispatcher
+
+    script = marked_block("own-workflows")
+    env = {**clean_env(), "TIDEFLOW_BROKER_URL": broker.url, "TIDEFLOW_BROKER_KEY_PREFIX": broker.key_prefix}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.Popen(["/bin/sh", "-e", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the block's worker, should it outlive a failed block
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-4000:]}\n{err[-4000:]}"
+    assert "Traceback" not in out + err, err[-4000:]
+    lines = out.splitlines()
+    assert "ok: flows/counting.yaml is a valid definition of workflow counting (nothing stored)" in lines
+    assert "registered counting version 1" in lines
+    assert ('ok: a run of greet would start with params {"times": 2, "who": "007"} (dry run: nothing stored)'
+            in lines), out
+
+    tf = Tideflow(Runtime.create(load_settings(database_url=f"sqlite:///{tmp_path / 'tideflow.sqlite3'}"),
+                                 StubDispatcher()))
+    try:
+        runs = {r["workflow"]: tf.run(r["id"]) for r in tf.read(views.list_runs)}
+    finally:
+        tf.close()
+    assert set(runs) == {"greet", "counting"}  # the dry run started nothing
+    greet, counting = runs["greet"], runs["counting"]
+    assert (greet["state"], greet["params"], greet["result"]) == (
+        "succeeded", {"who": "007", "times": 2}, ["HELLO 007", "HELLO 007"])  # "007" stayed a string
+    assert counting["state"] == "succeeded" and counting["params"] == {"rows": 5}
+    assert counting["tasks"][0]["result"] == {"rows": 5, "double": 10}

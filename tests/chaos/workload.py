@@ -171,7 +171,7 @@ class Workload:
 
     def definitions(self) -> list[dict[str, Any]]:
         """Child first (a subworkflow must be registered before its parent)."""
-        child = {"name": CHILD, "params": {"parent": ""}, "tasks": [
+        child = {"name": CHILD, "params": {"parent": 0}, "tasks": [  # parent: a run id (an integer)
             self._task("c1"), self._task("c2", deps=["c1"])]}
         fans = [f"fan{i}" for i in range(self.fan_out)]
         mixed = {"name": MIXED, "params": {"key": ""}, "on_failure": "stop", "tasks": [

@@ -37,7 +37,8 @@ def _error(resp, status: int, code: str) -> dict:
 def test_workflow_and_run_lifecycle(api) -> None:
     client, tf = api
     created = client.post("/api/workflows", json=HELLO, headers=AUTH)
-    assert created.status_code == 201 and created.json() == {"name": "hello", "version": 1, "created": True}
+    assert created.status_code == 201
+    assert created.json() == {"name": "hello", "version": 1, "created": True, "warnings": []}
     again = client.post("/api/workflows", json=HELLO, headers=AUTH)
     assert again.status_code == 200 and again.json()["created"] is False
     changed = client.post("/api/workflows", json={**HELLO, "description": "v2"}, headers=AUTH)
@@ -590,3 +591,89 @@ def test_a_parameter_of_the_wrong_type_is_a_422_and_nothing_is_stored(api) -> No
     assert row_counts(tf) == before
     ok = client.post("/api/runs", json={"workflow": "typed", "params": {"n": 3}}, headers=AUTH)
     assert ok.status_code == 201 and ok.json()["params"] == {"n": 3, "version": "1.10", "dry": False}
+
+
+def test_the_python_client_checks_the_same_types(api) -> None:
+    """``Tideflow.start_run`` goes through the same check as the API (app/params.py): a wrong type raises, nothing
+    is stored or published; ``check_start`` (``run start --dry-run``) answers the params a start would store."""
+    from app.errors import DefinitionError
+
+    _client, tf = api
+    tf.register(TYPED)
+    before, sent = row_counts(tf), tf.runtime.dispatcher.executed[:]
+    with pytest.raises(DefinitionError, match=r"^workflow 'typed': parameter 'dry' \(boolean\): \"no\" is not a "
+                                              r"boolean$"):
+        tf.start_run("typed", {"n": 1, "dry": "no"})
+    assert tf.check_start("typed", {"n": 2}) == {"n": 2, "version": "1.10", "dry": False}
+    with pytest.raises(DefinitionError, match="parameter 'n' is required"):
+        tf.check_start("typed", {})
+    assert row_counts(tf) == before and tf.runtime.dispatcher.executed == sent
+
+
+def _python_task(function: str, args: dict) -> dict:
+    return {"name": "py", "tasks": [{"name": "job", "type": "python", "function": function, "args": args}]}
+
+
+def test_register_checks_python_signatures_and_warns_when_it_cannot(api) -> None:
+    client, tf = api
+    before = row_counts(tf)
+    body = _error(client.post("/api/workflows", json=_python_task("tests.support.jobs:record", {"valu": 1}),
+                              headers=AUTH), 422, "invalid_definition")
+    assert body["message"] == ("task 'job': function 'tests.support.jobs:record' (context, value) does not take "
+                               "its args: got an unexpected keyword argument 'valu'")
+    assert row_counts(tf) == before
+    elsewhere = client.post("/api/workflows", json=_python_task("not_here.jobs:run", {"x": 1}), headers=AUTH)
+    assert elsewhere.status_code == 201, elsewhere.text
+    assert elsewhere.json()["warnings"] == [
+        "task 'job': module 'not_here.jobs' is not importable here: the signature of 'not_here.jobs:run' is not "
+        "checked"]
+
+
+def test_register_never_imports_a_module_outside_tideflow_python_modules(db_url: str, tmp_path, monkeypatch) -> None:
+    """TIDEFLOW_PYTHON_MODULES bounds what registration imports too: a module outside it is not imported (its
+    top-level code does not run), only warned about."""
+    (tmp_path / "tf_forbidden_mod.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\n"
+                                                  "def run(x): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    client, tf = make_client(db_url, python_modules="tests.support")
+    try:
+        resp = client.post("/api/workflows", json=_python_task("tf_forbidden_mod:run", {"y": 1}), headers=AUTH)
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["warnings"] == ["task 'job': function 'tf_forbidden_mod:run' is outside "
+                                           "TIDEFLOW_PYTHON_MODULES: not imported, its signature not checked"]
+        assert not (tmp_path / "imported").exists()
+    finally:
+        tf.close()
+
+
+def test_register_checks_what_a_subworkflow_task_passes_against_the_childs_types(api) -> None:
+    """A value whose type is known at registration (a literal, ``{{ run.id }}``, one parent parameter) must fit
+    the child's declared type, and every required child parameter must be passed; an upstream result is only
+    known when it runs (the child's start checks it then)."""
+    client, tf = api
+    assert client.post("/api/workflows", json=TYPED, headers=AUTH).status_code == 201  # n: integer, required
+
+    def parent(params: dict, declared: dict | None = None) -> dict:
+        return {"name": "parent", "params": declared or {"day": "2026-01-01", "count": 2},
+                "tasks": [{"name": "u", "type": "shell", "command": "echo 1"},
+                          {"name": "kid", "type": "subworkflow", "workflow": "typed", "params": params,
+                           "depends_on": ["u"]}]}
+
+    before = row_counts(tf)
+    cases = {
+        "literal": ({"n": "3"}, "task 'kid': params: 'n' (integer in workflow 'typed'): \"3\" is not an integer"),
+        "parent param": ({"n": "{{ params.day }}"},
+                         "task 'kid': params: 'n' (integer in workflow 'typed'): '{{ params.day }}' is a string"),
+        "text around": ({"n": "run {{ run.id }}"},
+                        "task 'kid': params: 'n' (integer in workflow 'typed'): 'run {{ run.id }}' is a string"),
+        "run id to a string": ({"n": 1, "version": "{{ run.id }}"}, "task 'kid': params: 'version' (string in "
+                               "workflow 'typed'): '{{ run.id }}' is an integer"),
+        "missing": ({"dry": True}, "task 'kid': params: workflow 'typed' requires parameter 'n'"),
+    }
+    for label, (params, message) in cases.items():
+        body = _error(client.post("/api/workflows", json=parent(params), headers=AUTH), 422, "invalid_definition")
+        assert body["message"] == message, label
+    assert row_counts(tf) == before
+    for params in ({"n": "{{ params.count }}"}, {"n": "{{ run.id }}"}, {"n": "{{ upstream.u }}"}, {"n": 4}):
+        ok = client.post("/api/workflows", json=parent(params), headers=AUTH)
+        assert ok.status_code in (200, 201), (params, ok.text)

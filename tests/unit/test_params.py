@@ -55,7 +55,8 @@ def test_a_mapping_with_other_keys_is_an_object_default() -> None:
     ({"type": "integer", "enum": [1, "two"]}, 'params.p: enum value "two" is not an integer'),
     ({"enum": []}, "params.p: enum must be a non-empty list of values"),
     ({"type": "string", "default": "c", "enum": ["a", "b"]}, 'params.p: default "c" is not one of "a", "b"'),
-    ({"required": True, "default": 1}, "params.p: a required parameter has no default (drop one of them)"),
+    ({"required": True, "default": 1},
+     "params.p: required: true with a default (a required parameter has none: drop one)"),
     ({"description": 3}, "params.p: description must be a string"),
 ])
 def test_a_bad_spec_is_a_definition_problem(entry: dict[str, Any], problem: str) -> None:
@@ -142,3 +143,24 @@ def test_code_values_are_checked_against_the_hints_and_defaults_are_the_function
         "workflow 'c': parameter 'who' (string): 2 is not a string",
         "workflow 'c': parameter 'mode' (string): \"c\" is not one of \"a\", \"b\"",
     ]
+
+
+def test_tideflow_pythonpath_goes_first_on_sys_path_in_its_order(tmp_path, monkeypatch) -> None:
+    """TIDEFLOW_PYTHONPATH (app/code/registry.py add_pythonpath, called by every process's start through
+    load_modules): its directories, absolute, first on sys.path in their order, once each; then the modules
+    import from there."""
+    import os
+    import sys
+
+    from app.code.registry import load_modules
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "tf_pythonpath_probe.py").write_text("VALUE = 'from b'\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "b"), *sys.path])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "tf_pythonpath_probe", raising=False)
+    load_modules("tf_pythonpath_probe", os.pathsep.join(["a", str(tmp_path / "b"), ""]))
+    assert sys.path[:2] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert sys.path.count(str(tmp_path / "b")) == 1
+    assert sys.modules["tf_pythonpath_probe"].VALUE == "from b"
