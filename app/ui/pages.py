@@ -1,5 +1,6 @@
 """The UI's routes. They check authentication and serve the static pages; the login form exchanges a token
-(one of ``TIDEFLOW_API_TOKEN``) for the session cookie the API accepts (:mod:`app.api.auth`)."""
+(a named one, or one of ``TIDEFLOW_API_TOKEN``) for the signed session cookie the API accepts
+(:mod:`app.api.auth`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.api import auth
 from app.api.schemas import MAX_ID
@@ -106,11 +108,19 @@ async def login(request: Request) -> Response:
     if not settings.api_auth:
         return RedirectResponse(target, status_code=303)
     token = form.get("token", "").strip()
-    if not auth.token_ok(settings, token):
+    try:
+        ident = await run_in_threadpool(auth.sign_in, request, token)  # a database read: off the event loop
+    except auth.TooManyFailures as exc:
+        page = _login_page(target, f"Too many failed sign-ins; try again in {exc.retry_after} s.", status=429)
+        page.headers["Retry-After"] = str(exc.retry_after)
+        return page
+    except auth.Unauthorized:
         return _login_page(target, "That token is not valid.", status=401)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(auth.COOKIE, token, path="/", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    # a signed session naming the token (its digest), never the secret itself; see app/api/auth.py
+    response.set_cookie(auth.COOKIE, auth.make_session(settings, ident.digest), path="/", httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https",
+                        max_age=settings.session_max_age_seconds)
     return response
 
 
