@@ -11,16 +11,17 @@ per client address, in each web process's memory (:class:`LoginLimiter`).
 
 What each kind of route needs (the run history's actor is the token's name):
 
-========================================================  ===========
+============================================================  ============
 reads: every ``GET`` (runs, workflows, logs, grid, /metrics)  ``viewer``
-run control: start, cancel, retry, signal, resume         ``operator``
-administration: register workflows, schedules, pools      ``admin``
-========================================================  ===========
+run control: start, cancel, retry, signal, resume             ``operator``
+administration: register workflows, schedules, pools          ``admin``
+============================================================  ============
 
 The ``/api`` router declares :data:`BY_METHOD` once: a ``GET``/``HEAD`` needs ``viewer``, any other method
-``operator``. A route that needs more adds ``dependencies=[auth.ADMIN]`` to its decorator (or
-:data:`VIEWER`/:data:`OPERATOR` to be explicit). ``GET /api/health``, ``/api/docs`` and ``/api/openapi.json`` are
-public (they describe the API and hold no data).
+``operator``. A route that needs another role declares it in its decorator, ``dependencies=[auth.ADMIN]`` (or
+:data:`OPERATOR`, or :data:`VIEWER` for a ``POST`` that only reads); the declared role then replaces the
+default. ``GET /api/health``, ``/api/docs`` and ``/api/openapi.json`` are public (they describe the API and hold
+no data).
 """
 
 from __future__ import annotations
@@ -261,11 +262,23 @@ def needs(role: Role) -> Callable[..., Identity]:
         return _check(ident, role)
 
     dependency.__name__ = f"needs_{role}"
+    dependency.role = role  # type: ignore[attr-defined]  # read by by_method
     return dependency
 
 
+def _declared(request: Request) -> Role | None:
+    """The role the matched route declares with ``dependencies=[auth.ADMIN]`` (etc.), if any."""
+    roles = [getattr(dep.dependency, "role", None) for dep in getattr(request.scope.get("route"), "dependencies", ())]
+    found = [r for r in roles if isinstance(r, Role)]
+    return max(found, key=lambda r: r.rank) if found else None
+
+
 def by_method(request: Request, ident: Annotated[Identity, Depends(identity)]) -> Identity:
-    """Reads (``GET``, ``HEAD``) need ``viewer``; anything else ``operator``."""
+    """The route's declared role if it has one (so a 403 names what it really needs), else: reads (``GET``,
+    ``HEAD``) need ``viewer``, anything else ``operator``."""
+    declared = _declared(request)
+    if declared is not None:
+        return _check(ident, declared)
     return _check(ident, Role.VIEWER if request.method in SAFE_METHODS else Role.OPERATOR)
 
 
