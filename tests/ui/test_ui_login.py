@@ -114,3 +114,13 @@ def test_a_named_token_signs_in_acts_under_its_name_and_its_removal_ends_the_ses
     page.wait(lambda: page.path() == "/login", timeout=30, message="a removed token's session must end")
     page.open("/")
     page.wait(lambda: page.path() == "/login", message="the old session cookie must no longer open pages")
+
+
+def test_swagger_ui_renders_from_the_package_with_authorize(page: Page) -> None:
+    """/api/docs works without the internet (nothing from a CDN) and offers "Authorize" for the bearer scheme."""
+    page.open("/api/docs")
+    page.wait(lambda: page.css(".swagger-ui .btn.authorize").is_displayed(), message="no Authorize button")
+    page.wait(lambda: len(page.all(".opblock")) >= 8, message="the operations were not rendered")
+    assert "POST/api/runs" in page.text(".swagger-ui").replace("\n", "").replace(" ", "")
+    loaded = page.js("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(url.startswith(page.base_url + "/") for url in loaded), loaded
