@@ -41,7 +41,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
 from app.errors import TideflowError
-from app.services.tokens import Identity, Role, identify, identify_digest
+from app.services.tokens import Identity, Reader, Role, identify, identify_digest
 
 COOKIE = "tideflow_session"
 CSRF_HEADER = "x-tideflow-csrf"
@@ -183,8 +183,9 @@ def bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def _reader(request: Request) -> Any:
-    return request.app.state.tideflow.runtime.db.read
+def _reader(request: Request) -> Reader:
+    reader: Reader = request.app.state.tideflow.runtime.db.read
+    return reader
 
 
 def sign_in(request: Request, secret: str | None) -> Identity:
@@ -226,8 +227,9 @@ def authenticate(request: Request) -> Identity:
     return ident
 
 
-def authenticated(request: Request, settings: Settings) -> bool:
-    """For pages: is there a valid bearer token or session? (No CSRF question for reads.)"""
+def authenticated(request: Request, _settings: Settings | None = None) -> bool:
+    """For pages: is there a valid bearer token or session? (No CSRF question for reads.) The settings are the
+    request's app's; the second argument is accepted for older callers."""
     try:
         authenticate(request)
     except (Unauthorized, Forbidden, TooManyFailures):

@@ -15,9 +15,10 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -87,7 +88,11 @@ def _env_match(settings: Settings, token_digest: str) -> Identity | None:
     return found
 
 
-def identify_digest(settings: Settings, s_factory: Any, token_digest: str) -> Identity | None:
+#: opens a read-only session (``Database.read``)
+Reader = Callable[[], AbstractContextManager[Session]]
+
+
+def identify_digest(settings: Settings, s_factory: Reader, token_digest: str) -> Identity | None:
     """The identity whose secret has this digest: an env token (no database read), else a stored token
     (``s_factory()``: a context manager giving a read session), else None."""
     ident = _env_match(settings, token_digest)
@@ -98,7 +103,7 @@ def identify_digest(settings: Settings, s_factory: Any, token_digest: str) -> Id
     return Identity(row.name, Role(row.role), row.digest) if row is not None else None
 
 
-def identify(settings: Settings, s_factory: Any, secret: str | None) -> Identity | None:
+def identify(settings: Settings, s_factory: Reader, secret: str | None) -> Identity | None:
     """The identity of a presented secret, or None."""
     if not secret or len(secret) > 1000:
         return None

@@ -54,7 +54,7 @@ def _page(name: str) -> FileResponse:
 
 
 def _guarded(request: Request, name: str) -> Response:
-    if auth.authenticated(request, _settings(request)):
+    if auth.authenticated(request):
         return _page(name)
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(here, safe='')}", status_code=303)
@@ -95,7 +95,7 @@ def run_page(request: Request, run_id: Annotated[int, PathParam(ge=1, le=MAX_ID)
 
 @router.get("/login")
 def login_form(request: Request, next: str = "/") -> Response:
-    if auth.authenticated(request, _settings(request)):
+    if auth.authenticated(request):
         return RedirectResponse(safe_next(next), status_code=303)
     return _login_page(next)
 
