@@ -81,6 +81,31 @@ def test_roles_allow_reads_run_control_and_registration_in_turn(api) -> None:
     assert client.get("/metrics", headers=viewer).status_code == 200
 
 
+def test_a_route_without_a_declared_role_needs_operator_to_write_and_a_declared_one_wins(db_url: str) -> None:
+    """The contract for new routes (app/api/auth.py): under ``BY_METHOD`` a write needs operator unless its
+    decorator declares a role."""
+    from fastapi import APIRouter
+
+    from app.api import auth
+
+    extra = APIRouter(prefix="/api", dependencies=[auth.BY_METHOD])
+    extra.post("/x")(lambda: {"ok": True})
+    extra.post("/y", dependencies=[auth.VIEWER])(lambda: {"ok": True})
+    extra.get("/z", dependencies=[auth.ADMIN])(lambda: {"ok": True})
+    client, tf = make_client(db_url)
+    try:
+        client.app.include_router(extra)
+        viewer, operator = _bearer(_add(tf, "vera", "viewer")), _bearer(_add(tf, "otto", "operator"))
+        body = _error(client.post("/api/x", headers=viewer), 403, "forbidden")
+        assert body["message"].endswith("this needs operator")
+        assert client.post("/api/x", headers=operator).status_code == 200
+        assert client.post("/api/y", headers=viewer).status_code == 200
+        assert _error(client.get("/api/z", headers=operator), 403, "forbidden")["message"].endswith("needs admin")
+        assert client.get("/api/z", headers=AUTH).status_code == 200
+    finally:
+        tf.close()
+
+
 def test_the_history_names_the_token_that_acted(api) -> None:
     client, tf = api
     client.post("/api/workflows", json=HELLO, headers=AUTH)
