@@ -18,7 +18,8 @@ from app.metrics import Metrics
 
 
 def create_app(settings: Settings | None = None, tideflow: Tideflow | None = None) -> FastAPI:
-    """Build the app. Refuses to (``ConfigError``) when authentication is on and no token is set."""
+    """Build the app. Refuses to (``ConfigError``) when authentication is on and neither TIDEFLOW_API_TOKEN nor
+    TIDEFLOW_SECRET_KEY is set."""
     settings = settings or (tideflow.runtime.settings if tideflow else load_settings())
     auth.check_config(settings)  # before connecting to anything
     tf = tideflow or Tideflow.from_env(settings)
