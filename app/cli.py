@@ -411,6 +411,56 @@ def task_logs(task_run_id: int, as_json: bool) -> None:
     _emit(data, as_json, render)
 
 
+# -- tokens -----------------------------------------------------------------------------------------
+@cli.group(cls=_Group)
+def token() -> None:
+    """Named API tokens with roles (viewer, operator, admin) for the REST API and the web UI."""
+
+
+@token.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True,
+              help="viewer: read; operator: also start, cancel, retry, signal, resume; admin: also register")
+def token_add(name: str, role: str) -> None:
+    """Make token NAME (the actor in run histories) and print its secret: the only time it is shown (only a
+    hash of it is stored)."""
+    from app.services.tokens import add_token
+
+    with _client().runtime.db.transaction() as s:
+        secret = add_token(s, name, role)
+    click.echo(f"added token {name} ({role}); its secret, shown only now:", err=True)
+    click.echo(secret)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def token_list(as_json: bool) -> None:
+    """The named tokens (not their secrets, which are not stored)."""
+    rows = _read(views.list_tokens)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            click.echo("no named tokens (tideflow token add NAME --role ROLE)")
+            return
+        t = Table("name", "role", "created")
+        for r in rows:
+            t.add_row(r["name"], r["role"], (r["created_at"] or "")[:19].replace("T", " "))
+        console.print(t)
+
+    _emit(rows, as_json, render)
+
+
+@token.command("remove")
+@click.argument("name")
+def token_remove(name: str) -> None:
+    """Remove token NAME: its secret and the UI sessions opened with it stop working at once."""
+    from app.services.tokens import remove_token
+
+    with _client().runtime.db.transaction() as s:
+        remove_token(s, name)
+    click.echo(f"removed token {name}")
+
+
 # -- operations -------------------------------------------------------------------------------------
 @cli.command("reconcile")
 @click.option("--json", "as_json", is_flag=True)

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     #: ``TIDEFLOW_API_AUTH=off`` turns authentication off, for local use only; the default is on.
     api_auth: bool = True
+    #: signs the UI's session cookies; unset: derived from ``api_token`` (so changing those ends the sessions).
+    #: Set it when every token is a named one (``tideflow token add``), and the same in every web process.
+    secret_key: SecretStr | None = None
+    #: a UI session ends this long after signing in (or at once when its token is removed)
+    session_max_age_seconds: int = Field(12 * 3600, gt=0)
+    #: failed sign-ins (login form or a wrong bearer token) one client address may make per window, per process
+    login_max_failures: int = Field(10, gt=0)
+    login_window_seconds: float = Field(300.0, gt=0)
     web_host: str = "127.0.0.1"
     web_port: int = Field(8000, gt=0, lt=65536)
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException
 
-from app.api.auth import ConfigError, Forbidden, Unauthorized
+from app.api.auth import ConfigError, Forbidden, TooManyFailures, Unauthorized
 from app.code.engine import NotJSON
 from app.errors import DefinitionError, InvalidState, NotFound, TideflowError
 
@@ -55,6 +55,8 @@ async def _tideflow(_req: Request, exc: Exception) -> JSONResponse:
         return error_response(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, Forbidden):
         return error_response(403, "forbidden", str(exc))
+    if isinstance(exc, TooManyFailures):
+        return error_response(429, "too_many_requests", str(exc), headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, ConfigError):
         return error_response(500, "misconfigured", str(exc))
     log.error("unmapped Tideflow error", exc_info=exc)

@@ -44,8 +44,10 @@ SignalName = Annotated[str, Path(pattern=NAME_RE, description="signal name (what
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "the body could not be read (not UTF-8 JSON)"},
-    401: {"model": Error, "description": "missing or invalid token"},
-    403: {"model": Error, "description": "browser session without the CSRF header"},
+    401: {"model": Error, "description": "missing or invalid token, or the session has ended"},
+    403: {"model": Error, "description": "the token's role does not allow this, or a browser session without the "
+                                         "CSRF header"},
+    429: {"model": Error, "description": "too many failed sign-ins from this address (Retry-After)"},
     422: {"model": Error, "description": "invalid request or definition; nothing was stored"},
     503: {"model": Error, "description": "database unavailable; nothing was changed"},
 }
@@ -53,7 +55,8 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "descriptio
 _CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Error, "description": "not allowed in this state"}}
 
 public = APIRouter(prefix="/api", tags=["health"])
-api = APIRouter(prefix="/api", dependencies=[Depends(auth.require)], responses=_ERRORS)
+#: reads need a viewer token, every other method an operator token; admin routes add ``auth.ADMIN`` (app/api/auth.py)
+api = APIRouter(prefix="/api", dependencies=[auth.BY_METHOD], responses=_ERRORS)
 
 
 @public.get("/health", response_model=Health, responses={503: {"model": Health}})
@@ -70,7 +73,7 @@ def list_workflows(tf: TF) -> Any:
     return tf.read(views.list_workflows)
 
 
-@api.post("/workflows", response_model=Registered, status_code=201, tags=["workflows"],
+@api.post("/workflows", response_model=Registered, status_code=201, tags=["workflows"], dependencies=[auth.ADMIN],
           responses={200: {"model": Registered, "description": "same content as the latest version"}})
 def register_workflow(definition: WorkflowSpec, tf: TF, response: Response) -> Any:
     """Validate and store a definition. Changed content becomes a new version (201); the same content as
@@ -182,7 +185,5 @@ def task_logs(task_run_id: Annotated[int, Path(ge=1, le=MAX_ID)], tf: TF) -> Any
 
 
 def _actor(request: Request) -> str:
-    """Who did it, for the event history."""
-    via = "ui" if request.headers.get(auth.CSRF_HEADER) else "api"
-    host = request.client.host if request.client else "?"
-    return f"{via}@{host}"
+    """Who did it, for the event history: the token's name."""
+    return auth.actor(request)

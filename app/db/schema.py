@@ -273,4 +273,17 @@ class Counter(Base):
     value: Mapped[int] = mapped_column(BigInteger)
 
 
+class ApiToken(Base):
+    """A named API token with a role (``tideflow token add``). Only the SHA-256 of its secret is stored: the
+    secret is shown once, when the token is made. Removing the row revokes the token and its UI sessions."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 metadata = Base.metadata

@@ -217,3 +217,10 @@ def task_logs(s: Session, task_run_id: int) -> dict[str, Any]:
         "attempts": [{"attempt": a.attempt, "outcome": a.outcome, "worker": a.worker, "error": a.error,
                       "log": a.log or ""} for a in repo.attempts(s, [task.id])],
     }
+
+
+def list_tokens(s: Session) -> list[dict[str, Any]]:
+    """The named API tokens (never their secrets: only a hash is stored)."""
+    from app.db.tokens import list_tokens as rows
+
+    return [{"name": t.name, "role": t.role, "created_at": _ts(t.created_at)} for t in rows(s)]

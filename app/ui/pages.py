@@ -1,5 +1,6 @@
 """The UI's routes. They check authentication and serve the static pages; the login form exchanges a token
-(one of ``TIDEFLOW_API_TOKEN``) for the session cookie the API accepts (:mod:`app.api.auth`)."""
+(a named one, or one of ``TIDEFLOW_API_TOKEN``) for the signed session cookie the API accepts
+(:mod:`app.api.auth`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.api import auth
 from app.api.schemas import MAX_ID
@@ -53,7 +55,7 @@ def _page(name: str) -> FileResponse:
 
 
 def _guarded(request: Request, name: str) -> Response:
-    if auth.authenticated(request, _settings(request)):
+    if auth.authenticated(request):
         return _page(name)
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(here, safe='')}", status_code=303)
@@ -104,7 +106,7 @@ def workflow_page(request: Request, name: Annotated[str, PathParam(pattern=NAME_
 
 @router.get("/login")
 def login_form(request: Request, next: str = "/") -> Response:
-    if auth.authenticated(request, _settings(request)):
+    if auth.authenticated(request):
         return RedirectResponse(safe_next(next), status_code=303)
     return _login_page(next)
 
@@ -117,11 +119,19 @@ async def login(request: Request) -> Response:
     if not settings.api_auth:
         return RedirectResponse(target, status_code=303)
     token = form.get("token", "").strip()
-    if not auth.token_ok(settings, token):
+    try:
+        ident = await run_in_threadpool(auth.sign_in, request, token)  # a database read: off the event loop
+    except auth.TooManyFailures as exc:
+        page = _login_page(target, f"Too many failed sign-ins; try again in {exc.retry_after} s.", status=429)
+        page.headers["Retry-After"] = str(exc.retry_after)
+        return page
+    except auth.Unauthorized:
         return _login_page(target, "That token is not valid.", status=401)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(auth.COOKIE, token, path="/", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    # a signed session naming the token (its digest), never the secret itself; see app/api/auth.py
+    response.set_cookie(auth.COOKIE, auth.make_session(settings, ident.digest), path="/", httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https",
+                        max_age=settings.session_max_age_seconds)
     return response
 
 

@@ -223,7 +223,9 @@ def test_honcho_runs_the_procfile_and_stops_cleanly(cluster, tmp_path):
             ("a", "succeeded", "hi"), ("b", "succeeded", "there")]
 
         # the UI's run page: with the bearer header, with the login cookie; without either, to the login form
-        for kwargs in ({"headers": BEARER}, {"cookies": {"tideflow_token": TOKEN}}):
+        login = httpx.post(f"{web}/login", data={"token": TOKEN}, timeout=10)
+        assert login.status_code == 303, login.text[:500]
+        for kwargs in ({"headers": BEARER}, {"cookies": dict(login.cookies)}):
             page = httpx.get(f"{web}/runs/{run_id}", timeout=10, **kwargs)
             assert page.status_code == 200, (kwargs, page.status_code, page.text[:500])
             assert page.headers["content-type"].startswith("text/html"), page.headers
