@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 from kombu import Connection, Queue
-from kombu.exceptions import ChannelError
+from kombu.exceptions import ChannelError, KombuError
 from kombu.transport.virtual import Channel as VirtualChannel
 
 from app.config import Settings, load_settings
@@ -105,12 +106,28 @@ class CeleryDispatcher:
         self.celery = celery
         self.settings: Settings = celery.conf.tideflow_settings
         self._crash = self.settings.fault_crash_before_publish
+        #: the last publish that failed because the broker could not be reached (one line), else None. Such a
+        #: failure is logged in one line and not raised: the commit happened, and the reconciler publishes the
+        #: unclaimed tasks again (``TIDEFLOW_ORPHAN_TIMEOUT_SECONDS``) once the broker is back.
+        self.last_publish_error: str | None = None
+        with self.celery.connection_for_write() as conn:  # not connected: only its transport's error classes
+            self._broker_errors: tuple[type[BaseException], ...] = (
+                KombuError, OSError, *conn.connection_errors, *conn.channel_errors)
+
+    @contextmanager
+    def _publishing(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except self._broker_errors as exc:
+            self.last_publish_error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            log.warning("broker unreachable, %s not published (the reconciler publishes it again): %s",
+                        what, self.last_publish_error)
 
     def execute(self, messages: Sequence[ExecuteMessage]) -> None:
         if not messages:
             return
         crash_point(self._crash, "after commit, before publishing execute messages")
-        with self.celery.producer_or_acquire() as producer:
+        with self._publishing(f"{len(messages)} execute message(s)"), self.celery.producer_or_acquire() as producer:
             for m in messages:
                 self.celery.send_task(
                     "tideflow.execute", args=[m.task_run_id, m.attempt, time.time()], queue=m.queue,
@@ -122,7 +139,7 @@ class CeleryDispatcher:
         if not run_ids:
             return
         crash_point(self._crash, "after commit, before publishing advance messages")
-        with self.celery.producer_or_acquire() as producer:
+        with self._publishing(f"{len(run_ids)} advance message(s)"), self.celery.producer_or_acquire() as producer:
             for run_id in run_ids:
                 self.celery.send_task("tideflow.advance", args=[run_id], queue=self.settings.master_queue,
                                       priority=0, producer=producer)

@@ -7,7 +7,7 @@ Fixtures (see tests/support/*.py for the objects):
 * ``redis_server`` (session): :class:`RedisServer` or :class:`ExternalRedis` (``TIDEFLOW_TEST_REDIS_URL``);
   ``.url(db=0)``, ``.external``.
 * ``schema_upgrade`` (session): the ``upgrade(database_url)`` callable (``app.db.migrate.upgrade``).
-* ``pg_template`` (session): name of the migrated template database (``tideflow_template_<pid>``).
+* ``pg_template`` (session): name of the migrated template database (``tideflow_template_<pid>_<uuid8>``).
 * ``pg_url``: a fresh PostgreSQL database cloned from the template; dropped afterwards.
 * ``sqlite_url``: a fresh migrated SQLite file in ``tmp_path``.
 * ``db_url``: parametrised over both (ids ``pg`` / ``sqlite``).
@@ -44,8 +44,9 @@ from tests.support.servers import (
     terminate_backends,
 )
 
-#: per session, so that two pytest sessions can share one external PostgreSQL
-TEMPLATE_DB = f"tideflow_template_{os.getpid()}"
+#: per session, so that two pytest sessions can share one external PostgreSQL: the pid alone is not enough (two
+#: containers can run their sessions with the same pid against one server), hence the random part
+TEMPLATE_DB = f"tideflow_template_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 _reports_key = pytest.StashKey[dict[str, pytest.TestReport]]()
 
