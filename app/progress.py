@@ -60,9 +60,9 @@ def progress(data: dict[str, Any], elapsed: float) -> Group:
     done = sum(1 for t in data["tasks"] if t["state"] in TASK_TERMINAL)
     failed = any(t["state"] == TaskState.FAILED for t in data["tasks"])
     line = Table.grid(padding=(0, 1))
-    line.add_row(ProgressBar(total=max(total, 1), completed=done, width=40,
+    line.add_row(ProgressBar(total=max(total, 1), completed=done, width=30,
                              complete_style="red" if failed else "green", finished_style="red" if failed else "green"),
-                 counts_line(data["tasks"]), styled(data["state"]), f"{elapsed:.1f}s")
+                 counts_line(data["tasks"]), f"run {styled(data['state'])}", f"{elapsed:.1f}s")
     return Group(line, tasks_table(data))
 
 
