@@ -273,10 +273,10 @@ def run_show(run_id: int, as_json: bool) -> None:
 
 def _render_run(d: dict[str, Any]) -> None:
     console.print(tasks_table(d))
-    if d.get("kind") != RunKind.CODE:
-        return
     if d["error"]:
         click.echo(f"error: {d['error']}")
+    if d.get("kind") != RunKind.CODE:
+        return
     if d["state"] == RunState.SUCCEEDED:
         click.echo(f"result: {json.dumps(d['result'], sort_keys=True)}")
     if d["state_values"]:

@@ -8,6 +8,7 @@ into that advice (:data:`UPGRADE_ADVICE`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -86,9 +87,14 @@ def current(database_url: str) -> str | None:
         engine.dispose()
 
 
+@cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
 def head() -> str | None:
     """The revision this code's migrations end at."""
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return _scripts().get_current_head()
 
 
 def schema_problem(engine: Engine) -> str | None:
@@ -103,8 +109,7 @@ def schema_problem(engine: Engine) -> str | None:
         return None
     if at is None:
         return f"the database at {where} has no Tideflow schema: {UPGRADE_ADVICE}"
-    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    if at not in {s.revision for s in scripts.walk_revisions()}:
+    if at not in {s.revision for s in _scripts().walk_revisions()}:
         return (f"the database at {where} is at schema revision {at}, which this Tideflow does not know "
                 f"(a newer version migrated it): upgrade Tideflow")
     return f"the database at {where} is at schema revision {at}, this Tideflow needs {want}: {UPGRADE_ADVICE}"

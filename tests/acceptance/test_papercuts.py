@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
 
-from app.db.migrate import head
+from app.db.migrate import head, schema_problem, upgrade, upgrade_reported
 from app.services import views
 from tests.support.api import AUTH, make_client
 from tests.support.cluster import REPO_ROOT, Cluster
@@ -110,6 +111,21 @@ def test_unmigrated_sqlite_file_says_run_db_upgrade(tmp_path):
     assert _one_line(done).endswith(f"has no Tideflow schema: {ADVICE}"), done.stderr
 
 
+def test_a_schema_behind_the_code_names_both_revisions(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    upgrade(url, "0004")  # as an older Tideflow left it
+    engine = create_engine(url)
+    try:
+        problem = schema_problem(engine)
+    finally:
+        engine.dispose()
+    assert problem is not None and problem.endswith(
+        f"is at schema revision 0004, this Tideflow needs {head()}: {ADVICE}"), problem
+    report = upgrade_reported(url)
+    assert str(report) == f"upgraded (revision 0004 -> {head()})" or str(report).startswith(
+        f"upgraded (revision 0004 -> {head()}; new tables: "), report
+
+
 # -- the broker down, no worker ----------------------------------------------------------------------------
 
 
@@ -182,6 +198,7 @@ def test_progress_counts_task_ids_whole_errors_and_task_logs(cluster, tmp_path):
     for name, task in tasks.items():
         assert rows[name].split("│")[1].strip() == str(task["id"]), (name, rows)
     assert error in shown.stdout, shown.stdout
+    assert view["error"] and f"error: {view['error']}" in shown.stdout, shown.stdout  # the run's own error too
     assert error in waited.stdout, waited.stdout
 
     # task logs RUN TASK: by name or by task run id; the old TASK_RUN_ID form still works
