@@ -22,7 +22,10 @@ class Settings(BaseSettings):
     database_connect_timeout_seconds: float = Field(10.0, gt=0)
     #: PostgreSQL: how long one SQL statement may run, waiting for a lock included (``statement_timeout``; 0: no
     #: limit). A hung or locked database fails the request (503), the CLI command (one line) or the task's
-    #: transaction (retried with back-off) instead of hanging it. ``tideflow db upgrade`` is not limited.
+    #: transaction (retried with back-off) instead of hanging it. ``tideflow db upgrade`` is not limited. Set at
+    #: connect (the ``options`` startup parameter): behind PgBouncer, which refuses unknown startup parameters, set
+    #: 0 here and ``ALTER ROLE ... SET statement_timeout`` instead (or list ``options`` in its
+    #: ``ignore_startup_parameters``).
     database_statement_timeout_seconds: float = Field(30.0, ge=0)
     #: SQLite: how long a transaction waits for another process's write lock (``busy_timeout``).
     database_busy_timeout_seconds: float = Field(60.0, ge=0)

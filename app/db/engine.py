@@ -73,6 +73,9 @@ class Database:
             self._read_engine = _sqlite_engine(url, immediate=False, busy_timeout=busy)
         else:
             connect_args = postgres_connect_args(self.settings) if self.dialect == "postgresql" else {}
+            own = make_url(url).query.get("options")  # the URL's own ?options=... are kept, ours appended
+            if isinstance(own, str) and "options" in connect_args:
+                connect_args["options"] = f"{own} {connect_args['options']}"
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10,
                                         connect_args=connect_args)
             self._read_engine = self.engine
