@@ -38,15 +38,15 @@ tasks:
   - {name: greet, type: shell, command: "echo hello"}
 """
 
-#: one task succeeds, one fails with an error longer than a table cell used to show (60 characters), its
-#: downstream task is skipped, and an independent one succeeds
+#: two tasks succeed, then one fails with an error longer than a table cell used to show (60 characters) and its
+#: downstream task is skipped (a failure stops the run: boom waits for both, so the counts do not depend on timing)
 MIXED = """\
 name: mixed
 tasks:
   - {name: ok, type: shell, command: "echo fine"}
   - {name: ok2, type: shell, command: "echo fine too"}
   - {name: boom, type: python, function: "tests.support.jobs:fail_unless_exists",
-     args: {marker: "/nonexistent/%s/END-OF-THE-ERROR"}}
+     args: {marker: "/nonexistent/%s/END-OF-THE-ERROR"}, depends_on: [ok, ok2]}
   - {name: never, type: shell, command: "echo unreachable", depends_on: [boom]}
 """ % ("a-long-directory-name-" * 4)
 
