@@ -152,12 +152,13 @@ def _check_schema(**_kwargs: Any) -> None:
 @signals.task_retry.connect
 def _explain_database_error(exception: BaseException | None = None, reason: BaseException | None = None,
                             **_kwargs: Any) -> None:
-    """A task that failed (or is retried) on a raw SQL error with a known cause logs that cause in one line."""
+    """A task that failed (or is retried: a warning) on a raw SQL error with a known cause logs that cause in one
+    line (:meth:`app.db.engine.Database.explain`)."""
     exc = exception if exception is not None else reason
     if isinstance(exc, DB_UNAVAILABLE + (ProgrammingError,)):
         said = runtime().db.explain(exc)
         if said:
-            _schema_log.error("tideflow: %s", said)
+            _schema_log.log(logging.ERROR if exception is not None else logging.WARNING, "tideflow: %s", said)
 
 
 def runtime() -> Runtime:

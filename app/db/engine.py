@@ -91,6 +91,9 @@ class Database:
         if getattr(exc.orig, "sqlstate", None) == "57014":  # PostgreSQL query_canceled: the statement_timeout
             return (f"the database did not answer within {self.settings.database_statement_timeout_seconds:g} s "
                     f"(TIDEFLOW_DATABASE_STATEMENT_TIMEOUT_SECONDS): {' '.join(str(exc.orig).split())}")
+        if self.dialect == "sqlite" and "database is locked" in str(exc.orig):
+            return (f"the database file stayed locked by another process for "
+                    f"{self.settings.database_busy_timeout_seconds:g} s (TIDEFLOW_DATABASE_BUSY_TIMEOUT_SECONDS)")
         if not _looks_like_schema_error(exc):
             return None
         from app.db.migrate import schema_problem

@@ -91,9 +91,11 @@ def test_sqlite_waits_for_a_write_lock_only_as_long_as_its_busy_timeout(sqlite_u
     holder.execute("BEGIN IMMEDIATE")  # another process writing, and not finishing
     try:
         started = time.monotonic()
-        with pytest.raises(OperationalError, match="database is locked"), db.transaction() as s:
+        with pytest.raises(OperationalError, match="database is locked") as caught, db.transaction() as s:
             views.list_runs(s)
         assert 0.4 < time.monotonic() - started < 10
+        assert db.explain(caught.value) == ("the database file stayed locked by another process for 0.5 s "
+                                            "(TIDEFLOW_DATABASE_BUSY_TIMEOUT_SECONDS)")
     finally:
         db.dispose()
         holder.rollback()
