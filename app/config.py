@@ -22,11 +22,12 @@ class Settings(BaseSettings):
     database_connect_timeout_seconds: float = Field(10.0, gt=0)
     #: PostgreSQL: how long one SQL statement may run, waiting for a lock included (``statement_timeout``; 0: no
     #: limit). A hung or locked database fails the request (503), the CLI command (one line) or the task's
-    #: transaction (retried with back-off) instead of hanging it. ``tideflow db upgrade`` is not limited. Set at
-    #: connect (the ``options`` startup parameter): behind PgBouncer, which refuses unknown startup parameters, set
-    #: 0 here and ``ALTER ROLE ... SET statement_timeout`` instead (or list ``options`` in its
+    #: transaction (retried with back-off) instead of hanging it; a lock held for half a minute (a slow insert,
+    #: tests/integration/test_delivery.py's seed scenario) is still waited out. ``tideflow db upgrade`` is not
+    #: limited. Set at connect (the ``options`` startup parameter): behind PgBouncer, which refuses unknown startup
+    #: parameters, set 0 here and ``ALTER ROLE ... SET statement_timeout`` instead (or list ``options`` in its
     #: ``ignore_startup_parameters``).
-    database_statement_timeout_seconds: float = Field(30.0, ge=0)
+    database_statement_timeout_seconds: float = Field(60.0, ge=0)
     #: SQLite: how long a transaction waits for another process's write lock (``busy_timeout``).
     database_busy_timeout_seconds: float = Field(60.0, ge=0)
     broker_url: str = "redis://127.0.0.1:6379/0"

@@ -37,8 +37,8 @@ def runs_locked(pg_url: str) -> Iterator[None]:
 
 def test_defaults_and_overrides(monkeypatch):
     settings = load_settings()
-    assert settings.database_connect_timeout_seconds == 10 and settings.database_statement_timeout_seconds == 30
-    assert postgres_connect_args(settings) == {"connect_timeout": 10, "options": "-c statement_timeout=30000"}
+    assert settings.database_connect_timeout_seconds == 10 and settings.database_statement_timeout_seconds == 60
+    assert postgres_connect_args(settings) == {"connect_timeout": 10, "options": "-c statement_timeout=60000"}
     monkeypatch.setenv("TIDEFLOW_DATABASE_STATEMENT_TIMEOUT_SECONDS", "0")
     monkeypatch.setenv("TIDEFLOW_DATABASE_CONNECT_TIMEOUT_SECONDS", "0.5")
     assert postgres_connect_args(load_settings()) == {"connect_timeout": 2}  # libpq's minimum; no statement limit
