@@ -7,7 +7,10 @@ Delivery settings and why (see shared/reference/celery-sqlalchemy-facts.md):
   returns, and each pool process reserves one message at a time;
 * ``task_reject_on_worker_lost``: a message whose pool process died (SIGKILL, OOM) is requeued instead of
   acknowledged. It cannot loop: the redelivered message's claim fails, so it is acknowledged and ignored;
-* JSON only; priorities with ``queue_order_strategy='priority'`` (Redis: 0 is taken first);
+* JSON only; priorities with ``queue_order_strategy='priority'`` (Redis: 0 is taken first); on RabbitMQ every queue
+  is declared with ``x-max-priority`` (``task_queue_max_priority``, the queues a worker creates for a task's own
+  ``queue`` too; 9 is taken first). RabbitMQ refuses to redeclare an existing queue with other arguments
+  (PRECONDITION_FAILED): README "Deploying" says what an upgrade does about queues declared without it;
 * Redis ``visibility_timeout`` stays long: recovery does not rely on it but on leases and the reconciler,
   so a redelivery after it is one more harmless duplicate.
 """
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 from kombu import Connection, Queue
-from kombu.exceptions import ChannelError
+from kombu.exceptions import ChannelError, KombuError
 from kombu.transport.virtual import Channel as VirtualChannel
 
 from app.config import Settings, load_settings
@@ -34,6 +38,13 @@ log = logging.getLogger(__name__)
 
 #: connect / socket timeout (seconds) of the health check's and the queue depths' broker connections
 BROKER_TIMEOUT = 2.0
+#: RabbitMQ: the queues' ``x-max-priority`` (Tideflow priorities 0..9 are the message priorities as they are)
+AMQP_MAX_PRIORITY = 9
+
+
+def is_amqp(broker_url: str) -> bool:
+    """Is the broker RabbitMQ (an AMQP URL), where priorities need queue arguments and count upwards?"""
+    return broker_url.split("://", 1)[0].split("+")[0] in {"amqp", "amqps", "pyamqp", "librabbitmq"}
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -91,6 +102,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
+    if is_amqp(settings.broker_url):
+        # every queue (those above, and any a task's ``queue`` creates) is declared with x-max-priority; the
+        # default priority stays in the middle, as 4 (of 0 first .. 9) is on Redis
+        celery.conf.task_queue_max_priority = AMQP_MAX_PRIORITY
+        celery.conf.task_default_priority = 5
     if settings.worker_concurrency:
         celery.conf.worker_concurrency = settings.worker_concurrency
     celery.conf.tideflow_settings = settings
@@ -105,16 +121,33 @@ class CeleryDispatcher:
         self.celery = celery
         self.settings: Settings = celery.conf.tideflow_settings
         self._crash = self.settings.fault_crash_before_publish
+        self._amqp = is_amqp(self.settings.broker_url)
+        #: the last publish that failed because the broker could not be reached (one line), else None. Such a
+        #: failure is logged in one line and not raised: the commit happened, and the reconciler publishes the
+        #: unclaimed tasks again (``TIDEFLOW_ORPHAN_TIMEOUT_SECONDS``) once the broker is back.
+        self.last_publish_error: str | None = None
+        with self.celery.connection_for_write() as conn:  # not connected: only its transport's error classes
+            self._broker_errors: tuple[type[BaseException], ...] = (
+                KombuError, OSError, *conn.connection_errors, *conn.channel_errors)
+
+    @contextmanager
+    def _publishing(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except self._broker_errors as exc:
+            self.last_publish_error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            log.warning("broker unreachable, %s not published (the reconciler publishes it again): %s",
+                        what, self.last_publish_error)
 
     def execute(self, messages: Sequence[ExecuteMessage]) -> None:
         if not messages:
             return
         crash_point(self._crash, "after commit, before publishing execute messages")
-        with self.celery.producer_or_acquire() as producer:
+        with self._publishing(f"{len(messages)} execute message(s)"), self.celery.producer_or_acquire() as producer:
             for m in messages:
                 self.celery.send_task(
                     "tideflow.execute", args=[m.task_run_id, m.attempt, time.time()], queue=m.queue,
-                    priority=celery_priority(m.priority), countdown=m.countdown or None,
+                    priority=celery_priority(m.priority, amqp=self._amqp), countdown=m.countdown or None,
                     shadow=f"tideflow.execute[{m.label}]" if m.label else None, producer=producer,
                 )
 
@@ -122,10 +155,10 @@ class CeleryDispatcher:
         if not run_ids:
             return
         crash_point(self._crash, "after commit, before publishing advance messages")
-        with self.celery.producer_or_acquire() as producer:
+        with self._publishing(f"{len(run_ids)} advance message(s)"), self.celery.producer_or_acquire() as producer:
             for run_id in run_ids:
                 self.celery.send_task("tideflow.advance", args=[run_id], queue=self.settings.master_queue,
-                                      priority=0, producer=producer)
+                                      priority=celery_priority(9, amqp=self._amqp), producer=producer)
 
     def ping(self, timeout: float = BROKER_TIMEOUT) -> bool:
         """Can we reach the broker right now? (For health checks; never raises.)"""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from rich.table import Column, Table
 from app.config import load_settings
 from app.errors import TideflowError
 from app.extras import require
-from app.progress import LiveProgress, styled, tasks_table
+from app.progress import LiveProgress, UnclaimedNotice, styled, tasks_table
 from app.services import views
 from app.states import RUN_SETTLED, RUN_TERMINAL, RunKind, RunState
 
@@ -53,8 +54,26 @@ class _Group(click.Group):
         except Exception as exc:  # noqa: BLE001 - one clear line for operators, not a traceback
             if isinstance(exc, click.exceptions.Exit | click.ClickException | click.Abort | SystemExit):
                 raise
-            click.echo(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", err=True)
+            said = _explain_database_error(exc)
+            click.echo(f"error: {said or type(exc).__name__ + ': ' + ' '.join(str(exc).split())}", err=True)
             sys.exit(1)
+
+
+def _explain_database_error(exc: Exception) -> str | None:
+    """A raw SQL error made into advice (:meth:`app.db.engine.Database.explain`): e.g. "... run `tideflow db
+    upgrade`" when the database has no schema yet."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    from app.db.engine import Database
+
+    settings = load_settings()
+    database = Database(settings.database_url, pool_size=1, settings=settings)
+    try:
+        return database.explain(exc)
+    finally:
+        database.dispose()
 
 
 @click.group(cls=_Group)
@@ -83,11 +102,11 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the schema to the latest version."""
-    from app.db.migrate import upgrade
+    from app.db.migrate import upgrade_reported
 
     settings = load_settings()
-    upgrade(settings.database_url)
-    click.echo(f"database at {settings.database_url.split('@')[-1]} is up to date")
+    report = upgrade_reported(settings.database_url)
+    click.echo(f"database at {settings.database_url.split('@')[-1]} {report}")
 
 
 # -- workflows --------------------------------------------------------------------------------------
@@ -217,6 +236,7 @@ def run_start(name: str, params: tuple[str, ...], key: str | None, priority: int
     """Start a run. ``--json`` prints the run as ``POST /api/runs`` returns it (at the end, with ``--wait``)."""
     tf = _client()  # imports TIDEFLOW_WORKFLOW_MODULES first: the code workflows' hints convert -p values
     values = _parse_params(tf, name, params)
+    logging.getLogger("app.broker").setLevel(logging.ERROR)  # a publish that failed is said below, in one line
     if dry_run:
         resolved = tf.check_start(name, values)
         _emit({"workflow": name, "params": resolved}, as_json, lambda d: click.echo(
@@ -225,8 +245,12 @@ def run_start(name: str, params: tuple[str, ...], key: str | None, priority: int
         return
     run_id, created = tf.start_run_keyed(name, values, priority=priority, key=key)
     said = f"started run {run_id}" if created else f"existing run {run_id} (key '{key}' is held by it)"
+    unsent = getattr(tf.runtime.dispatcher, "last_publish_error", None)
+    if unsent:
+        said += (f"; the broker is unreachable ({unsent}): the run is stored and its tasks are dispatched when "
+                 f"the broker is back (the reconciler publishes them again)")
     if not wait:
-        if not created and as_json:
+        if (not created or unsent) and as_json:
             click.echo(said, err=True)  # stdout stays the run's JSON
         _emit(tf.run(run_id), as_json, lambda d: click.echo(said))
         return
@@ -241,11 +265,18 @@ def run_start(name: str, params: tuple[str, ...], key: str | None, priority: int
 def _watch(tf: Tideflow, run_id: int, timeout: float, quiet: bool = False) -> dict[str, Any]:
     """Wait for the run (:meth:`app.client.Tideflow.wait`, the one polling loop); return its last view. Unless
     ``quiet`` (``--json`` keeps stdout JSON), show its live progress (:class:`app.progress.LiveProgress`)."""
+    settings = tf.runtime.settings
+    notice = UnclaimedNotice(settings.wait_unclaimed_warning_seconds, settings.master_queue,
+                             lambda line: click.echo(line, err=True))
     if quiet:
-        data = tf.wait(run_id, timeout=timeout)
+        data = tf.wait(run_id, timeout=timeout, on_progress=notice)
     else:
         with LiveProgress(console) as show:
-            data = tf.wait(run_id, timeout=timeout, on_progress=show)
+            def both(view: dict[str, Any]) -> None:
+                notice(view)
+                show(view)
+
+            data = tf.wait(run_id, timeout=timeout, on_progress=both)
     if data["state"] == RunState.BLOCKED:
         click.echo(_blocked_advice(data), err=True)
     elif data["state"] not in RUN_SETTLED:
@@ -269,10 +300,10 @@ def run_show(run_id: int, as_json: bool) -> None:
 
 def _render_run(d: dict[str, Any]) -> None:
     console.print(tasks_table(d))
-    if d.get("kind") != RunKind.CODE:
-        return
     if d["error"]:
         click.echo(f"error: {d['error']}")
+    if d.get("kind") != RunKind.CODE:
+        return
     if d["state"] == RunState.SUCCEEDED:
         click.echo(f"result: {json.dumps(d['result'], sort_keys=True)}")
     if d["state_values"]:
@@ -396,10 +427,15 @@ def task() -> None:
 
 
 @task.command("logs")
-@click.argument("task_run_id", type=int)
+@click.argument("ids", nargs=-1, required=True, metavar="RUN TASK")
 @click.option("--json", "as_json", is_flag=True)
-def task_logs(task_run_id: int, as_json: bool) -> None:
-    data = _read(views.task_logs, task_run_id)
+def task_logs(ids: tuple[str, ...], as_json: bool) -> None:
+    """Each attempt's output and error of run RUN's task TASK (its name, or its task run id, as ``run show``
+    lists it); ``task logs TASK_RUN_ID`` alone takes the id."""
+    if len(ids) > 2 or not ids[0].isdigit():
+        raise click.UsageError("expected RUN TASK (a run id, then a task name or task run id) or TASK_RUN_ID")
+    data = (_read(views.task_logs, int(ids[0])) if len(ids) == 1
+            else _read(views.run_task_logs, int(ids[0]), ids[1]))
 
     def render(d: dict[str, Any]) -> None:
         for a in d["attempts"]:

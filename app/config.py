@@ -18,6 +18,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TIDEFLOW_", extra="ignore", frozen=True)
 
     database_url: str = "sqlite:///tideflow.sqlite3"
+    #: PostgreSQL: how long opening a connection may take (libpq ``connect_timeout``; whole seconds, at least 2).
+    database_connect_timeout_seconds: float = Field(10.0, gt=0)
+    #: PostgreSQL: how long one SQL statement may run, waiting for a lock included (``statement_timeout``; 0: no
+    #: limit). A hung or locked database fails the request (503), the CLI command (one line) or the task's
+    #: transaction (retried with back-off) instead of hanging it; a lock held for half a minute (a slow insert,
+    #: tests/integration/test_delivery.py's seed scenario) is still waited out. ``tideflow db upgrade`` is not
+    #: limited. Set at connect (the ``options`` startup parameter): behind PgBouncer, which refuses unknown startup
+    #: parameters, set 0 here and ``ALTER ROLE ... SET statement_timeout`` instead (or list ``options`` in its
+    #: ``ignore_startup_parameters``).
+    database_statement_timeout_seconds: float = Field(60.0, ge=0)
+    #: SQLite: how long a transaction waits for another process's write lock (``busy_timeout``).
+    database_busy_timeout_seconds: float = Field(60.0, ge=0)
     broker_url: str = "redis://127.0.0.1:6379/0"
     #: kombu Redis ``global_keyprefix``: lets several deployments (or tests) share one Redis.
     broker_key_prefix: str = ""
@@ -75,6 +87,10 @@ class Settings(BaseSettings):
     history_warn_steps: int = Field(10_000, gt=0)
     #: ... and past this many the run fails: long loops use ``ctx.continue_as_new``
     history_max_steps: int = Field(50_000, gt=0)
+
+    #: ``tideflow run start --wait`` says "no worker has claimed a task ... for N s: is a worker running on queue
+    #: X?" once tasks have waited this long with none claimed.
+    wait_unclaimed_warning_seconds: float = Field(30.0, gt=0)
 
     #: captured stdout/stderr kept per attempt.
     log_max_bytes: int = Field(64 * 1024, gt=0)

@@ -114,7 +114,7 @@ class Runtime:
             from app.code.registry import load_modules
 
             load_modules(settings.workflow_modules, settings.pythonpath)
-        return cls(settings=settings, db=Database(settings.database_url), dispatcher=dispatcher)
+        return cls(settings=settings, db=Database(settings.database_url, settings=settings), dispatcher=dispatcher)
 
     def workflow(self, s: Session, workflow_id: int) -> LoadedWorkflow:
         return self._workflows.get(workflow_id, lambda: self._load_workflow(s, workflow_id))

@@ -29,6 +29,9 @@ def missing_row_backoff(retries: int, settings: Settings) -> float:
     return float(min(settings.missing_row_initial_backoff_seconds * (2 ** min(retries, 20)), 30.0))
 
 
-def celery_priority(priority: int) -> int:
-    """Tideflow priority 0..9 (9 = most urgent) -> Celery/Redis priority (0 = taken first)."""
-    return 9 - max(0, min(9, priority))
+def celery_priority(priority: int, *, amqp: bool = False) -> int:
+    """Tideflow priority 0..9 (9 = most urgent) -> the message's Celery priority: on Redis 0 is taken first, on
+    RabbitMQ (``amqp``) the highest (the queues' ``x-max-priority`` is 9, :data:`app.broker.AMQP_MAX_PRIORITY`).
+    Celery's "Message Priorities": https://docs.celeryq.dev/en/stable/userguide/routing.html#routing-options-rabbitmq-priorities"""
+    clamped = max(0, min(9, priority))
+    return clamped if amqp else 9 - clamped

@@ -11,7 +11,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
 from app.broker import CeleryDispatcher, create_app
 
@@ -121,6 +121,45 @@ def graceful_beat_stop(service: Any) -> None:
     scheduler.tick = tick_then_maybe_stop
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+# -- a database nobody ran `tideflow db upgrade` on ----------------------------------------------------------
+_schema_log = logging.getLogger("tideflow.schema")
+
+
+@signals.worker_ready.connect
+@signals.beat_init.connect
+def _check_schema(**_kwargs: Any) -> None:
+    """At start, one clear log line when the database's schema is missing or behind ("... run `tideflow db
+    upgrade`"): the tasks would fail with raw SQL errors until it is done. A connection of its own, closed before
+    any pool process forks."""
+    from app.db.engine import Database
+    from app.db.migrate import schema_problem
+
+    settings = app.conf.tideflow_settings
+    db = Database(settings.database_url, pool_size=1, settings=settings)
+    try:
+        problem = schema_problem(db.engine)
+    except Exception as exc:  # noqa: BLE001 - a database that is down is reported by the tasks (they retry)
+        _schema_log.warning("tideflow: cannot check the database schema now (%s)", type(exc).__name__)
+        return
+    finally:
+        db.dispose()
+    if problem:
+        _schema_log.error("tideflow: %s (every task fails until then)", problem)
+
+
+@signals.task_failure.connect
+@signals.task_retry.connect
+def _explain_database_error(exception: BaseException | None = None, reason: BaseException | None = None,
+                            **_kwargs: Any) -> None:
+    """A task that failed (or is retried: a warning) on a raw SQL error with a known cause logs that cause in one
+    line (:meth:`app.db.engine.Database.explain`)."""
+    exc = exception if exception is not None else reason
+    if isinstance(exc, DB_UNAVAILABLE + (ProgrammingError,)):
+        said = runtime().db.explain(exc)
+        if said:
+            _schema_log.log(logging.ERROR if exception is not None else logging.WARNING, "tideflow: %s", said)
 
 
 def runtime() -> Runtime:

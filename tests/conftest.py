@@ -6,8 +6,9 @@ Fixtures (see tests/support/*.py for the objects):
   (``TIDEFLOW_TEST_DATABASE_URL``); ``.url(dbname)``, ``.maintenance_url``, ``.external``.
 * ``redis_server`` (session): :class:`RedisServer` or :class:`ExternalRedis` (``TIDEFLOW_TEST_REDIS_URL``);
   ``.url(db=0)``, ``.external``.
+* ``rabbitmq`` (session): :class:`RabbitServer` or :class:`ExternalRabbit` (``TIDEFLOW_TEST_AMQP_URL``); ``.url``.
 * ``schema_upgrade`` (session): the ``upgrade(database_url)`` callable (``app.db.migrate.upgrade``).
-* ``pg_template`` (session): name of the migrated template database (``tideflow_template_<pid>``).
+* ``pg_template`` (session): name of the migrated template database (``tideflow_template_<pid>_<uuid8>``).
 * ``pg_url``: a fresh PostgreSQL database cloned from the template; dropped afterwards.
 * ``sqlite_url``: a fresh migrated SQLite file in ``tmp_path``.
 * ``db_url``: parametrised over both (ids ``pg`` / ``sqlite``).
@@ -30,6 +31,7 @@ from types import FrameType
 import pytest
 
 from tests.support.cluster import Cluster
+from tests.support.rabbitmq import NOT_AVAILABLE, ExternalRabbit, RabbitServer, rabbit_from_env
 from tests.support.servers import (
     Broker,
     ExternalPostgres,
@@ -44,8 +46,9 @@ from tests.support.servers import (
     terminate_backends,
 )
 
-#: per session, so that two pytest sessions can share one external PostgreSQL
-TEMPLATE_DB = f"tideflow_template_{os.getpid()}"
+#: per session, so that two pytest sessions can share one external PostgreSQL: the pid alone is not enough (two
+#: containers can run their sessions with the same pid against one server), hence the random part
+TEMPLATE_DB = f"tideflow_template_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 _reports_key = pytest.StashKey[dict[str, pytest.TestReport]]()
 
@@ -97,6 +100,19 @@ def postgres() -> Iterator[PostgresServer | ExternalPostgres]:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer | ExternalRedis]:
     server = redis_from_env()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitServer | ExternalRabbit]:
+    """A RabbitMQ (``.url``): ``TIDEFLOW_TEST_AMQP_URL``, else a private node of Debian's ``rabbitmq-server``; the
+    tests using it skip, saying so, only when neither exists (tests/support/rabbitmq.py)."""
+    server = rabbit_from_env()
+    if server is None:
+        pytest.skip(NOT_AVAILABLE)
     try:
         yield server
     finally:

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from app.api.auth import ConfigError, Forbidden, TooManyFailures, Unauthorized
@@ -68,12 +69,17 @@ async def _http(_req: Request, exc: HTTPException) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-async def _database(_req: Request, exc: Exception) -> JSONResponse:
+async def _database(req: Request, exc: Exception) -> JSONResponse:
+    tf = getattr(req.app.state, "tideflow", None)
+    said = await run_in_threadpool(tf.runtime.db.explain, exc) if tf is not None else None
+    if said:  # a schema that is missing or behind ("run `tideflow db upgrade`"), a statement timeout
+        log.error("database: %s", said)
+        return error_response(503, "unavailable", said, headers={"Retry-After": "5"})
     if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
         log.warning("database unavailable: %s", exc.__class__.__name__)
         return error_response(503, "unavailable", "the database is unavailable; nothing was changed, retry later",
                               headers={"Retry-After": "5"})
-    return await _unexpected(_req, exc)
+    return await _unexpected(req, exc)
 
 
 async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

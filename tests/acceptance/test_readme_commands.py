@@ -96,7 +96,7 @@ def test_readme_demo_command_runs_the_example_to_success(demo_run):
     assert (demo_run.copy / ".venv" / "bin" / "tideflow").exists(), "the demo installs into the copy's own .venv"
     stdout = demo_run.result.stdout
     assert re.search(r"^run \d+ succeeded\b", stdout, re.MULTILINE), stdout[-3000:]
-    assert re.search(r"5/5 tasks\s+succeeded", stdout), stdout[-3000:]  # the live progress, final state
+    assert re.search(r"5/5 tasks done: 5 succeeded\s+run succeeded", stdout), stdout[-3000:]  # the live progress, final
     assert "Traceback" not in out and "'attempts':" not in out, out[-3000:]  # no stack, no dumped run dict
 
 

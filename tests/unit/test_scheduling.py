@@ -23,3 +23,6 @@ def test_missing_row_backoff_is_capped():
 def test_priority_mapping_puts_urgent_first():
     assert celery_priority(9) == 0 and celery_priority(0) == 9
     assert celery_priority(42) == 0 and celery_priority(-1) == 9
+    # RabbitMQ counts upwards (queues declared with x-max-priority 9)
+    assert celery_priority(9, amqp=True) == 9 and celery_priority(0, amqp=True) == 0
+    assert celery_priority(42, amqp=True) == 9 and celery_priority(-1, amqp=True) == 0
