@@ -64,6 +64,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_ignore_result=True,
         result_backend=None,
         task_acks_late=True,
+        # a task that raised (tideflow.execute's AttemptFailed: the attempt's failure is already committed) is
+        # acknowledged, never redelivered (Celery's default, written out because tasks/execute.py relies on it)
+        task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.default_queue,

@@ -54,6 +54,8 @@ def reconcile_once(rt: Runtime) -> Report:
     report.advanced_runs = _advance_unhandled(rt)
     if report.republished or report.lost_attempts or report.fired_timers or report.advanced_runs:
         log.info("reconcile: %s", report)
+    else:
+        log.debug("reconcile: nothing to do")
     return report
 
 
