@@ -138,6 +138,11 @@ def missing_attempt_ids(s: Session, after_id: int, upto: int) -> list[tuple[int,
     return _missing_ids(s, A.c.id, A.c.started_at, after_id, upto)
 
 
+def missing_task_ids(s: Session, after_id: int, upto: int) -> list[tuple[int, int, datetime]]:
+    """Like :func:`missing_event_ids`, for ``task_runs`` (with the next row's creation)."""
+    return _missing_ids(s, T.c.id, T.c.created_at, after_id, upto)
+
+
 # -- code runs (gauges and totals read whole at each scrape: timers and signals are few next to events) -------
 
 
@@ -194,3 +199,46 @@ def timer_delays(s: Session, bounds: Sequence[float]) -> tuple[list[int], float]
         counts[int(b)] += int(n)
         total += float(summed)
     return counts, total
+
+
+def _advance_latency(s: Session) -> Any:
+    """Per task row, in SQL: for a code run's step that its workflow's pass made first (the lowest position among
+    the steps the pass created: they share their ``created_at``), the seconds from the latest finish of an earlier
+    step before that (what the pass acted on: an activity's end, a timer fired, a signal or a child's end) to the
+    step's creation; NULL for every other row (DAG tasks, a pass's later steps, a run's first pass)."""
+    prior_t, same_t = T.alias("prior"), T.alias("same_pass")
+    prior = (select(func.max(prior_t.c.finished_at))
+             .where(prior_t.c.run_id == T.c.run_id, prior_t.c.seq < T.c.seq, prior_t.c.finished_at <= T.c.created_at)
+             .scalar_subquery())
+    first_of_pass = ~exists().where(same_t.c.run_id == T.c.run_id, same_t.c.seq < T.c.seq,
+                                    same_t.c.created_at == T.c.created_at)
+    return case((and_(T.c.seq > 0, first_of_pass), _seconds(s, T.c.created_at, prior)), else_=None)
+
+
+def _bucket_of(value: Any, bounds: Sequence[float]) -> Any:
+    """Index of the first bound >= ``value`` (``len(bounds)``: above them all; -1: NULL)."""
+    return case((value.is_(None), -1), *((value <= bound, i) for i, bound in enumerate(bounds)), else_=len(bounds))
+
+
+def advance_latencies_after(
+    s: Session, after_id: int, bounds: Sequence[float],
+) -> tuple[dict[int, tuple[int, float]], int, int]:
+    """Task rows with ``id > after_id``: {bucket index: (count, sum)} of :func:`_advance_latency` (bucket -1:
+    rows without one), the number of rows and the highest id seen (``after_id`` if none)."""
+    inner = select(T.c.id.label("id"), _advance_latency(s).label("latency")).where(T.c.id > after_id).subquery()
+    latency = func.max(inner.c.latency, 0.0) if s.get_bind().dialect.name == "sqlite" else \
+        func.greatest(inner.c.latency, 0.0)
+    clamped = case((inner.c.latency.is_(None), None), else_=latency)
+    bucket = _bucket_of(clamped, bounds).label("bucket")
+    q = select(bucket, func.count(), func.coalesce(func.sum(clamped), 0.0), func.max(inner.c.id)).group_by(bucket)
+    rows = s.execute(q).all()
+    return ({int(b): (int(n), float(total)) for b, n, total, _ in rows}, sum(int(n) for _, n, _, _ in rows),
+            max((int(m) for *_, m in rows), default=after_id))
+
+
+def advance_latencies_in(s: Session, ranges: IdRanges) -> list[tuple[int, float | None]]:
+    """(id, latency) of the task rows inside ``ranges`` (late commits of ids a scan found missing)."""
+    if not ranges:
+        return []
+    q = select(T.c.id, _advance_latency(s)).where(_in_ranges(T.c.id, ranges))
+    return [(int(i), None if v is None else max(float(v), 0.0)) for i, v in s.execute(q)]

@@ -537,12 +537,21 @@ def test_code_runs_timers_signals_and_step_latency(code_runs: CodeRuns) -> None:
     kept = c.start("late_approval", seconds=3600)
     c.tf.signal(kept, "approve", {"by": "ann"})
     approval = c.start("approval")
-    c.tf.signal(approval, "approve", 1)
-    c.stub.drain(c.rt)
+    assert Scrape(metrics)("tideflow_workflow_step_latency_seconds_count", kind="advance") == 0  # first passes
+    c.tf.signal(approval, "approve", 1)  # its wait ends now; the advance that acts on it comes 0.5 s later
+    time.sleep(0.5)
+    c.stub.drain(c.rt)  # the replay makes the next durable call (the second wait)
     c.tf.signal(approval, "approve", 2)
-    c.stub.drain(c.rt)
+    c.stub.drain(c.rt)  # the replay returns: no new step, nothing observed
     assert c.tf.run(approval)["state"] == "succeeded"
     sig = Scrape(metrics)
+    assert sig("tideflow_workflow_step_latency_seconds_count", kind="advance") == 1
+    assert 0.5 <= sig("tideflow_workflow_step_latency_seconds_sum", kind="advance") < 5
+    assert sig("tideflow_workflow_step_latency_seconds_bucket", kind="advance", le="0.25") == 0
+    assert sig("tideflow_workflow_step_latency_seconds_bucket", kind="advance", le="5.0") == 1
+    fresh = Scrape(Metrics(c.rt))  # another process counts the same history once
+    step_series = {k: v for k, v in sig.samples.items() if k[0].startswith("tideflow_workflow_step_latency")}
+    assert {k: fresh.samples[k] for k in step_series} == step_series
     assert sig("tideflow_signals_received_total") == 3 and sig("tideflow_signals_delivered_total") == 2
     assert sig("tideflow_timers_pending") == 1  # late_approval's sleep
     assert sig("tideflow_runs_by_kind", kind="code", state="succeeded") == 2
@@ -579,3 +588,23 @@ def test_promtool_checks_the_exposition(code_runs: CodeRuns) -> None:
     checked = subprocess.run([promtool(), "check", "metrics"], input=body, capture_output=True, timeout=60)
     assert checked.returncode == 0, (checked.stdout.decode(), checked.stderr.decode(), text_)
     assert not checked.stdout.strip() and not checked.stderr.strip(), (checked.stdout, checked.stderr)
+
+
+def test_step_rows_with_an_id_gap_are_looked_up_again(pg_url: str) -> None:
+    """A task_runs id handed out but not visible (here: consumed and never used, as by a rolled-back start) is
+    kept as a gap and looked up again at the next scrape; the advance latencies are counted once."""
+    c = CodeRuns(pg_url)
+    try:
+        metrics = Metrics(c.rt)
+        with c.rt.db.transaction() as s:
+            s.execute(text("SELECT nextval(pg_get_serial_sequence('task_runs', 'id'))"))
+        approval = c.start("approval")
+        c.tf.signal(approval, "approve", 1)
+        c.stub.drain(c.rt)
+        first = Scrape(metrics)
+        assert metrics.snapshot.db.steps_cursor.gaps, metrics.snapshot.db.steps_cursor
+        second = Scrape(metrics)  # the gap is looked up again (nothing there), nothing counted twice
+        for scrape in (first, second):
+            assert scrape("tideflow_workflow_step_latency_seconds_count", kind="advance") == 1
+    finally:
+        c.tf.close()
