@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -121,14 +121,17 @@ class CeleryDispatcher:
                     shadow=f"tideflow.execute[{m.label}]" if m.label else None, producer=producer,
                 )
 
-    def advance(self, run_ids: Sequence[int]) -> None:
+    def advance(self, run_ids: Sequence[int], labels: Mapping[int, str] | None = None) -> None:
         if not run_ids:
             return
         crash_point(self._crash, "after commit, before publishing advance messages")
+        labels = labels or {}
         with self.celery.producer_or_acquire() as producer:
             for run_id in run_ids:
+                # the name Flower and the worker's log show: the run's workflow and id (the args stay [run_id])
+                name = f"{labels[run_id]} #{run_id}" if labels.get(run_id) else f"run #{run_id}"
                 self.celery.send_task("tideflow.advance", args=[run_id], queue=self.settings.master_queue,
-                                      priority=0, producer=producer)
+                                      priority=0, shadow=f"tideflow.advance[{name}]", producer=producer)
 
     def ping(self, timeout: float = BROKER_TIMEOUT) -> bool:
         """Can we reach the broker right now? (For health checks; never raises.)"""

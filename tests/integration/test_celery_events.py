@@ -6,6 +6,7 @@ tests/acceptance/test_procfile.py's, with Flower itself.
 
 - a task whose body failed is a FAILURE (``task-failed``), once per failed attempt, under its readable shadow
   name; its message is acknowledged (never redelivered), with no traceback and no error line in the worker log;
+- an advance message is named by its run's workflow and id (``tideflow.advance[obs-flaky #1]``);
 - the reconciler (a beat job every 0.5 s here) sends no task events and, while it has nothing to do, logs
   nothing at INFO in the worker or in beat; when it acts, one INFO line says what it did.
 """
@@ -81,6 +82,7 @@ def events(cluster) -> Iterator[Events]:
         ev.stop()
 
 
+@pytest.mark.cluster_env(TIDEFLOW_INLINE_ADVANCE="false")  # every advance is a message: its name is checked
 def test_failed_bodies_are_failures_and_the_idle_reconciler_is_silent(cluster, events):
     worker = cluster.start_worker("w1", extra_args=["-E"])
     beat = cluster.start_beat()
@@ -105,6 +107,8 @@ def test_failed_bodies_are_failures_and_the_idle_reconciler_is_silent(cluster, e
         assert all("AttemptFailed" in e["exception"] and "exit" in e["exception"] for e in failed), failed
         assert "a new attempt is scheduled" in failed[0]["exception"] or \
             "a new attempt is scheduled" in failed[1]["exception"], failed
+        # the master's advance messages are named by the run's workflow and id
+        assert f"tideflow.advance[obs-flaky #{run_id}]" in set(events.names().values()), events.names()
 
         # the reconciler ran all along (beat every 0.5 s) but is in no event, and its passes left no INFO line
         time.sleep(3)  # several reconcile intervals with nothing to do
