@@ -53,7 +53,7 @@ def publish_after_commit(
     if advance:
         runs = list(advance)
         labels = dict(advance_labels) if advance_labels else None
-        on_commit(session, lambda: dispatcher.advance(runs, labels) if labels else dispatcher.advance(runs))
+        on_commit(session, lambda: dispatcher.advance(runs, labels))
 
 
 class RecordingDispatcher:
