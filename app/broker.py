@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -75,6 +75,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_ignore_result=True,
         result_backend=None,
         task_acks_late=True,
+        # a task that raised (tideflow.execute's AttemptFailed: the attempt's failure is already committed) is
+        # acknowledged, never redelivered (Celery's default, written out because tasks/execute.py relies on it)
+        task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.default_queue,
@@ -151,14 +154,18 @@ class CeleryDispatcher:
                     shadow=f"tideflow.execute[{m.label}]" if m.label else None, producer=producer,
                 )
 
-    def advance(self, run_ids: Sequence[int]) -> None:
+    def advance(self, run_ids: Sequence[int], labels: Mapping[int, str] | None = None) -> None:
         if not run_ids:
             return
         crash_point(self._crash, "after commit, before publishing advance messages")
+        labels = labels or {}
         with self._publishing(f"{len(run_ids)} advance message(s)"), self.celery.producer_or_acquire() as producer:
             for run_id in run_ids:
+                # the name Flower and the worker's log show: the run's workflow and id (the args stay [run_id])
+                name = f"{labels[run_id]} #{run_id}" if labels.get(run_id) else f"run #{run_id}"
                 self.celery.send_task("tideflow.advance", args=[run_id], queue=self.settings.master_queue,
-                                      priority=celery_priority(9, amqp=self._amqp), producer=producer)
+                                      priority=celery_priority(9, amqp=self._amqp),
+                                      shadow=f"tideflow.advance[{name}]", producer=producer)
 
     def ping(self, timeout: float = BROKER_TIMEOUT) -> bool:
         """Can we reach the broker right now? (For health checks; never raises.)"""

@@ -6,7 +6,7 @@ session's on-commit hook (``app.db.oncommit``). ``app.broker.CeleryDispatcher`` 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +28,10 @@ class ExecuteMessage:
 class Dispatcher(Protocol):
     def execute(self, messages: Sequence[ExecuteMessage]) -> None: ...
 
-    def advance(self, run_ids: Sequence[int]) -> None: ...
+    def advance(self, run_ids: Sequence[int], labels: Mapping[int, str] | None = None) -> None:
+        """Ask the master to advance each run; ``labels``: run id -> its workflow's name, where the caller knows
+        it (Flower shows the message as ``tideflow.advance[NAME #ID]``)."""
+        ...
 
     def ping(self) -> bool:
         """Can the broker be reached right now? (Health checks; never raises.)"""
@@ -42,14 +45,15 @@ class Dispatcher(Protocol):
 
 def publish_after_commit(
     session: Session, dispatcher: Dispatcher, *, execute: Sequence[ExecuteMessage] = (),
-    advance: Sequence[int] = (),
+    advance: Sequence[int] = (), advance_labels: Mapping[int, str] | None = None,
 ) -> None:
     if execute:
         msgs = list(execute)
         on_commit(session, lambda: dispatcher.execute(msgs))
     if advance:
         runs = list(advance)
-        on_commit(session, lambda: dispatcher.advance(runs))
+        labels = dict(advance_labels) if advance_labels else None
+        on_commit(session, lambda: dispatcher.advance(runs, labels))
 
 
 class RecordingDispatcher:
@@ -63,7 +67,7 @@ class RecordingDispatcher:
     def execute(self, messages: Sequence[ExecuteMessage]) -> None:
         self.executed.extend(messages)
 
-    def advance(self, run_ids: Sequence[int]) -> None:
+    def advance(self, run_ids: Sequence[int], labels: Mapping[int, str] | None = None) -> None:
         self.advanced.extend(run_ids)
 
     def ping(self) -> bool:

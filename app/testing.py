@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,7 +52,7 @@ class StubDispatcher:
         for m in messages:
             self._put("execute", asdict(m))
 
-    def advance(self, run_ids: Sequence[int]) -> None:
+    def advance(self, run_ids: Sequence[int], labels: Mapping[int, str] | None = None) -> None:
         for run_id in run_ids:
             self._put("advance", {"run_id": run_id})
 

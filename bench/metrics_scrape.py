@@ -59,6 +59,9 @@ PARTS: dict[str, tuple[tuple[ModuleType, str], ...]] = {
     "events": tuple((queries, n) for n in ("event_kinds_after", "event_kinds_in", "missing_event_ids")),
     "attempts": tuple((queries, n) for n in ("attempt_waits_after", "attempt_waits_in", "missing_attempt_ids")),
     "other_db": tuple((queries, n) for n in ("snapshot", "counter_values", "workflow_ids", "workflow_definitions")),
+    "code_runs": tuple((queries, n) for n in ("runs_by_kind_and_state", "pending_timers", "signal_totals",
+                                              "timer_delays", "advance_latencies_after", "advance_latencies_in",
+                                              "missing_task_ids")),
 }
 
 KINDS = {
@@ -329,7 +332,8 @@ def main() -> None:
                          "ms": on["total"], "p90": on["p90"], "ratio": on["total"] / base["jit"]["total"],
                          "ms, JIT off": off["total"], "ratio, JIT off": off["total"] / base["nojit"]["total"],
                          "runs GROUP BY ms": on["runs_groupby"], "tasks GROUP BY ms": on["tasks_groupby"],
-                         "events ms": on["events"], "attempts ms": on["attempts"], "broker ms": on["broker"],
+                         "events ms": on["events"], "attempts ms": on["attempts"], "code runs ms": on["code_runs"],
+                         "broker ms": on["broker"],
                          "rest ms": on["other_db"] + on["rest"], "kind": kind, "label": h.label, "rows": h.rows,
                          "breakdown_ms": m})
     tasks_off = "; ".join(f"{r['label']} {r['breakdown_ms']['nojit']['tasks_groupby']:.3g}" for r in rows
@@ -339,7 +343,8 @@ def main() -> None:
         "interleaved; ratio = large history / small history, same invocation",
         "GROUP BY columns: the runs-by-state and tasks-by-state gauges (`repo.count_runs_by_state`, "
         "`repo.count_tasks_by_state`), a scan of every row; events / attempts: the counters and the histogram, "
-        "aggregated over the rows above the cursors; broker: the queue depths "
+        "aggregated over the rows above the cursors; code runs: runs by kind, timers, signals (whole) and the "
+        "advance latencies (task rows above their cursor); broker: the queue depths "
         + ("(local Redis, own key prefix, 3 empty queues)" if args.broker == "redis" else "(left out: --broker none)")
         + "; rest: snapshot, counters table, workflow ids, session and connection, the exposition; the "
         "breakdown is of the `ms` column (server's JIT settings)",
@@ -351,7 +356,8 @@ def main() -> None:
     ]
     report("/metrics scrape cost", ["history", "scrape", "ms", "p90", "ratio", "ms, JIT off", "ratio, JIT off",
                                     "runs GROUP BY ms",
-                                    "tasks GROUP BY ms", "events ms", "attempts ms", "broker ms", "rest ms"],
+                                    "tasks GROUP BY ms", "events ms", "attempts ms", "code runs ms", "broker ms",
+                                    "rest ms"],
            rows, notes=notes, args=args, extra={"wall_seconds": time.monotonic() - t_start})
 
 

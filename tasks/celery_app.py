@@ -45,6 +45,40 @@ def _import_workflow_modules() -> None:
 _import_workflow_modules()
 
 
+# -- the beat job's routine lines stay out of the INFO log ---------------------------------------------------
+#: tasks whose routine per-message lines Celery logs at INFO are logged at DEBUG instead: beat's "Scheduler:
+#: Sending due task" (celery/beat.py ``apply_entry``), the worker's "Task ... received" (celery/worker/strategy.py)
+#: and "Task ... succeeded in" (celery/app/trace.py, ``LOG_SUCCESS``). The reconciler runs every
+#: TIDEFLOW_RECONCILE_INTERVAL_SECONDS and logs at INFO itself, with what it did, only when it acted
+#: (app/services/reconciler.py); ``--loglevel DEBUG`` shows every pass again. Its failures stay errors.
+QUIET_TASKS = frozenset({"tideflow.reconcile"})
+
+
+class _RoutineTaskLines(logging.Filter):
+    """Demotes Celery's INFO lines about a :data:`QUIET_TASKS` message to DEBUG (dropped unless the logger logs
+    DEBUG). Celery passes the task's name in ``extra={"data": ...}`` (trace and strategy) or as beat's second
+    argument."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        data = getattr(record, "data", None)
+        name = data.get("name") if isinstance(data, dict) else None
+        if name is None and isinstance(record.args, tuple) and len(record.args) == 2 \
+                and str(record.msg).startswith("Scheduler: Sending due task"):
+            name = record.args[1]
+        if name not in QUIET_TASKS:
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return True
+
+
+for _name in ("celery.beat", "celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(_name).addFilter(_RoutineTaskLines())
+
+
 # -- SIGTERM is for the main process -------------------------------------------------------------------
 # Process managers that signal a whole process group (honcho and foreman: os.killpg) hit Celery's pool
 # processes too, and a pool process exits at once on SIGTERM

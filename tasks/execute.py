@@ -14,9 +14,23 @@ from tasks.celery_app import DB_UNAVAILABLE, app, runtime
 
 log = logging.getLogger(__name__)
 
+#: the longest error text an AttemptFailed carries (it goes into the task-failed event Flower shows)
+ERROR_EXCERPT = 500
+
+
+class AttemptFailed(Exception):
+    """Raised by ``tideflow.execute`` once the attempt's failure is committed (and its retry, if any, published),
+    so Celery and Flower report the message as FAILURE, as a plain Celery task whose body raised would be.
+    Listed in the task's ``throws`` (Celery: "expected errors": the state is FAILURE, the worker logs one INFO
+    line "raised expected" and no traceback: celery/app/trace.py ``get_log_policy``). It changes nothing else:
+    it is not in ``autoretry_for`` (no Celery retry) and the message is acknowledged, not requeued
+    (``task_acks_on_failure_or_timeout``, app/broker.py; celery/worker/request.py ``on_failure``); Tideflow's
+    own retry is the new attempt the worker service already recorded."""
+
 
 @app.task(name="tideflow.execute", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
-          autoretry_for=DB_UNAVAILABLE, retry_backoff=True, retry_backoff_max=30, retry_jitter=True)
+          autoretry_for=DB_UNAVAILABLE, retry_backoff=True, retry_backoff_max=30, retry_jitter=True,
+          throws=(AttemptFailed,))
 def execute(self: Task, task_run_id: int, attempt: int, published_at: float | None = None) -> str:
     rt = runtime()
     in_pool_child = current_process().name != "MainProcess"
@@ -36,4 +50,10 @@ def execute(self: Task, task_run_id: int, attempt: int, published_at: float | No
         raise self.retry(countdown=result.delay, args=[task_run_id, attempt, published_at])
     elif result.outcome == worker.Outcome.IGNORED:
         log.info("%s", result.detail)
+    elif result.outcome in (worker.Outcome.FAILED, worker.Outcome.RETRYING):
+        # the message's own attempt (the first of an eager chain: those after it had no message) failed; its
+        # outcome is committed, so raising now only sets the Celery state (see AttemptFailed)
+        retrying = " (a new attempt is scheduled)" if result.outcome == worker.Outcome.RETRYING else ""
+        raise AttemptFailed(f"task run {task_run_id} attempt {attempt} failed{retrying}: "
+                            f"{result.detail[:ERROR_EXCERPT]}")
     return str(result.outcome)

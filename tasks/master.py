@@ -13,6 +13,9 @@ def advance(run_id: int) -> bool:
     return advance_run(runtime(), int(run_id), actor="master")
 
 
-@app.task(name="tideflow.reconcile", acks_late=True, reject_on_worker_lost=True)
+# send_events=False: no task events for the beat job even while Flower has them on (celery/worker/request.py
+# ``send_event`` and celery/worker/strategy.py check ``task.send_events``), so it does not fill Flower's task
+# list every reconcile interval; what a pass did is in the master's log (app/services/reconciler.py).
+@app.task(name="tideflow.reconcile", acks_late=True, reject_on_worker_lost=True, send_events=False)
 def reconcile() -> str:
     return str(reconcile_once(runtime()))

@@ -152,7 +152,7 @@ def send_signal(
         reason=f"signal '{name}' #{signal.id} delivered",
     ):
         repo.deliver_signal(s, signal.id, waiting.id)
-        publish_after_commit(s, rt.dispatcher, advance=[run_id])
+        publish_after_commit(s, rt.dispatcher, advance=[run_id], advance_labels={run_id: run.workflow_name})
     else:
         repo.add_event(s, run_id=run_id, from_state=run.state, to_state=run.state, actor=actor, now=now,
                        reason=f"signal '{name}' #{signal.id} received (kept until the workflow waits for it)")
@@ -225,7 +225,7 @@ def fire_due(rt: Runtime, actor: str) -> int:
     now = utcnow()
     fired = 0
     with rt.db.transaction() as s:
-        runs: set[int] = set()
+        runs: dict[int, str] = {}  # run id -> its workflow's name (the advance message's label)
         for task in repo.due_steps(s, now, rt.settings.reconcile_batch_size):
             what = ("timer fired" if task.kind == TaskKind.TIMER
                     else f"wait for signal '{task.body.signal}' timed out")
@@ -233,6 +233,6 @@ def fire_due(rt: Runtime, actor: str) -> int:
             if repo.transition_task(s, task, TaskState.SUCCEEDED, actor=actor, now=now, result=None,
                                     finished_at=now, reason=f"{what} (due {due} UTC)"):
                 fired += 1
-                runs.add(task.run_id)
-        publish_after_commit(s, rt.dispatcher, advance=sorted(runs))
+                runs[task.run_id] = task.workflow_name or ""
+        publish_after_commit(s, rt.dispatcher, advance=sorted(runs), advance_labels=runs)
     return fired

@@ -506,8 +506,10 @@ def expired_leases(s: Session, now: datetime, limit: int) -> list[TaskRecord]:
 
 
 def due_steps(s: Session, now: datetime, limit: int) -> list[TaskRecord]:
-    """Running timers and signal waits whose ``due_at`` passed (partial index ``ix_task_runs_due``)."""
-    q = (select(T).where(_state_is(TaskState.RUNNING), T.c.due_at.is_not(None), T.c.due_at <= now)
+    """Running timers and signal waits whose ``due_at`` passed (partial index ``ix_task_runs_due``), with their
+    run's workflow name (the advance message's label)."""
+    q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
+         .where(_state_is(TaskState.RUNNING), T.c.due_at.is_not(None), T.c.due_at <= now)
          .order_by(T.c.due_at).limit(limit))
     return [TaskRecord.from_row(r) for r in s.execute(_locked(s, q))]
 

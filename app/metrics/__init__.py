@@ -22,14 +22,32 @@ metric                                        type       source
 ``tideflow_missing_row_retries_total``        counter    the ``counters`` table
 ``tideflow_task_start_latency_seconds``       histogram  per attempt: from ready to run (dependencies met, or its
                                                          retry delay over) to the claim by a worker
+``tideflow_runs_by_kind{kind,state}``         gauge      runs by kind (dag, code) and state (every pair, 0 if none)
+``tideflow_timers_pending``                   gauge      code-run timers (``ctx.sleep`` steps) not fired yet
+``tideflow_timers_overdue_seconds``           gauge      how far past its due time the earliest of them is (0 if
+                                                         none is due yet)
+``tideflow_signals_received_total``           counter    rows of ``signals`` (stored on receipt, never deleted)
+``tideflow_signals_delivered_total``          counter    those delivered to a ``wait_signal`` (``task_run_id`` set)
+``tideflow_workflow_step_latency_seconds``    histogram  ``{kind="timer"}``: per fired timer, from its due time to
+                                                         its firing (``finished_at - due_at`` of the step);
+                                                         ``{kind="advance"}``: per replay of a code run that made
+                                                         a new durable call, from the latest end of an earlier
+                                                         step before it (what it acted on) to the call's step row
+                                                         (``created_at``; a resumed blocked run's includes the
+                                                         time it was blocked)
 ``tideflow_queue_depth{queue}``               gauge      messages waiting in the master, the default and every
                                                          queue named by a registered workflow's task
 ``tideflow_database_up``                      gauge      1 if this scrape read the database
 ``tideflow_broker_up``                        gauge      1 if this scrape read the queue depths
 ============================================  =========  ==========================================================
 
-Counters and the histogram come from append-only rows (``events``; ``task_attempts``, whose wait is fixed when
-the row is inserted at claim), aggregated in SQL over the rows added since the last scrape: a scrape costs
+The code-run gauges, the signal counters and the timer histogram are read whole at each scrape (timer steps
+and signals are few next to events and attempts); a fired timer's delay is fixed once it fired, so that
+histogram only grows.
+
+The other counters and histograms come from rows whose counted values never change (``events``;
+``task_attempts``, whose wait is fixed when the row is inserted at claim; a ``task_runs`` row's advance
+latency, fixed when the step is inserted), aggregated in SQL over the rows added since the last scrape: a scrape costs
 O(new rows) however long the history (the first scrape after start counts all of it, once). Ids are handed out
 before commit, so a row can become visible after a higher one: :class:`IdCursor` keeps the ids a scan found
 missing and looks them up again until they appear or ``gap_timeout`` passes (a rolled-back transaction's ids
@@ -63,7 +81,7 @@ from app.db import repository as repo
 from app.metrics import queries
 from app.metrics.queries import EventKind
 from app.runtime import Runtime
-from app.states import RunState, TaskState
+from app.states import RunKind, RunState, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +160,19 @@ class DbCounts:
     latency_sum: float = 0.0
     events_cursor: IdCursor = IdCursor()
     attempts_cursor: IdCursor = IdCursor()
+    #: code runs: {(kind, state): runs}; timers not fired yet and how far past due the earliest is (seconds, 0
+    #: if none is overdue) when read; signals received and delivered; fired timers' delays (as latency_counts)
+    runs_by_kind: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    timers_pending: int = 0
+    timers_overdue_seconds: float = 0.0
+    signals_received: int = 0
+    signals_delivered: int = 0
+    timer_delay_counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS) + 1)
+    timer_delay_sum: float = 0.0
+    #: code runs' passes: from the finish a pass acted on to its first new step (queries.advance_latencies_after)
+    advance_counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS) + 1)
+    advance_sum: float = 0.0
+    steps_cursor: IdCursor = IdCursor()
 
     def dispatches(self) -> dict[str, int]:
         e = self.events
@@ -199,16 +230,46 @@ def _count_attempts(
     return tuple(counts), total, cursor.advance(upto=upto, missing=missing, found=found, now=now, timeout=timeout)
 
 
+def _count_steps(
+    s: Session, prev: DbCounts, now: float, timeout: float,
+) -> tuple[tuple[int, ...], float, IdCursor]:
+    """The advance latencies of the task rows added since ``prev`` (each row's is fixed when it is inserted)."""
+    cursor = prev.steps_cursor
+    pending = cursor.pending(now)
+    by_bucket, rows, upto = queries.advance_latencies_after(s, cursor.position, LATENCY_BUCKETS)
+    missing = [] if rows == upto - cursor.position else _ages(queries.missing_task_ids(s, cursor.position, upto))
+    late = queries.advance_latencies_in(s, pending)
+    counts, total = list(prev.advance_counts), prev.advance_sum
+    for bucket, (n, seconds) in by_bucket.items():
+        if bucket >= 0:  # -1: a row that is not a pass's first step
+            counts[bucket] += n
+            total += seconds
+    for _, seconds_ in late:
+        if seconds_ is not None:
+            counts[bisect.bisect_left(LATENCY_BUCKETS, seconds_)] += 1
+            total += seconds_
+    found = [i for i, _ in late]
+    return tuple(counts), total, cursor.advance(upto=upto, missing=missing, found=found, now=now, timeout=timeout)
+
+
 def read_counts(s: Session, prev: DbCounts, now: float, gap_timeout: float = GAP_TIMEOUT) -> DbCounts:
     """``prev`` brought up to date in one read transaction (``now``: monotonic seconds, for the gaps)."""
     queries.snapshot(s)
     events, events_cursor = _count_events(s, prev, now, gap_timeout)
     latency_counts, latency_sum, attempts_cursor = _count_attempts(s, prev, now, gap_timeout)
+    timers, earliest_due = queries.pending_timers(s)
+    overdue = max((utcnow() - earliest_due).total_seconds(), 0.0) if earliest_due is not None else 0.0
+    received, delivered = queries.signal_totals(s)
+    delay_counts, delay_sum = queries.timer_delays(s, LATENCY_BUCKETS)
+    advance_counts, advance_sum, steps_cursor = _count_steps(s, prev, now, gap_timeout)
     return DbCounts(
         runs=repo.count_runs_by_state(s), tasks=repo.count_tasks_by_state(s), events=events,
         missing_row_retries=queries.counter_values(s).get(repo.MISSING_ROW_RETRIES, 0),
         latency_counts=latency_counts, latency_sum=latency_sum, events_cursor=events_cursor,
-        attempts_cursor=attempts_cursor,
+        attempts_cursor=attempts_cursor, runs_by_kind=queries.runs_by_kind_and_state(s), timers_pending=timers,
+        timers_overdue_seconds=overdue, signals_received=received, signals_delivered=delivered,
+        timer_delay_counts=tuple(delay_counts), timer_delay_sum=delay_sum, advance_counts=advance_counts,
+        advance_sum=advance_sum, steps_cursor=steps_cursor,
     )
 
 
@@ -250,13 +311,33 @@ def families(snap: Snapshot) -> Iterator[Metric]:
                               "lease expired (worker died, froze or was cut off).", value=db.lease_expiries())
     yield CounterMetricFamily("tideflow_missing_row_retries", "Execute messages retried because their task row "
                               "was not visible yet.", value=db.missing_row_retries)
-    cumulative, buckets = 0, []
-    for bound, n in zip((*LATENCY_BUCKETS, float("inf")), db.latency_counts, strict=True):
-        cumulative += n
-        buckets.append((floatToGoString(bound), cumulative))
     yield HistogramMetricFamily(
         "tideflow_task_start_latency_seconds", "Seconds from an attempt being ready to run (dependencies met, or "
-        "its retry delay over) to its claim by a worker.", buckets=buckets, sum_value=db.latency_sum)
+        "its retry delay over) to its claim by a worker.", buckets=_cumulative(db.latency_counts),
+        sum_value=db.latency_sum)
+    by_kind = GaugeMetricFamily("tideflow_runs_by_kind", "Workflow runs by kind (dag, code) and state.",
+                                labels=["kind", "state"])
+    kinds = [str(k) for k in RunKind] + sorted({k for k, _ in db.runs_by_kind} - {str(k) for k in RunKind})
+    states = _states(RunState, {st: 0 for _, st in db.runs_by_kind})
+    for kind in kinds:
+        for state in states:
+            by_kind.add_metric([kind, state], db.runs_by_kind.get((kind, state), 0))
+    yield by_kind
+    yield GaugeMetricFamily("tideflow_timers_pending", "Code-run timers (ctx.sleep) not fired yet.",
+                            value=db.timers_pending)
+    yield GaugeMetricFamily("tideflow_timers_overdue_seconds", "Seconds the most overdue timer not fired yet is "
+                            "past its due time (0: none is overdue).", value=db.timers_overdue_seconds)
+    yield CounterMetricFamily("tideflow_signals_received", "Signals sent to code runs and stored.",
+                              value=db.signals_received)
+    yield CounterMetricFamily("tideflow_signals_delivered", "Signals delivered to a wait_signal of their run.",
+                              value=db.signals_delivered)
+    step = HistogramMetricFamily(
+        "tideflow_workflow_step_latency_seconds", "Code runs: kind=timer, seconds from a timer's due time to its "
+        "firing (the reconciler); kind=advance, from a step's end (activity, timer, signal, child) to the "
+        "workflow's next durable call after it (the replay that acted on it).", labels=["kind"])
+    step.add_metric(["timer"], _cumulative(db.timer_delay_counts), sum_value=db.timer_delay_sum)
+    step.add_metric(["advance"], _cumulative(db.advance_counts), sum_value=db.advance_sum)
+    yield step
     if snap.depths is not None:
         depth = GaugeMetricFamily("tideflow_queue_depth", "Messages waiting in a broker queue.", labels=["queue"])
         for queue, n in sorted(snap.depths.items()):
@@ -266,6 +347,15 @@ def families(snap: Snapshot) -> Iterator[Metric]:
                             value=int(snap.database_up))
     yield GaugeMetricFamily("tideflow_broker_up", "1 if the last scrape could read the broker's queues.",
                             value=int(snap.depths is not None))
+
+
+def _cumulative(counts: Sequence[int]) -> list[tuple[str, float]]:
+    """A histogram's buckets (``le``, cumulative count) from per-bucket counts over :data:`LATENCY_BUCKETS`."""
+    cumulative, buckets = 0, []
+    for bound, n in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+        cumulative += n
+        buckets.append((floatToGoString(bound), float(cumulative)))
+    return buckets
 
 
 def _states(enum: Iterable[str], seen: Mapping[str, int]) -> list[str]:

@@ -4,15 +4,15 @@ written by :mod:`app.db.repository` (``counters`` through ``repo.increment_count
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy import and_, case, exists, func, literal_column, or_, select
 from sqlalchemy.orm import Session
 
-from app.db.repository import A, C, E, W
-from app.states import TaskState
+from app.db.repository import A, C, E, R, S, T, W
+from app.states import TaskKind, TaskState
 
 # -- totals and lookups ---------------------------------------------------------------------------------
 
@@ -136,3 +136,114 @@ def missing_event_ids(s: Session, after_id: int, upto: int) -> list[tuple[int, i
 def missing_attempt_ids(s: Session, after_id: int, upto: int) -> list[tuple[int, int, datetime]]:
     """Like :func:`missing_event_ids`, for ``task_attempts`` (with the next attempt's start)."""
     return _missing_ids(s, A.c.id, A.c.started_at, after_id, upto)
+
+
+def missing_task_ids(s: Session, after_id: int, upto: int) -> list[tuple[int, int, datetime]]:
+    """Like :func:`missing_event_ids`, for ``task_runs`` (with the next row's creation)."""
+    return _missing_ids(s, T.c.id, T.c.created_at, after_id, upto)
+
+
+# -- code runs (gauges and totals read whole at each scrape: timers and signals are few next to events) -------
+
+
+def runs_by_kind_and_state(s: Session) -> dict[tuple[str, str], int]:
+    """{(kind, state): runs} (``workflow_runs.kind``: dag or code)."""
+    q = select(R.c.kind, R.c.state, func.count()).group_by(R.c.kind, R.c.state)
+    return {(str(kind), str(state)): int(n) for kind, state, n in s.execute(q)}
+
+
+def _timer_steps() -> Any:
+    return and_(T.c.type == TaskKind.TIMER.value, T.c.due_at.is_not(None))
+
+
+def pending_timers(s: Session) -> tuple[int, datetime | None]:
+    """Code-run timer steps not fired yet (``ctx.sleep``: running until the reconciler fires them at
+    ``due_at``; partial index ``ix_task_runs_due``), and the earliest due time among them."""
+    q = select(func.count(), func.min(T.c.due_at)).where(
+        T.c.state == literal_column(f"'{TaskState.RUNNING.value}'"), T.c.due_at.is_not(None),
+        T.c.type == TaskKind.TIMER.value)
+    n, earliest = s.execute(q).one()
+    if isinstance(earliest, str):  # SQLite: a MIN() over the column loses its type
+        earliest = datetime.fromisoformat(earliest)
+    if earliest is not None and earliest.tzinfo is None:
+        earliest = earliest.replace(tzinfo=UTC)
+    return int(n), earliest
+
+
+def signal_totals(s: Session) -> tuple[int, int]:
+    """Signals received (every row of ``signals``: stored on receipt, never deleted) and delivered to a
+    ``wait_signal`` (``task_run_id`` set)."""
+    received, delivered = s.execute(select(func.count(), func.count(S.c.task_run_id))).one()
+    return int(received), int(delivered)
+
+
+def _seconds(s: Session, later: Any, earlier: Any) -> Any:
+    """``later - earlier`` in seconds, in SQL (PostgreSQL: timestamptz; SQLite: naive UTC text)."""
+    if s.get_bind().dialect.name == "postgresql":
+        return func.extract("epoch", later - earlier)
+    return (func.julianday(later) - func.julianday(earlier)) * 86400.0
+
+
+def timer_delays(s: Session, bounds: Sequence[float]) -> tuple[list[int], float]:
+    """Fired timers (succeeded timer steps): per bucket of ``bounds`` (not cumulative, +Inf last) how long
+    after its due time each was fired (``finished_at - due_at``, 0 if a clock put it before), and their sum."""
+    delay = _seconds(s, T.c.finished_at, T.c.due_at)
+    clamped = case((delay < 0, 0.0), else_=delay)
+    bucket = case(*((clamped <= bound, i) for i, bound in enumerate(bounds)), else_=len(bounds)).label("bucket")
+    q = (select(bucket, func.count(), func.coalesce(func.sum(clamped), 0.0))
+         .where(_timer_steps(), T.c.state == TaskState.SUCCEEDED.value, T.c.finished_at.is_not(None))
+         .group_by(bucket))
+    counts = [0] * (len(bounds) + 1)
+    total = 0.0
+    for b, n, summed in s.execute(q):
+        counts[int(b)] += int(n)
+        total += float(summed)
+    return counts, total
+
+
+def _advance_latency(s: Session) -> Any:
+    """Per task row, in SQL: for a code run's step that its workflow's pass made first (the lowest position among
+    the steps the pass created: they share their ``created_at``), the seconds from the latest finish of an earlier
+    step before that (what the pass acted on: an activity's end, a timer fired, a signal or a child's end) to the
+    step's creation; NULL for every other row (DAG tasks, a pass's later steps, a run's first pass)."""
+    prior_t, same_t = T.alias("prior"), T.alias("same_pass")
+    prior = (select(func.max(prior_t.c.finished_at))
+             .where(prior_t.c.run_id == T.c.run_id, prior_t.c.seq < T.c.seq, prior_t.c.finished_at <= T.c.created_at)
+             .scalar_subquery())
+    first_of_pass = ~exists().where(same_t.c.run_id == T.c.run_id, same_t.c.seq < T.c.seq,
+                                    same_t.c.created_at == T.c.created_at)
+    return case((and_(T.c.seq > 0, first_of_pass), _seconds(s, T.c.created_at, prior)), else_=None)
+
+
+def _bucket_of(value: Any, bounds: Sequence[float]) -> Any:
+    """Index of the first bound >= ``value`` (``len(bounds)``: above them all; -1: NULL)."""
+    return case((value.is_(None), -1), *((value <= bound, i) for i, bound in enumerate(bounds)), else_=len(bounds))
+
+
+def advance_latencies_after(
+    s: Session, after_id: int, bounds: Sequence[float],
+) -> tuple[dict[int, tuple[int, float]], int, int]:
+    """Task rows with ``id > after_id``: {bucket index: (count, sum)} of :func:`_advance_latency` (bucket -1:
+    rows without one), the number of rows and the highest id seen (``after_id`` if none)."""
+    n, top = s.execute(select(func.count(), func.max(T.c.id)).where(T.c.id > after_id)).one()
+    # only code runs' later steps can have a latency (DAG tasks have no seq): the correlated lookups run for them
+    # alone, in a statement of their own (in one statement with the count over every new row, the planner's cost
+    # estimate of a long DAG history turned PostgreSQL's JIT on: 18 s for a first scrape of 20,000 tasks in
+    # bench/metrics_scrape.py, 27 ms so)
+    inner = (select(_advance_latency(s).label("latency")).where(T.c.id > after_id, T.c.seq > 0)
+             .subquery())
+    latency = func.max(inner.c.latency, 0.0) if s.get_bind().dialect.name == "sqlite" else \
+        func.greatest(inner.c.latency, 0.0)
+    clamped = case((inner.c.latency.is_(None), None), else_=latency)
+    bucket = _bucket_of(clamped, bounds).label("bucket")
+    q = select(bucket, func.count(), func.coalesce(func.sum(clamped), 0.0)).group_by(bucket)
+    by_bucket = {int(b): (int(k), float(total)) for b, k, total in s.execute(q)}
+    return by_bucket, int(n), int(top) if top is not None else after_id
+
+
+def advance_latencies_in(s: Session, ranges: IdRanges) -> list[tuple[int, float | None]]:
+    """(id, latency) of the task rows inside ``ranges`` (late commits of ids a scan found missing)."""
+    if not ranges:
+        return []
+    q = select(T.c.id, _advance_latency(s)).where(_in_ranges(T.c.id, ranges))
+    return [(int(i), None if v is None else max(float(v), 0.0)) for i, v in s.execute(q)]

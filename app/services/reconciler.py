@@ -54,6 +54,8 @@ def reconcile_once(rt: Runtime) -> Report:
     report.advanced_runs = _advance_unhandled(rt)
     if report.republished or report.lost_attempts or report.fired_timers or report.advanced_runs:
         log.info("reconcile: %s", report)
+    else:
+        log.debug("reconcile: nothing to do")
     return report
 
 
@@ -71,7 +73,7 @@ def _expire_leases(rt: Runtime) -> int:
     now = utcnow()
     count = 0
     with rt.db.transaction() as s:
-        advance: set[int] = set()
+        advance: dict[int, str] = {}  # run id -> its workflow's name (the advance message's label)
         messages = []
         for task in repo.expired_leases(s, now, rt.settings.reconcile_batch_size):
             reason = f"lease expired at {task.lease_expires_at:%H:%M:%S} (worker {task.worker} stopped renewing it)"
@@ -83,8 +85,8 @@ def _expire_leases(rt: Runtime) -> int:
             if message is not None:
                 messages.append(message)
             if to == TaskState.FAILED:
-                advance.add(task.run_id)
-        publish_after_commit(s, rt.dispatcher, execute=messages, advance=sorted(advance))
+                advance[task.run_id] = task.workflow_name or ""
+        publish_after_commit(s, rt.dispatcher, execute=messages, advance=sorted(advance), advance_labels=advance)
     return count
 
 

@@ -244,6 +244,7 @@ def _finish(
                     then = Claimed(nxt, slot.token, slot.claimed_at, rt.run_info(s, nxt.run_id),
                                    repo.task_results(s, nxt.run_id, nxt.body.inputs))
             elif owner is not None:
-                publish_after_commit(s, rt.dispatcher, advance=[owner])
+                publish_after_commit(s, rt.dispatcher, advance=[owner],
+                                     advance_labels={owner: workflow_name} if workflow_name else None)
     outcome = {TaskState.SUCCEEDED: Outcome.SUCCEEDED, TaskState.SUBMITTED: Outcome.RETRYING}.get(to, Outcome.FAILED)
     return Result(outcome, detail=error or "", then=then)

@@ -1,8 +1,9 @@
 """`honcho start` with the real Procfile runs the whole system (web, master, worker, beat, Flower with basic
 auth) against PostgreSQL and Redis: a run started through the REST API succeeds and is visible in the API, the
 UI (headless Chromium: the run page shows both tasks succeeded), Flower (under its
-``tideflow.execute[workflow/task]`` name) and /metrics; SIGTERM stops every process cleanly while a run is in
-flight, and after a restart that run finishes with no task lost or run twice.
+``tideflow.execute[workflow/task]`` name; a task whose body failed as FAILURE; no reconciler passes) and
+/metrics; SIGTERM stops every process cleanly while a run is in flight, and after a restart that run finishes
+with no task lost or run twice.
 
 Honcho (2.0, .venv/lib/python3.11/site-packages/honcho) on SIGTERM sends SIGTERM to each process group
 (manager.py:100 installs the handler; manager.py:142-173 ``terminate``/``_killall``; compat.py:28 ``os.killpg``).
@@ -56,6 +57,7 @@ HELLO = {"name": "hello", "tasks": [
     {"name": "a", "type": "shell", "command": "echo hi"},
     {"name": "b", "type": "shell", "command": "echo there", "depends_on": ["a"]},
 ]}
+BROKEN = {"name": "broken", "tasks": [{"name": "x", "type": "shell", "command": "echo no >&2; exit 3"}]}
 SLOW = {"name": "slow", "tasks": [
     {"name": "s1", "type": "shell", "command": "sleep 1; echo one"},
     {"name": "s2", "type": "shell", "command": "sleep 1; echo two", "depends_on": ["s1"]},
@@ -221,6 +223,9 @@ def test_honcho_runs_the_procfile_and_stops_cleanly(cluster, tmp_path):
         done = _wait_succeeded(api, run_id)
         assert [(t["name"], t["state"], t["result"]) for t in done["tasks"]] == [
             ("a", "succeeded", "hi"), ("b", "succeeded", "there")]
+        broken_id = _start(api, BROKEN)
+        wait_until(lambda: _run(api, broken_id)["state"] == "failed", timeout=60, interval=0.2,
+                   message="the broken run never failed")
 
         # the UI's run page: with the bearer header, with the login cookie; without either, to the login form
         login = httpx.post(f"{web}/login", data={"token": TOKEN}, timeout=10)
@@ -238,19 +243,28 @@ def test_honcho_runs_the_procfile_and_stops_cleanly(cluster, tmp_path):
         metrics = api.get("/metrics")
         assert metrics.status_code == 200, metrics.text[:500]
 
-        # Flower: basic auth enforced; the tasks listed under the dispatcher's shadow names
+        # Flower: basic auth enforced; the tasks listed under the dispatcher's shadow names, a task whose body
+        # failed as FAILURE (tasks/execute.py AttemptFailed), and no reconciler pass (it sends no task events)
         assert httpx.get(f"{flower}/api/tasks", timeout=10).status_code == 401
         assert httpx.get(f"{flower}/api/tasks", auth=("admin", "wrong"), timeout=10).status_code == 401
+        expected = {"tideflow.execute[hello/a]": "SUCCESS", "tideflow.execute[hello/b]": "SUCCESS",
+                    "tideflow.execute[broken/x]": "FAILURE"}
 
         def flower_tasks() -> dict[str, str] | None:
             resp = httpx.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=10)
             assert resp.status_code == 200, resp.text
             seen = {t["name"]: t["state"] for t in resp.json().values()}
-            wanted = {"tideflow.execute[hello/a]", "tideflow.execute[hello/b]"}
-            return seen if wanted <= seen.keys() and {seen[n] for n in wanted} == {"SUCCESS"} else None
+            return seen if {n: seen.get(n) for n in expected} == expected else None
 
         listed = wait_until(flower_tasks, timeout=30, interval=0.5, message="flower never listed the tasks")
         assert "tideflow.execute" not in listed, listed  # never the bare name: Flower shows which task it was
+        assert "tideflow.reconcile" not in listed, listed
+        # the reconciler ran every 0.5 s all along: none of Celery's or beat's routine lines about it at INFO
+        # (it logs "reconcile: ..." itself, only in a pass that acted)
+        for name in ("master", "beat"):
+            routine = [line for line in first.lines(name)
+                       if "Task tideflow.reconcile[" in line or "Sending due task tideflow-reconcile" in line]
+            assert not routine, (name, routine[:5])
 
         # -- SIGTERM while a run is in flight -----------------------------------------------------------
         slow_id = _start(api, SLOW)
