@@ -350,7 +350,7 @@ def test_code_run_start_signal_and_its_waits(code_stub: CodeApi) -> None:
     assert run["state"] == "succeeded" and run["result"] == {"approved": [{"ok": 1}, None]}
     assert run["waiting"] is None and run["blocked"] is None
     history = h.client.get(f"/api/runs/{run_id}/history", headers=AUTH).json()
-    assert any("signal 'approve'" in e["reason"] and e["actor"].startswith("api@") for e in history)
+    assert any("signal 'approve'" in e["reason"] and e["actor"] == "env" for e in history)
 
     before = row_counts(h.tf)
     _error(h.post(f"/api/runs/{run_id}/signals/approve", {"data": 1}), 409, "conflict")
