@@ -107,6 +107,8 @@ class Runtime:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     _workflows: Cache[LoadedWorkflow] = field(default_factory=lambda: Cache(1000), repr=False)
     _runs: Cache[RunInfo] = field(default_factory=lambda: Cache(10_000), repr=False)
+    #: the code workflows' schedules were synced by this process (app/services/scheduler.py)
+    schedules_synced: bool = field(default=False, repr=False)
 
     @classmethod
     def create(cls, settings: Settings, dispatcher: Dispatcher) -> Runtime:

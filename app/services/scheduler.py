@@ -17,7 +17,6 @@ applies them and ``overlap`` in guarded transactions:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -91,14 +90,11 @@ def sync(s: Session, workflow_name: str, specs: list[ScheduleSpec], *, now: date
             repo.update_schedule(s, row.name, active=False, next_due_at=None)
 
 
-_synced_code: dict[int, bool] = {}  # pid -> this process synced its code workflows' schedules
-
-
 def sync_code_schedules(rt: Runtime) -> None:
     """The schedules of the code workflows this process registered (``TIDEFLOW_WORKFLOW_MODULES``), synced once per
     process: by its first scheduler pass (the master that runs beat's ``tideflow.schedule``), or ``tideflow
     schedule list``."""
-    if _synced_code.get(os.getpid()):
+    if rt.schedules_synced:
         return
     from app.code.registry import workflows
 
@@ -106,7 +102,7 @@ def sync_code_schedules(rt: Runtime) -> None:
         for wdef in workflows():
             if wdef.schedules or repo.schedules(s, workflow_name=wdef.name):
                 sync(s, wdef.name, list(wdef.schedules))
-    _synced_code[os.getpid()] = True
+    rt.schedules_synced = True
 
 
 # -- the pass --------------------------------------------------------------------------------------------------
