@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.clock import utcnow
 from app.db import repository as repo
-from app.errors import InvalidState, NotFound, TideflowError
+from app.errors import DefinitionError, InvalidRequest, InvalidState, NotFound, TideflowError
 from app.runtime import Runtime
 from app.scheduling import ScheduleSpec, backfill_times, fire_times, jitter_offset, plan_fires
 
@@ -79,8 +79,8 @@ def sync(s: Session, workflow_name: str, specs: list[ScheduleSpec], *, now: date
             repo.insert_schedule(s, name=name, workflow_name=workflow_name, spec=stored, cursor=now,
                                  next_due_at=next_due(sp, name, now))
         elif row.workflow_name != workflow_name and row.active:
-            raise TideflowError(f"schedule '{name}' belongs to workflow '{row.workflow_name}': give this one "
-                                "another name (schedule: {name: ...})")
+            raise DefinitionError([f"schedule '{name}' belongs to workflow '{row.workflow_name}': give this one "
+                                   "another name (schedule: {name: ...})"])
         elif row.spec != stored or not row.active or row.workflow_name != workflow_name:
             cursor = row.cursor if row.active else now
             repo.update_schedule(s, name, spec=stored, active=True, workflow_name=workflow_name, cursor=cursor,
@@ -293,7 +293,7 @@ def trigger(rt: Runtime, name: str, *, actor: str) -> int:
         run_id = start_fire(s, rt, name, row.workflow_name, spec_of(row), t, actor=actor)
         if run_id is None:
             fire = repo.fire(s, name, t)
-            raise TideflowError(f"schedule '{name}': {fire.reason if fire is not None else 'could not start'}")
+            raise InvalidState(f"schedule '{name}': {fire.reason if fire is not None else 'could not start'}")
         return run_id
 
 
@@ -305,17 +305,17 @@ def create_backfill(
     the scheduler passes (durable). Fire times already recorded (run by the schedule, an earlier backfill, or this
     one) are left alone: the same backfill again creates nothing new."""
     if start.tzinfo is None or end.tzinfo is None:
-        raise TideflowError("--from and --to need a UTC offset (e.g. 2026-01-01T00:00:00Z)")
+        raise InvalidRequest("from and to need a UTC offset (e.g. 2026-01-01T00:00:00Z)")
     if end < start:
-        raise TideflowError("--to is before --from")
+        raise InvalidRequest("the backfill's end (to) is before its start (from)")
     if not 1 <= parallel <= 1000:
-        raise TideflowError("--parallel must be between 1 and 1000")
+        raise InvalidRequest("parallel must be between 1 and 1000")
     with rt.db.read() if dry_run else rt.db.transaction() as s:
         row = _require(s, name)
         try:
             times = backfill_times(spec_of(row), start, end)
         except ValueError as exc:
-            raise TideflowError(str(exc)) from None
+            raise InvalidRequest(str(exc)) from None
         existing = {t for t in times if repo.fire(s, name, t) is not None}
         new = [t for t in times if t not in existing]
         out: dict[str, Any] = {"schedule": name, "fire_times": [t.isoformat() for t in times],

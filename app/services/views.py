@@ -102,6 +102,7 @@ def run_summary(run: Any) -> dict[str, Any]:
         "error": run.error,
         "created_at": _ts(run.created_at), "finished_at": _ts(run.finished_at),
         "duration": _duration(run.created_at, run.finished_at),
+        "schedule": run.schedule_name, "schedule_time": _ts(run.schedule_time),
     }
 
 

@@ -266,3 +266,45 @@ def test_a_pass_killed_mid_fire_leaves_nothing_and_the_next_pass_fires_once(sche
     assert schedule_once(sched.rt, at(11)).started == 2
     assert [(h, o) for h, o, _, _ in sched.fires("nightly")] == [(10, "started"), (11, "started")]
     assert len(sched.runs("nightly")) == 2
+
+
+def test_rest_routes_viewers_read_admins_control(pg_url: str) -> None:
+    from app.services.tokens import add_token
+    from tests.support.api import AUTH, make_client
+
+    client, tf = make_client(pg_url)
+    try:
+        assert client.post("/api/workflows", json=dag(overlap="skip"), headers=AUTH).status_code == 201
+        with tf.runtime.db.transaction() as s:
+            viewer = {"Authorization": f"Bearer {add_token(s, 'vera', 'viewer')}"}
+            operator = {"Authorization": f"Bearer {add_token(s, 'otto', 'operator')}"}
+        [row] = client.get("/api/schedules", headers=viewer).json()
+        assert (row["name"], row["cron"], row["description"], len(row["next"])) == (
+            "nightly", "0 * * * *", "Every hour", 3)
+        for path in ("pause", "resume", "trigger", "backfill"):
+            resp = client.post(f"/api/schedules/nightly/{path}", headers=operator,
+                               json={"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T03:00:00Z"})
+            assert resp.status_code == 403 and resp.json()["message"].endswith("needs admin"), resp.text
+        assert client.post("/api/schedules/nightly/pause", headers=AUTH).json()["paused"] is True
+        resp = client.post("/api/schedules/nightly/pause", headers=AUTH)
+        assert resp.status_code == 409 and "already paused" in resp.json()["message"]
+        assert client.post("/api/schedules/nightly/resume", headers=AUTH).json()["paused"] is False
+        trig = client.post("/api/schedules/nightly/trigger", headers=AUTH)
+        assert trig.status_code == 201
+        run = client.get(f"/api/runs/{trig.json()['run_id']}", headers=viewer).json()
+        assert run["schedule"] == "nightly" and run["schedule_time"]
+        history = client.get(f"/api/runs/{run['id']}/history", headers=viewer).json()
+        assert any(e["actor"] == "env" and "scheduled by 'nightly'" in e["reason"] for e in history)
+        body = {"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T03:00:00Z", "parallel": 2}
+        first = client.post("/api/schedules/nightly/backfill", headers=AUTH, json=body).json()
+        assert len(first["new"]) == 4 and first["created"] is True
+        again = client.post("/api/schedules/nightly/backfill", headers=AUTH, json=body).json()
+        assert again["new"] == [] and again["backfill"] == first["backfill"]
+        bad = client.post("/api/schedules/nightly/backfill", headers=AUTH,
+                          json={**body, "to": "2025-01-01T00:00:00Z"})
+        assert bad.status_code == 422 and "before its start" in bad.json()["message"]
+        detail = client.get("/api/schedules/nightly", headers=viewer).json()
+        assert detail["backfills"][0]["from"] == "2026-01-01T00:00:00+00:00" and detail["backfills"][0]["pending"] == 4
+        assert client.get("/api/schedules/nope", headers=viewer).status_code == 404
+    finally:
+        tf.close()
