@@ -97,7 +97,7 @@ class ScheduleSpec(BaseModel):
         try:
             CronSim(self.cron, datetime(2026, 1, 1, tzinfo=zone(self.timezone)))
         except CronSimError as exc:
-            raise ValueError(f"cron '{self.cron}': {exc}") from None
+            raise ValueError(f"cron {self.cron!r}: {exc}") from None
         if self.start is not None and self.end is not None and self.end < self.start:
             raise ValueError("end is before start")
         return self
@@ -110,7 +110,7 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown timezone '{name}' (an IANA name such as Europe/Berlin)") from None
+        raise ValueError(f"unknown timezone {name!r} (an IANA name such as Europe/Berlin)") from None
 
 
 def parse_schedules(raw: Any, workflow: str) -> list[ScheduleSpec]:
@@ -159,11 +159,6 @@ def fire_times(cron: str, timezone: str, after: datetime, *, reverse: bool = Fal
     local = after.astimezone(zone(timezone))
     for t in CronSim(cron, local, reverse=reverse):
         yield t.astimezone(UTC)
-
-
-def next_fire_times(cron: str, timezone: str, after: datetime, n: int) -> list[datetime]:
-    it = fire_times(cron, timezone, after)
-    return [next(it) for _ in range(n)]
 
 
 def jitter_offset(name: str, fire_time: datetime, jitter: float) -> float:

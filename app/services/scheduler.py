@@ -53,8 +53,8 @@ def next_due(spec: ScheduleSpec, name: str, cursor: datetime) -> datetime | None
     begin = cursor
     if spec.start is not None and spec.start - timedelta(microseconds=1) > begin:
         begin = spec.start - timedelta(microseconds=1)
-    t = next(fire_times(spec.cron, spec.timezone, begin))
-    if spec.end is not None and t > spec.end:
+    t = next(fire_times(spec.cron, spec.timezone, begin), None)
+    if t is None or (spec.end is not None and t > spec.end):
         return None
     return t + timedelta(seconds=jitter_offset(name, t, spec.jitter))
 
@@ -101,7 +101,11 @@ def sync_code_schedules(rt: Runtime) -> None:
     with rt.db.transaction() as s:
         for wdef in workflows():
             if wdef.schedules or repo.schedules(s, workflow_name=wdef.name):
-                sync(s, wdef.name, list(wdef.schedules))
+                try:
+                    with s.begin_nested():
+                        sync(s, wdef.name, list(wdef.schedules))
+                except DefinitionError as exc:  # e.g. a name another workflow's schedule holds: not this one
+                    log.error("code workflow %s: its schedules were not synced: %s", wdef.name, exc)
     rt.schedules_synced = True
 
 
@@ -314,8 +318,8 @@ def create_backfill(
         row = _require(s, name)
         try:
             times = backfill_times(spec_of(row), start, end)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
+        except (ValueError, OverflowError) as exc:
+            raise InvalidRequest(f"from/to: {exc}") from None
         existing = {t for t in times if repo.fire(s, name, t) is not None}
         new = [t for t in times if t not in existing]
         out: dict[str, Any] = {"schedule": name, "fire_times": [t.isoformat() for t in times],

@@ -175,12 +175,12 @@ def test_pause_resume_and_reregistration_keeps_paused(sched: Sched) -> None:
     with pytest.raises(InvalidState):
         sched.tf.pause_schedule("nightly")
     sched.tf.register(dag(jitter=5))  # a new version of the definition: still paused
-    [row] = sched.tf.schedules()
+    [row] = sched.tf.schedules("nightly")
     assert row["paused"] is True and row["next"] == [] and row["jitter"] == 5
     schedule_once(sched.rt, datetime.now(UTC) + timedelta(hours=3))
     assert sched.fires("nightly") == []
     sched.tf.resume_schedule("nightly")
-    [row] = sched.tf.schedules()
+    [row] = sched.tf.schedules("nightly")
     assert row["paused"] is False and len(row["next"]) == 3 and row["description"] == "Every hour"
 
 
@@ -194,7 +194,7 @@ def test_trigger_starts_a_run_now(sched: Sched) -> None:
 def test_a_bad_schedule_stores_nothing(sched: Sched) -> None:
     with pytest.raises(DefinitionError, match="unknown timezone 'Nowhere/Land'"):
         sched.tf.register(dag(timezone="Nowhere/Land"))
-    assert sched.tf.schedules() == []
+    assert sched.tf.schedules("nightly") == []
     assert sched.tf.read(__import__("app.services.views", fromlist=["list_workflows"]).list_workflows) == []
 
 
@@ -217,7 +217,7 @@ def test_backfill_bookkeeping_and_idempotent_rerun(sched: Sched) -> None:
 def test_code_workflow_schedule(pg_url: str) -> None:
     h = Sched(pg_url, workflow_modules="tests.support.scheduled_flows")
     try:
-        [row] = h.tf.schedules()
+        [row] = h.tf.schedules("scheduled_code")
         assert (row["name"], row["workflow"], row["params"]) == ("hourly-code", "scheduled_code", {"label": "tick"})
         h.stopped_at("hourly-code", at(9, 0, 0))
         schedule_once(h.rt, at(10))
@@ -278,7 +278,7 @@ def test_rest_routes_viewers_read_admins_control(pg_url: str) -> None:
         with tf.runtime.db.transaction() as s:
             viewer = {"Authorization": f"Bearer {add_token(s, 'vera', 'viewer')}"}
             operator = {"Authorization": f"Bearer {add_token(s, 'otto', 'operator')}"}
-        [row] = client.get("/api/schedules", headers=viewer).json()
+        [row] = client.get("/api/schedules?workflow=nightly", headers=viewer).json()
         assert (row["name"], row["cron"], row["description"], len(row["next"])) == (
             "nightly", "0 * * * *", "Every hour", 3)
         for path in ("pause", "resume", "trigger", "backfill"):
