@@ -138,7 +138,7 @@ def _fire_schedule(rt: Runtime, name: str, now: datetime, report: Report) -> Non
         if row is None or row.paused or not row.active or row.next_due_at is None or row.next_due_at > now:
             return  # another pass holds it, or did it already
         spec = spec_of(row)
-        plan = plan_fires(spec, name, row.cursor, now)
+        plan = plan_fires(spec, name, row.cursor, now, grace=rt.settings.schedule_on_time_seconds)
         for t, why in plan.skip:
             report.skipped += repo.insert_fire(s, schedule_name=name, fire_time=t, outcome="skipped",
                                                reason=why, actor=ACTOR)
