@@ -302,6 +302,8 @@ def _render_run(d: dict[str, Any]) -> None:
     console.print(tasks_table(d))
     if d["error"]:
         click.echo(f"error: {d['error']}")
+    if d.get("schedule"):
+        click.echo(f"scheduled by {d['schedule']} for {d['schedule_time']}")
     if d.get("kind") != RunKind.CODE:
         return
     if d["state"] == RunState.SUCCEEDED:

@@ -1,6 +1,6 @@
-"""Cron schedules, in process against PostgreSQL with a chosen "now" (catch-up under each policy, each overlap
-policy, pause/resume, trigger, backfill bookkeeping, code workflows' schedules, a pass killed mid-fire). With real
-beat and worker processes: tests/integration/test_schedules_cluster.py."""
+"""Cron schedules, in process against PostgreSQL and SQLite with a chosen "now" (catch-up under each policy, each
+overlap policy, pause/resume, trigger, backfill bookkeeping, code workflows' schedules, a pass killed mid-fire).
+With real beat and worker processes: tests/integration/test_schedules_cluster.py."""
 
 from __future__ import annotations
 
@@ -61,7 +61,15 @@ class Sched:
 
 
 @pytest.fixture
-def sched(pg_url: str) -> Iterator[Sched]:
+def sched(db_url: str) -> Iterator[Sched]:
+    """PostgreSQL and SQLite (the embedded default deployment)."""
+    h = Sched(db_url)
+    yield h
+    h.rt.close()
+
+
+@pytest.fixture
+def sched_pg(pg_url: str) -> Iterator[Sched]:
     h = Sched(pg_url)
     yield h
     h.rt.close()
@@ -247,7 +255,10 @@ KILLED_PASS = textwrap.dedent("""
 """)
 
 
-def test_a_pass_killed_mid_fire_leaves_nothing_and_the_next_pass_fires_once(sched: Sched, pg_url: str) -> None:
+def test_a_pass_killed_mid_fire_leaves_nothing_and_the_next_pass_fires_once(sched_pg: Sched, pg_url: str) -> None:
+    """PostgreSQL: the second pass skips the schedule row the first one holds (``SKIP LOCKED``); on SQLite it would
+    wait for the database's write lock instead."""
+    sched = sched_pg
     sched.tf.register(dag(catchup="all"))
     sched.stopped_at("nightly", at(9, 0, 0))
     proc = subprocess.Popen([sys.executable, "-c", KILLED_PASS, pg_url, at(11).isoformat()], cwd=REPO,
