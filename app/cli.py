@@ -540,7 +540,8 @@ def schedule_show(name: str, as_json: bool) -> None:
 
     def render(d: dict[str, Any]) -> None:
         click.echo(f"{d['name']} ({d['workflow']}): {d['cron']} {d['timezone']}: {d['description']}; catchup "
-                   f"{d['catchup']}, overlap {d['overlap']}" + (", PAUSED" if d["paused"] else ""))
+                   f"{d['catchup']}, overlap {d['overlap']}"
+                   + (f", PAUSED by {d['paused_by']} at {_when(d['paused_at'])}" if d["paused"] else ""))
         t = Table("fire time (UTC)", "outcome", "run", "why")
         for f in d["last"]:
             t.add_row(_when(f["fire_time"]), f["outcome"], str(f["run_id"] or ""), f["reason"])

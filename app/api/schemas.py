@@ -310,6 +310,8 @@ class ScheduleView(_Strict):
     description: str = Field(description="the cron expression in words")
     next: list[str] = Field(description="the next 3 fire times (UTC, ISO 8601); none while paused")
     paused: bool
+    paused_by: str | None = Field(description="who paused it last (the token's name, cli, ...)")
+    paused_at: str | None
     active: bool
     catchup: str
     catchup_window: float

@@ -281,7 +281,7 @@ def set_paused(rt: Runtime, name: str, paused: bool, *, actor: str) -> None:
             raise InvalidState(f"schedule '{name}' is already {'paused' if paused else 'running (not paused)'}")
         now = utcnow()
         if paused:
-            repo.update_schedule(s, name, paused=True)
+            repo.update_schedule(s, name, paused=True, paused_by=actor[:200], paused_at=now)
         else:
             repo.update_schedule(s, name, paused=False, cursor=now, next_due_at=next_due(spec_of(row), name, now))
         log.info("schedule %s %s by %s", name, "paused" if paused else "resumed", actor)

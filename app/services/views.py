@@ -274,6 +274,7 @@ def schedule_summary(s: Session, row: Any, *, now: datetime | None = None, last:
             upcoming.append(t.isoformat())
     return {"name": row.name, "workflow": row.workflow_name, "cron": spec.cron, "timezone": spec.timezone,
             "description": describe(spec.cron), "next": upcoming, "paused": bool(row.paused),
+            "paused_by": row.paused_by, "paused_at": _ts(row.paused_at),
             "active": bool(row.active), "catchup": spec.catchup, "catchup_window": spec.catchup_window,
             "overlap": spec.overlap, "jitter": spec.jitter, "params": spec.params,
             "start": _ts(spec.start), "end": _ts(spec.end), "cursor": _ts(row.cursor),

@@ -296,7 +296,8 @@ def test_rest_routes_viewers_read_admins_control(pg_url: str) -> None:
             resp = client.post(f"/api/schedules/nightly/{path}", headers=operator,
                                json={"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T03:00:00Z"})
             assert resp.status_code == 403 and resp.json()["message"].endswith("needs admin"), resp.text
-        assert client.post("/api/schedules/nightly/pause", headers=AUTH).json()["paused"] is True
+        paused = client.post("/api/schedules/nightly/pause", headers=AUTH).json()
+        assert paused["paused"] is True and paused["paused_by"] == "env" and paused["paused_at"]
         resp = client.post("/api/schedules/nightly/pause", headers=AUTH)
         assert resp.status_code == 409 and "already paused" in resp.json()["message"]
         assert client.post("/api/schedules/nightly/resume", headers=AUTH).json()["paused"] is False

@@ -45,6 +45,7 @@ def test_schedules_page_shows_next_fire_times_and_pauses_resumes_triggers(page: 
     page.wait(lambda: page.css(row_css).get_attribute("data-paused") == "true"
               and page.text(f"{row_css} .schedule-state") == "paused", message="pause did not show")
     assert schedule(system)["paused"] is True and page.text(f"{row_css} td.next") == "—"
+    assert page.text(f"{row_css} .paused-by").startswith("by env at ")
 
     page.css(f'{row_css} button[data-action="resume"]').click()
     confirm(page, yes=True)

@@ -30,6 +30,8 @@ def upgrade() -> None:
         sa.Column('workflow_name', sa.String(length=100), nullable=False),
         sa.Column('spec', sa.JSON(), nullable=False),
         sa.Column('paused', sa.Boolean(), server_default=sa.text('false'), nullable=False),
+        sa.Column('paused_by', sa.String(length=200), nullable=True),
+        sa.Column('paused_at', UTCDateTime(), nullable=True),
         sa.Column('active', sa.Boolean(), server_default=sa.text('true'), nullable=False),
         sa.Column('cursor', UTCDateTime(), nullable=False),
         sa.Column('next_due_at', UTCDateTime(), nullable=True),

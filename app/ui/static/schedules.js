@@ -51,7 +51,8 @@
       h('td', { class: 'next' }, s.next.length ? h('ul', { class: 'plain' },
         ...s.next.map((t) => h('li', { class: 'time' }, fmtTime(t)))) : h('span', { class: 'muted' }, '—')),
       h('td', {}, lastRuns(s)),
-      h('td', {}, h('span', { class: 'schedule-state' }, s.paused ? 'paused' : 'active')),
+      h('td', {}, h('span', { class: 'schedule-state' }, s.paused ? 'paused' : 'active'),
+        s.paused ? h('div', { class: 'muted paused-by' }, `by ${s.paused_by} at ${fmtTime(s.paused_at)}`) : null),
       h('td', { class: 'actions' }, button(s, s.paused ? 'resume' : 'pause'), ' ', button(s, 'trigger')));
   }
 
