@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_routes={
             "tideflow.advance": {"queue": settings.master_queue},
             "tideflow.reconcile": {"queue": settings.master_queue},
+            "tideflow.schedule": {"queue": settings.master_queue},
         },
         # Task events cost the worker several extra publishes per task (a third of its CPU in
         # bench/throughput.py); they stay off until Flower asks for them: Flower broadcasts
@@ -100,7 +101,13 @@ def create_app(settings: Settings | None = None) -> Celery:
                 "task": "tideflow.reconcile",
                 "schedule": timedelta(seconds=settings.reconcile_interval_seconds),
                 "options": {"expires": max(settings.reconcile_interval_seconds * 2, 1.0)},
-            }
+            },
+            # cron schedules (app/services/scheduler.py): safe with several beats (one run per fire time)
+            "tideflow-schedule": {
+                "task": "tideflow.schedule",
+                "schedule": timedelta(seconds=settings.schedule_interval_seconds),
+                "options": {"expires": max(settings.schedule_interval_seconds * 2, 1.0)},
+            },
         },
         timezone="UTC",
         enable_utc=True,

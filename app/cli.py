@@ -302,6 +302,8 @@ def _render_run(d: dict[str, Any]) -> None:
     console.print(tasks_table(d))
     if d["error"]:
         click.echo(f"error: {d['error']}")
+    if d.get("schedule"):
+        click.echo(f"scheduled by {d['schedule']} for {d['schedule_time']}")
     if d.get("kind") != RunKind.CODE:
         return
     if d["state"] == RunState.SUCCEEDED:
@@ -495,6 +497,126 @@ def token_remove(name: str) -> None:
     with _client().runtime.db.transaction() as s:
         remove_token(s, name)
     click.echo(f"removed token {name}")
+
+
+# -- schedules --------------------------------------------------------------------------------------
+@cli.group(cls=_Group)
+def schedule() -> None:
+    """Cron schedules of workflows (declared in a DAG's ``schedule:`` or ``@tideflow.workflow(schedule=...)``)."""
+
+
+def _when(iso: str | None) -> str:
+    return (iso or "")[:19].replace("T", " ")
+
+
+@schedule.command("list")
+@click.option("--workflow", help="only this workflow's schedules")
+@click.option("--json", "as_json", is_flag=True)
+def schedule_list(workflow: str | None, as_json: bool) -> None:
+    """Every schedule: name, workflow, cron, what it means, its next 3 fire times (UTC), paused."""
+    rows = _client().schedules(workflow)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            click.echo("no schedules (declare one: schedule: {cron: ...} in a DAG, or "
+                       "@tideflow.workflow(schedule=...))")
+            return
+        t = Table("name", "workflow", "cron", "means", "next (UTC)", "paused")
+        for r in rows:
+            t.add_row(r["name"], r["workflow"], r["cron"] + ("" if r["timezone"] == "UTC" else f" ({r['timezone']})"),
+                      r["description"], "\n".join(_when(n) for n in r["next"]) or "-",
+                      "yes" if r["paused"] else "no")
+        console.print(t)
+
+    _emit(rows, as_json, render)
+
+
+@schedule.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def schedule_show(name: str, as_json: bool) -> None:
+    """A schedule's recent fire times: the run each started, or why it was skipped; and its backfills."""
+    data = _client().schedule(name)
+
+    def render(d: dict[str, Any]) -> None:
+        click.echo(f"{d['name']} ({d['workflow']}): {d['cron']} {d['timezone']}: {d['description']}; catchup "
+                   f"{d['catchup']}, overlap {d['overlap']}"
+                   + (f", PAUSED by {d['paused_by']} at {_when(d['paused_at'])}" if d["paused"] else ""))
+        t = Table("fire time (UTC)", "outcome", "run", "why")
+        for f in d["last"]:
+            t.add_row(_when(f["fire_time"]), f["outcome"], str(f["run_id"] or ""), f["reason"])
+        console.print(t)
+        for b in d["backfills"]:
+            click.echo(f"backfill {b['id']} {_when(b['from'])} .. {_when(b['to'])} parallel {b['parallel']}: "
+                       f"{b['state']} ({b['done']} done, {b['live']} running, {b['pending']} waiting)")
+
+    _emit(data, as_json, render)
+
+
+@schedule.command("pause")
+@click.argument("name")
+def schedule_pause(name: str) -> None:
+    """Stop firing NAME (runs already started go on)."""
+    _client().pause_schedule(name, actor="cli")
+    click.echo(f"paused schedule {name}")
+
+
+@schedule.command("resume")
+@click.argument("name")
+def schedule_resume(name: str) -> None:
+    """Fire NAME again, from now (the fire times of the pause are not caught up: backfill them if needed)."""
+    _client().resume_schedule(name, actor="cli")
+    click.echo(f"resumed schedule {name}")
+
+
+@schedule.command("trigger")
+@click.argument("name")
+def schedule_trigger(name: str) -> None:
+    """Start a run of NAME now (its logical time: now)."""
+    run_id = _client().trigger_schedule(name, actor="cli")
+    click.echo(f"started run {run_id}")
+
+
+def _iso(_ctx: Any, param: Any, value: str) -> Any:
+    from datetime import datetime
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not an ISO 8601 time (e.g. 2026-01-01T00:00:00Z)") from None
+    if parsed.tzinfo is None:
+        raise click.BadParameter(f"'{value}' needs a UTC offset (e.g. 2026-01-01T00:00:00Z)")
+    return parsed
+
+
+@schedule.command("backfill")
+@click.argument("name")
+@click.option("--from", "start", required=True, callback=_iso, help="first fire time included (ISO 8601)")
+@click.option("--to", "end", required=True, callback=_iso, help="last fire time included (ISO 8601)")
+@click.option("--parallel", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="at most this many of its runs at once")
+@click.option("--dry-run", is_flag=True, help="list the fire times; start nothing")
+@click.option("--json", "as_json", is_flag=True)
+def schedule_backfill(name: str, start: Any, end: Any, parallel: int, dry_run: bool, as_json: bool) -> None:
+    """One run per fire time of NAME from --from to --to, oldest first, at most --parallel at once. Durable: beat's
+    scheduler pass submits them as runs finish, also after this command exits (progress: schedule show NAME).
+    Fire times that already have a run (or were skipped) are left alone: running it again creates nothing new."""
+    data = _client().backfill(name, start, end, parallel=parallel, dry_run=dry_run, actor="cli")
+
+    def render(d: dict[str, Any]) -> None:
+        total, new = len(d["fire_times"]), len(d["new"])
+        if d["dry_run"]:
+            click.echo(f"would start {new} run(s) of {total} fire time(s) ({d['existing']} already recorded), "
+                       f"at most {d['parallel']} at once:")
+            for t in d["new"]:
+                click.echo(f"  {_when(t)}")
+        elif not new:
+            click.echo(f"backfill {d['backfill']}: nothing new: all {total} fire time(s) are recorded already")
+        else:
+            click.echo(f"backfill {d['backfill']}: {new} run(s) queued ({d['existing']} of {total} fire time(s) "
+                       f"recorded already), at most {d['parallel']} at once; progress: tideflow schedule show {name}")
+
+    _emit(data, as_json, render)
 
 
 # -- operations -------------------------------------------------------------------------------------

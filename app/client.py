@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -150,6 +151,47 @@ class Tideflow:
 
     def retry(self, run_id: int, *, actor: str = "api") -> int:
         return control.retry_run(self.runtime, run_id, actor=actor)
+
+    # -- schedules (app/services/scheduler.py) ---------------------------------------------------------------------
+
+    def schedules(self, workflow: str | None = None) -> list[dict[str, Any]]:
+        """Every schedule (``tideflow schedule list``, ``GET /api/schedules``): cron, its text, next 3 fire times,
+        paused, the last fire times. Syncs this process's code workflows' schedules first."""
+        from app.services import scheduler
+
+        scheduler.sync_code_schedules(self.runtime)
+        return self.read(views.list_schedules, workflow=workflow)
+
+    def schedule(self, name: str) -> dict[str, Any]:
+        """One schedule with its recent fire times (skipped ones with why) and its backfills."""
+        return self.read(views.show_schedule, name)
+
+    def pause_schedule(self, name: str, *, actor: str = "api") -> None:
+        from app.services import scheduler
+
+        scheduler.set_paused(self.runtime, name, True, actor=actor)
+
+    def resume_schedule(self, name: str, *, actor: str = "api") -> None:
+        """Resume from now: fire times of the pause are not caught up (backfill them if needed)."""
+        from app.services import scheduler
+
+        scheduler.set_paused(self.runtime, name, False, actor=actor)
+
+    def trigger_schedule(self, name: str, *, actor: str = "api") -> int:
+        """Start a run of the schedule now (logical time: now); returns the run's id."""
+        from app.services import scheduler
+
+        return scheduler.trigger(self.runtime, name, actor=actor)
+
+    def backfill(self, name: str, start: datetime, end: datetime, *, parallel: int = 1, dry_run: bool = False,
+                 actor: str = "api") -> dict[str, Any]:
+        """One run per fire time of schedule ``name`` in [start, end], oldest first, at most ``parallel`` live at
+        once, submitted by the scheduler passes (durable: it goes on without this process). Fire times already
+        recorded are left alone, so the same backfill again creates nothing new. ``dry_run``: only the list."""
+        from app.services import scheduler
+
+        return scheduler.create_backfill(self.runtime, name, start, end, parallel=parallel, dry_run=dry_run,
+                                         actor=actor)
 
     def read(self, view: Callable[..., V], *args: Any, **kwargs: Any) -> V:
         """Call a read view of :mod:`app.services.views` in a read-only session."""

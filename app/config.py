@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     advance_timeout_seconds: float = Field(15.0, gt=0)
     #: how often beat runs the reconciler.
     reconcile_interval_seconds: float = Field(5.0, gt=0)
+    #: how often beat runs the cron scheduler pass (``tideflow.schedule``): a fire time starts its run within this
+    #: (plus the time to publish and run the pass) of when it is due.
+    schedule_interval_seconds: float = Field(5.0, gt=0)
+    #: a fire time the scheduler deals with at most this late is on time; later, it was missed (``catchup``)
+    schedule_on_time_seconds: float = Field(60.0, gt=0)
     #: how many rows of each kind one reconciler pass handles.
     reconcile_batch_size: int = Field(500, gt=0)
     #: a message whose task row is not visible is retried until this long after it was published.

@@ -21,6 +21,7 @@ from app.dag import topological_order as dag_order
 from app.errors import DefinitionError
 from app.params import Parameter, dag_parameters
 from app.params import check as check_params
+from app.scheduling import ScheduleSpec, parse_schedules
 
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$"
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -71,6 +72,12 @@ class WorkflowSpec(BaseModel):
     priority: int = Field(5, ge=0, le=9)
     on_failure: Literal["stop", "continue"] = "stop"
     tasks: list[TaskSpec] = Field(min_length=1, max_length=100_000)
+    #: cron schedules: one mapping or a list (``app.scheduling.ScheduleSpec``), checked by :func:`schedules_of`
+    schedule: dict[str, Any] | list[dict[str, Any]] | None = None
+
+    def schedules(self) -> list[ScheduleSpec]:
+        """The declared schedules, each named (default: the workflow's name)."""
+        return parse_schedules(self.schedule, self.name)
 
     def task(self, name: str) -> TaskSpec:
         return self.tasks_by_name()[name]
@@ -114,6 +121,23 @@ def _semantic_problems(spec: WorkflowSpec) -> list[str]:
             problems.append(f"task '{cycle[0]}': dependency cycle {' -> '.join(cycle)}")
     if not problems:
         problems.extend(_template_problems(spec))
+    if not problems:
+        problems.extend(_schedule_problems(spec))
+    return problems
+
+
+def _schedule_problems(spec: WorkflowSpec) -> list[str]:
+    """Each schedule parses (cron, timezone, fields) and its ``params`` start a run of this workflow."""
+    try:
+        schedules = spec.schedules()
+    except ValueError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    for sp in schedules:
+        try:
+            check_run_params(spec, dict(sp.params))
+        except DefinitionError as exc:
+            problems.extend(f"schedule '{sp.name}': params: {p}" for p in exc.problems)
     return problems
 
 
@@ -217,6 +241,9 @@ def _template_problems(spec: WorkflowSpec) -> list[str]:
                     )
                 elif scope == "run" and path[0] not in ("id", "priority", "workflow"):
                     problems.append(f"task '{t.name}': {field}: 'run.{path[0]}' is not one of run.id/priority/workflow")
+                elif scope == "schedule" and (len(path) != 1 or path[0] not in ("time", "name")):
+                    problems.append(f"task '{t.name}': {field}: 'schedule.{'.'.join(path)}' is not one of "
+                                    "schedule.time/name")
     return problems
 
 

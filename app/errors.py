@@ -23,6 +23,10 @@ class InvalidState(TideflowError):
     """The requested operation does not apply in the object's current state (e.g. retry a running run)."""
 
 
+class InvalidRequest(TideflowError):
+    """A request's values do not make sense (e.g. a backfill whose end is before its start); nothing changed."""
+
+
 class IllegalTransition(TideflowError):
     """Code asked for a state change the transition table forbids: a bug, never user input."""
 

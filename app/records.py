@@ -143,6 +143,9 @@ class RunRecord:
     state_values: dict[str, Any] | None = None
     cancel_requested: bool = False
     continued_run_id: int | None = None
+    #: the schedule that started the run and its logical fire time (``{{ schedule.time }}``, ``ctx.schedule_time``)
+    schedule_name: str | None = None
+    schedule_time: datetime | None = None
     #: the run of the parent task (a child run's parent run), when the query joined it (read models)
     parent_run_id: int | None = field(default=None, compare=False)
 
@@ -156,6 +159,8 @@ class RunRecord:
             created_at=m["created_at"], updated_at=m["updated_at"], finished_at=m["finished_at"],
             key=m["key"], result=m["result"], state_values=m["state_values"],
             cancel_requested=bool(m["cancel_requested"]), continued_run_id=m["continued_run_id"],
+            schedule_name=m["schedule_name"] if "schedule_name" in m else None,  # noqa: SIM401
+            schedule_time=m["schedule_time"] if "schedule_time" in m else None,  # noqa: SIM401
             parent_run_id=m["parent_run_id"] if "parent_run_id" in m else None,  # noqa: SIM401
         )
 

@@ -19,6 +19,7 @@ from app.db.engine import Database
 from app.definitions import TaskSpec, WorkflowSpec, task_row_values
 from app.dispatch import Dispatcher
 from app.errors import NotFound
+from app.templating import schedule_scope
 
 V = TypeVar("V")
 
@@ -94,6 +95,8 @@ class RunInfo:
     workflow_name: str
     params: dict[str, Any]
     priority: int
+    #: ``{{ schedule.* }}`` (``app.templating.schedule_scope``)
+    schedule: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +107,8 @@ class Runtime:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     _workflows: Cache[LoadedWorkflow] = field(default_factory=lambda: Cache(1000), repr=False)
     _runs: Cache[RunInfo] = field(default_factory=lambda: Cache(10_000), repr=False)
+    #: the code workflows' schedules were synced by this process (app/services/scheduler.py)
+    schedules_synced: bool = field(default=False, repr=False)
 
     @classmethod
     def create(cls, settings: Settings, dispatcher: Dispatcher) -> Runtime:
@@ -136,7 +141,8 @@ class Runtime:
         row = repo.get_run(s, run_id)
         if row is None:
             raise NotFound(f"run {run_id} does not exist")
-        return RunInfo(row.id, row.workflow_id, row.workflow_name, dict(row.params), row.priority)
+        return RunInfo(row.id, row.workflow_id, row.workflow_name, dict(row.params), row.priority,
+                       schedule_scope(row.schedule_name, row.schedule_time, row.created_at))
 
     def close(self) -> None:
         self.db.dispose()

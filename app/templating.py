@@ -1,4 +1,4 @@
-"""``{{ params.x }}`` / ``{{ upstream.task.key }}`` / ``{{ run.id }}`` substitution.
+"""``{{ params.x }}`` / ``{{ upstream.task.key }}`` / ``{{ run.id }}`` / ``{{ schedule.time }}`` substitution.
 
 Deliberately not Jinja: a placeholder is a dotted lookup and nothing else, so parameters can only ever be
 data. In shell commands every substituted value is ``shlex.quote``-d (do not quote placeholders yourself).
@@ -10,10 +10,12 @@ import json
 import re
 import shlex
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 _ANY = re.compile(r"\{\{(.*?)\}\}", re.S)
-_REF = re.compile(r"^\s*(params|upstream|run)((?:\.[A-Za-z0-9_\-]+)+)\s*$")
+#: the scopes a placeholder may name (``schedule``: the run's logical time, :func:`schedule_scope`)
+_REF = re.compile(r"^\s*(params|upstream|run|schedule)((?:\.[A-Za-z0-9_\-]+)+)\s*$")
 
 _MISSING = object()
 
@@ -31,7 +33,7 @@ def references(value: Any) -> list[tuple[str, tuple[str, ...]]]:
             if ref is None:
                 raise TemplateError(
                     f"unsupported placeholder '{{{{{m.group(1)}}}}}': use {{{{ params.NAME }}}}, "
-                    "{{ upstream.TASK }} or {{ run.id }}"
+                    "{{ upstream.TASK }}, {{ run.id }} or {{ schedule.time }}"
                 )
             found.append((ref.group(1), tuple(ref.group(2)[1:].split("."))))
     return found
@@ -85,6 +87,15 @@ def render(value: Any, context: Mapping[str, Any], quote: Callable[[str], str] |
         return quote(text) if quote else text
 
     return _ANY.sub(sub, value)
+
+
+def schedule_scope(schedule_name: str | None, schedule_time: datetime | None,
+                   created_at: datetime | None) -> dict[str, Any]:
+    """``{{ schedule.time }}`` (ISO 8601, UTC) and ``{{ schedule.name }}``: the fire time a schedule started the run
+    for (its logical time: a rerun or a backfill processes that time, not today); a run started by hand has its start
+    time (Airflow's logical date of a manual run) and no name (empty)."""
+    when = schedule_time or created_at
+    return {"time": when.isoformat() if when is not None else "", "name": schedule_name or ""}
 
 
 def render_shell(command: str, context: Mapping[str, Any]) -> str:

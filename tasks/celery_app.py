@@ -51,7 +51,7 @@ _import_workflow_modules()
 #: and "Task ... succeeded in" (celery/app/trace.py, ``LOG_SUCCESS``). The reconciler runs every
 #: TIDEFLOW_RECONCILE_INTERVAL_SECONDS and logs at INFO itself, with what it did, only when it acted
 #: (app/services/reconciler.py); ``--loglevel DEBUG`` shows every pass again. Its failures stay errors.
-QUIET_TASKS = frozenset({"tideflow.reconcile"})
+QUIET_TASKS = frozenset({"tideflow.reconcile", "tideflow.schedule"})
 
 
 class _RoutineTaskLines(logging.Filter):

@@ -19,3 +19,11 @@ def advance(run_id: int) -> bool:
 @app.task(name="tideflow.reconcile", acks_late=True, reject_on_worker_lost=True, send_events=False)
 def reconcile() -> str:
     return str(reconcile_once(runtime()))
+
+
+@app.task(name="tideflow.schedule", acks_late=True, reject_on_worker_lost=True, send_events=False)
+def schedule() -> str:
+    """The cron scheduler pass (app/services/scheduler.py)."""
+    from app.services.scheduler import schedule_once
+
+    return str(schedule_once(runtime()))

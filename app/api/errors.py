@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from app.api.auth import ConfigError, Forbidden, TooManyFailures, Unauthorized
 from app.code.engine import NotJSON
-from app.errors import DefinitionError, InvalidState, NotFound, TideflowError
+from app.errors import DefinitionError, InvalidRequest, InvalidState, NotFound, TideflowError
 
 log = logging.getLogger("tideflow.api")
 
@@ -48,6 +48,8 @@ async def _tideflow(_req: Request, exc: Exception) -> JSONResponse:
         return error_response(422, "invalid_definition", str(exc), list(exc.problems))
     if isinstance(exc, NotFound):
         return error_response(404, "not_found", str(exc))
+    if isinstance(exc, InvalidRequest):
+        return error_response(422, "invalid_request", str(exc))
     if isinstance(exc, NotJSON):  # e.g. a signal's data with NaN (Python's JSON parser reads it)
         return error_response(422, "invalid_request", str(exc))
     if isinstance(exc, InvalidState):

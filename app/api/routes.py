@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from app.api import auth
 from app.api.schemas import (
     MAX_ID,
+    BackfillStarted,
     Error,
     EventView,
     Health,
@@ -18,10 +19,14 @@ from app.api.schemas import (
     Retried,
     RunDetail,
     RunPage,
+    ScheduleDetail,
+    ScheduleView,
     SendSignal,
     SignalSent,
+    StartBackfill,
     StartRun,
     TaskLogs,
+    Triggered,
     WorkflowDetail,
     WorkflowGrid,
     WorkflowSummary,
@@ -175,6 +180,54 @@ def resume_run(run_id: RunId, tf: TF, request: Request) -> Any:
     The run is replayed at once: it is running again, or blocked again if the code still diverges."""
     tf.resume(run_id, actor=_actor(request))
     return tf.run(run_id)
+
+
+# -- schedules (admin: pause, resume, trigger, backfill) -------------------------------------------------------------
+ScheduleName = Annotated[str, Path(pattern=r"^[A-Za-z_][A-Za-z0-9_\-.:]{0,99}$", description="schedule name")]
+
+
+@api.get("/schedules", response_model=list[ScheduleView], tags=["schedules"])
+def list_schedules(tf: TF, workflow: Annotated[str | None, Query(pattern=NAME_RE)] = None) -> Any:
+    """Every schedule: cron and its meaning, next 3 fire times, paused, the latest fire times and their runs."""
+    return tf.schedules(workflow)
+
+
+@api.get("/schedules/{name}", response_model=ScheduleDetail, tags=["schedules"], responses=_NOT_FOUND)
+def show_schedule(name: ScheduleName, tf: TF) -> Any:
+    """One schedule with its recent fire times (a skipped one says why) and its backfills."""
+    return tf.schedule(name)
+
+
+@api.post("/schedules/{name}/pause", response_model=ScheduleDetail, tags=["schedules"], dependencies=[auth.ADMIN],
+          responses={**_NOT_FOUND, **_CONFLICT})
+def pause_schedule(name: ScheduleName, tf: TF, request: Request) -> Any:
+    """Stop firing (409 if already paused); runs already started go on."""
+    tf.pause_schedule(name, actor=_actor(request))
+    return tf.schedule(name)
+
+
+@api.post("/schedules/{name}/resume", response_model=ScheduleDetail, tags=["schedules"], dependencies=[auth.ADMIN],
+          responses={**_NOT_FOUND, **_CONFLICT})
+def resume_schedule(name: ScheduleName, tf: TF, request: Request) -> Any:
+    """Fire again from now (409 if not paused); the pause's fire times are not caught up."""
+    tf.resume_schedule(name, actor=_actor(request))
+    return tf.schedule(name)
+
+
+@api.post("/schedules/{name}/trigger", response_model=Triggered, status_code=201, tags=["schedules"],
+          dependencies=[auth.ADMIN], responses={**_NOT_FOUND, **_CONFLICT})
+def trigger_schedule(name: ScheduleName, tf: TF, request: Request) -> Any:
+    """Start a run of the schedule now (its logical time: now)."""
+    return {"schedule": name, "run_id": tf.trigger_schedule(name, actor=_actor(request))}
+
+
+@api.post("/schedules/{name}/backfill", response_model=BackfillStarted, tags=["schedules"],
+          dependencies=[auth.ADMIN], responses=_NOT_FOUND)
+def backfill_schedule(name: ScheduleName, body: StartBackfill, tf: TF, request: Request) -> Any:
+    """One run per fire time in [from, to], oldest first, at most ``parallel`` at once, submitted by the scheduler
+    (durable). Fire times already recorded are left alone: the same backfill again creates nothing new."""
+    return tf.backfill(name, body.from_, body.to, parallel=body.parallel, dry_run=body.dry_run,
+                       actor=_actor(request))
 
 
 # -- tasks ------------------------------------------------------------------------------------------

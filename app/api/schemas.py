@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.definitions import NAME_RE
 
@@ -129,6 +129,8 @@ class RunSummary(_Strict):
     created_at: str | None
     finished_at: str | None
     duration: float | None
+    schedule: str | None = Field(None, description="the schedule that started it (null: started otherwise)")
+    schedule_time: str | None = Field(None, description="its logical time: the fire time it was started for")
 
 
 class RunPage(_Strict):
@@ -270,3 +272,82 @@ class Health(_Strict):
     status: str = Field(description="ok, or degraded when a dependency is down")
     database: bool
     broker: bool
+
+
+# -- schedules ----------------------------------------------------------------------------------------------------
+
+class FireView(_Strict):
+    fire_time: str | None
+    outcome: str = Field(description="started, skipped (reason says why), buffered (overlap: buffer_one) or pending "
+                                     "(a backfill's, waiting for a slot)")
+    run_id: int | None
+    run_state: str | None = None
+    reason: str
+    actor: str
+    backfill: int | None = Field(description="the backfill it belongs to")
+
+
+class BackfillView(_Strict):
+    id: int
+    from_: str | None = Field(alias="from")
+    to: str | None
+    parallel: int
+    state: str = Field(description="running or done")
+    actor: str
+    pending: int
+    live: int
+    done: int
+    skipped: int
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ScheduleView(_Strict):
+    name: str
+    workflow: str
+    cron: str
+    timezone: str
+    description: str = Field(description="the cron expression in words")
+    next: list[str] = Field(description="the next 3 fire times (UTC, ISO 8601); none while paused")
+    paused: bool
+    paused_by: str | None = Field(description="who paused it last (the token's name, cli, ...)")
+    paused_at: str | None
+    active: bool
+    catchup: str
+    catchup_window: float
+    overlap: str
+    jitter: float
+    params: dict[str, Any]
+    start: str | None
+    end: str | None
+    cursor: str | None = Field(description="the last fire time the scheduler dealt with")
+    last: list[FireView] = Field(description="the latest fire times, newest first, with their runs")
+
+
+class ScheduleDetail(ScheduleView):
+    backfills: list[BackfillView]
+
+
+class Triggered(_Strict):
+    schedule: str
+    run_id: int
+
+
+class StartBackfill(_Strict):
+    from_: AwareDatetime = Field(alias="from", description="first fire time included (ISO 8601 with an offset)")
+    to: AwareDatetime = Field(description="last fire time included")
+    parallel: int = Field(1, ge=1, le=1000, description="at most this many of its runs at once")
+    dry_run: bool = Field(False, description="only list the fire times")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class BackfillStarted(_Strict):
+    schedule: str
+    fire_times: list[str] = Field(description="every fire time in the range, oldest first")
+    new: list[str] = Field(description="those it starts runs for (the others are recorded already)")
+    existing: int
+    parallel: int
+    dry_run: bool
+    backfill: int | None = Field(description="the backfill's id (null for a dry run)")
+    created: bool = Field(description="false: the same backfill existed (nothing new)")

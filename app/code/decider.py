@@ -104,7 +104,7 @@ class CodeDecider:
         ctx = ctx_type(run_id=run.id, workflow=run.workflow_name, params=run.params, history=history,
                        now=utcnow(), signals=lambda: repo.pending_signals(s, run.id),
                        cancel_requested=run.cancel_requested,
-                       state_values=run.state_values)
+                       state_values=run.state_values, schedule_time=run.schedule_time or run.created_at)
         res = run_pass(wf, run.params, ctx)
         settings = self.rt.settings
         total = len(history) + len(res.new_steps)

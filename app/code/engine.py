@@ -245,8 +245,12 @@ class Context:
         signals: Sequence[PendingSignal] | Callable[[], Sequence[PendingSignal]] = (),
         cancel_requested: bool = False,
         state_values: Mapping[str, Any] | None = None,
+        schedule_time: datetime | None = None,
     ):
         self.run_id = run_id
+        #: the run's logical time: the fire time of the schedule that started it (a backfill's too), else when it
+        #: was started; stored with the run, so every replay sees the same value (use it, never ``datetime.now``)
+        self.schedule_time = schedule_time
         self.workflow = workflow
         self.params = dict(params)
         self._history = {st.seq: st for st in history}

@@ -24,6 +24,7 @@ from app.definitions import NAME_RE
 from app.errors import DefinitionError, TideflowError
 from app.params import Parameter as TypedParameter
 from app.params import check, signature_parameters
+from app.scheduling import ScheduleSpec, parse_schedules
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,6 +74,9 @@ class WorkflowDef:
     priority: int = 5
     description: str = ""
     is_async: bool = False
+    #: ``@tideflow.workflow(schedule=...)`` (synced to the ``schedules`` table by the scheduler pass of a process
+    #: that imports the module: app/services/scheduler.py ``sync_code_schedules``); not part of the version
+    schedules: tuple[ScheduleSpec, ...] = field(default=(), compare=False)
 
     def definition(self) -> dict[str, Any]:
         """What the ``workflows`` table stores for it (a new version when this changes)."""
@@ -166,15 +170,18 @@ def workflow(fn: F, /) -> F: ...
 @overload
 def workflow(
     fn: None = None, /, *, name: str | None = None, priority: int = 5, description: str = "",
+    schedule: Any = None,
 ) -> Callable[[F], F]: ...
 
 
 def workflow(
     fn: Callable[..., Any] | None = None, /, *, name: str | None = None, priority: int = 5, description: str = "",
+    schedule: Any = None,
 ) -> Any:
     """Register ``fn(ctx, **params)`` as a code workflow named ``name`` (default: the function's name). The
     function must be deterministic: everything that talks to the world goes through ``ctx`` (README: code
-    workflows)."""
+    workflows). ``schedule``: one schedule or a list (the fields of a DAG's ``schedule:``, as dicts or
+    :class:`app.scheduling.ScheduleSpec`)."""
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         module, qualname = _origin(f)
@@ -194,8 +201,15 @@ def workflow(
                                   None if p.default is inspect.Parameter.empty else p.default))
         if not 0 <= priority <= 9:
             raise DefinitionError([f"workflow '{name or f.__name__}': priority must be between 0 and 9"])
-        wdef = WorkflowDef(name or f.__name__, f, module, qualname, tuple(declared), priority, description,
-                           inspect.iscoroutinefunction(f))
+        wname = name or f.__name__
+        try:
+            schedules = tuple(parse_schedules(schedule, wname))
+        except ValueError as exc:
+            raise DefinitionError([f"workflow '{wname}': {exc}"]) from None
+        wdef = WorkflowDef(wname, f, module, qualname, tuple(declared), priority, description,
+                           inspect.iscoroutinefunction(f), schedules)
+        for sp in schedules:
+            wdef.check_params(dict(sp.params))  # a schedule's parameters must start a run
         _register(_workflows, "workflow", wdef)
         f.__tideflow_workflow__ = wdef  # type: ignore[attr-defined]
         return f

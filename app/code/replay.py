@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ class ReplayReport:
 
 def replay_history(
     workflow: Any, steps: Sequence[Step], params: Mapping[str, Any], *, finished: bool, run_id: int | None = None,
-    cancel_requested: bool = False,
+    cancel_requested: bool = False, schedule_time: datetime | None = None,
 ) -> ReplayReport:
     name = registry.workflow_name(workflow)
     wdef = registry.get_workflow(name)
@@ -53,7 +54,7 @@ def replay_history(
         raise NotFound(f"workflow '{name}' is not registered in this process (TIDEFLOW_WORKFLOW_MODULES)")
     ctx_type = AsyncContext if wdef.is_async else Context
     ctx = ctx_type(run_id=run_id or 0, workflow=name, params=params, history=steps, now=utcnow(),
-                   cancel_requested=cancel_requested)
+                   cancel_requested=cancel_requested, schedule_time=schedule_time)
     res = run_pass(wdef, params, ctx, finished=finished)
     divergence = res.error if res.outcome == PassOutcome.DIVERGED else None
     return ReplayReport(run_id, name, len(steps), res.positions, str(res.outcome), divergence)
@@ -70,7 +71,8 @@ def replay_run(s: Session, run_id: int) -> ReplayReport:
 
     return replay_history(run.workflow_name, history_of(repo.run_steps(s, run_id)), run.params,
                           finished=run.state in RUN_TERMINAL, run_id=run_id,
-                          cancel_requested=run.cancel_requested)
+                          cancel_requested=run.cancel_requested,
+                          schedule_time=run.schedule_time or run.created_at)
 
 
 def steps_from_view(view: Mapping[str, Any]) -> list[Step]:

@@ -12,10 +12,22 @@ from typing import Any
 from sqlalchemy import Row, Table, and_, false, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
-from app.db.schema import Counter, Event, Signal, TaskAttempt, TaskRun, Workflow, WorkflowRun
+from app.db.schema import (
+    Backfill,
+    Counter,
+    Event,
+    Schedule,
+    ScheduleFire,
+    Signal,
+    TaskAttempt,
+    TaskRun,
+    Workflow,
+    WorkflowRun,
+)
 from app.records import RunRecord, SignalRecord, TaskRecord, WorkflowRecord
 from app.states import (
     TASK_LIVE_ORDERED,
@@ -591,3 +603,158 @@ def set_child_run(s: Session, task_run_id: int, old_child: int, new_child: int) 
     res = s.execute(update(T).where(T.c.id == task_run_id, T.c.child_run_id == old_child)
                     .values(child_run_id=new_child, updated_at=utcnow()))
     return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+
+# -- schedules (app/services/scheduler.py) ------------------------------------------------------------------------
+
+SCH: Table = Schedule.__table__  # type: ignore[assignment]
+SF: Table = ScheduleFire.__table__  # type: ignore[assignment]
+BF: Table = Backfill.__table__  # type: ignore[assignment]
+
+#: runs that are not terminal (a blocked code run waits for a person: still live for overlap and backfills)
+_RUN_LIVE = R.c.state.notin_([str(st) for st in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)])
+
+
+def schedules(s: Session, *, workflow_name: str | None = None, include_inactive: bool = False) -> list[Row[Any]]:
+    q = select(SCH).order_by(SCH.c.name)
+    if workflow_name is not None:
+        q = q.where(SCH.c.workflow_name == workflow_name)
+    if not include_inactive:
+        q = q.where(SCH.c.active)
+    return list(s.execute(q))
+
+
+def schedule(s: Session, name: str, *, lock: bool = False, skip_locked: bool = False) -> Row[Any] | None:
+    q = select(SCH).where(SCH.c.name == name)
+    if lock and _is_pg(s):
+        q = q.with_for_update(skip_locked=skip_locked)
+    return s.execute(q).first()
+
+
+def insert_schedule(s: Session, *, name: str, workflow_name: str, spec: dict[str, Any], cursor: datetime,
+                    next_due_at: datetime | None) -> None:
+    now = utcnow()
+    s.execute(insert(SCH).values(name=name, workflow_name=workflow_name, spec=spec, paused=False, active=True,
+                                 cursor=cursor, next_due_at=next_due_at, created_at=now, updated_at=now))
+
+
+def update_schedule(s: Session, name: str, **values: Any) -> int:
+    res = s.execute(update(SCH).where(SCH.c.name == name).values(updated_at=utcnow(), **values))
+    return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+def due_schedule_names(s: Session, now: datetime, limit: int) -> list[str]:
+    """Active, unpaused schedules whose next fire time is due (index ``ix_schedules_due``)."""
+    q = (select(SCH.c.name).where(SCH.c.active, ~SCH.c.paused, SCH.c.next_due_at <= now)
+         .order_by(SCH.c.next_due_at).limit(limit))
+    return list(s.execute(q).scalars())
+
+
+def insert_fire(s: Session, *, schedule_name: str, fire_time: datetime, outcome: str, reason: str, actor: str,
+                run_id: int | None = None, backfill_id: int | None = None) -> bool:
+    """Record a fire time; False when (schedule, fire time) is recorded already (by anyone: the unique constraint
+    decides, also between racing schedulers: the second insert waits for the first's transaction)."""
+    now = utcnow()
+    values = dict(schedule_name=schedule_name, fire_time=fire_time, outcome=outcome, reason=reason,
+                  actor=actor[:200], run_id=run_id, backfill_id=backfill_id, created_at=now, updated_at=now)
+    ins = (pg_insert(SF) if _is_pg(s) else sqlite_insert(SF)).values(**values)
+    res = s.execute(ins.on_conflict_do_nothing(index_elements=["schedule_name", "fire_time"]))
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+def update_fire(s: Session, fire_id: int, *, expect_outcome: str, **values: Any) -> bool:
+    """A guarded change of a fire row (buffered/pending -> started or skipped)."""
+    res = s.execute(update(SF).where(SF.c.id == fire_id, SF.c.outcome == expect_outcome)
+                    .values(updated_at=utcnow(), **values))
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+def set_fire_run(s: Session, schedule_name: str, fire_time: datetime, run_id: int) -> None:
+    s.execute(update(SF).where(SF.c.schedule_name == schedule_name, SF.c.fire_time == fire_time)
+              .values(run_id=run_id))
+
+
+def fire(s: Session, schedule_name: str, fire_time: datetime) -> Row[Any] | None:
+    return s.execute(select(SF).where(SF.c.schedule_name == schedule_name, SF.c.fire_time == fire_time)).first()
+
+
+def fires(s: Session, schedule_name: str, *, limit: int = 20, outcome: str | None = None) -> list[Row[Any]]:
+    """A schedule's fire times, newest first, with their run's state."""
+    q = (select(SF, R.c.state.label("run_state")).select_from(SF.outerjoin(R, R.c.id == SF.c.run_id))
+         .where(SF.c.schedule_name == schedule_name).order_by(SF.c.fire_time.desc()).limit(limit))
+    if outcome is not None:
+        q = q.where(SF.c.outcome == outcome)
+    return list(s.execute(q))
+
+
+def live_schedule_runs(s: Session, schedule_name: str) -> list[RunRecord]:
+    """The runs a schedule started that are not terminal (``overlap``)."""
+    q = select(R).where(R.c.schedule_name == schedule_name, _RUN_LIVE).order_by(R.c.id)
+    return [RunRecord.from_row(r) for r in s.execute(q)]
+
+
+def waiting_fires(s: Session, outcome: str, limit: int) -> list[Row[Any]]:
+    """Fire rows waiting to start (``buffered``, or a backfill's ``pending``), oldest first per schedule (index
+    ``ix_schedule_fires_waiting``)."""
+    q = select(SF).where(SF.c.outcome == literal_column(f"'{outcome}'")).order_by(SF.c.schedule_name,
+                                                                                SF.c.fire_time).limit(limit)
+    return list(s.execute(q))
+
+
+def insert_backfill(s: Session, *, schedule_name: str, start: datetime, end: datetime, parallel: int,
+                    actor: str) -> tuple[int, bool]:
+    """The backfill of (schedule, start, end): (its id, created). An existing one is the answer."""
+    found = s.execute(select(BF.c.id).where(BF.c.schedule_name == schedule_name, BF.c.range_start == start,
+                                            BF.c.range_end == end)).scalar()
+    if found is not None:
+        return int(found), False
+    now = utcnow()
+    try:
+        with s.begin_nested():
+            new_id = s.execute(insert(BF).values(
+                schedule_name=schedule_name, range_start=start, range_end=end, parallel=parallel, state="running",
+                actor=actor[:200], created_at=now, updated_at=now).returning(BF.c.id)).scalar_one()
+    except IntegrityError:
+        found = s.execute(select(BF.c.id).where(BF.c.schedule_name == schedule_name, BF.c.range_start == start,
+                                                BF.c.range_end == end)).scalar()
+        assert found is not None
+        return int(found), False
+    return int(new_id), True
+
+
+def backfill(s: Session, backfill_id: int, *, lock: bool = False) -> Row[Any] | None:
+    q = select(BF).where(BF.c.id == backfill_id)
+    if lock and _is_pg(s):
+        q = q.with_for_update(skip_locked=True)
+    return s.execute(q).first()
+
+
+def running_backfill_ids(s: Session) -> list[int]:
+    return list(s.execute(select(BF.c.id).where(BF.c.state == "running").order_by(BF.c.id)).scalars())
+
+
+def backfills(s: Session, schedule_name: str) -> list[Row[Any]]:
+    return list(s.execute(select(BF).where(BF.c.schedule_name == schedule_name).order_by(BF.c.id.desc())))
+
+
+def backfill_counts(s: Session, backfill_id: int) -> dict[str, int]:
+    """A backfill's fire rows by progress: pending, live (run not terminal), done (run terminal), skipped."""
+    q = (select(SF.c.outcome, R.c.state).select_from(SF.outerjoin(R, R.c.id == SF.c.run_id))
+         .where(SF.c.backfill_id == backfill_id))
+    out = {"pending": 0, "live": 0, "done": 0, "skipped": 0}
+    for outcome, state in s.execute(q):
+        if outcome == "started":
+            out["done" if state in ("succeeded", "failed", "cancelled") else "live"] += 1
+        elif outcome in out:
+            out[outcome] += 1
+    return out
+
+
+def backfill_pending(s: Session, backfill_id: int, limit: int) -> list[Row[Any]]:
+    q = (select(SF).where(SF.c.backfill_id == backfill_id, SF.c.outcome == literal_column("'pending'"))
+         .order_by(SF.c.fire_time).limit(limit))
+    return list(s.execute(q))
+
+
+def set_backfill(s: Session, backfill_id: int, **values: Any) -> None:
+    s.execute(update(BF).where(BF.c.id == backfill_id).values(updated_at=utcnow(), **values))

@@ -116,6 +116,10 @@ class WorkflowRun(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # -- schedules (migration 0007) --
+    #: the schedule that started the run and its logical time (``{{ schedule.time }}``, ``ctx.schedule_time``)
+    schedule_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    schedule_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class TaskRun(Base):
@@ -284,6 +288,85 @@ class ApiToken(Base):
     role: Mapped[str] = mapped_column(String(20))
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# -- schedules (migration 0007) ---------------------------------------------------------------------------------
+
+
+class Schedule(Base):
+    """A cron schedule of a workflow (declared in its DAG's ``schedule:`` or ``@tideflow.workflow(schedule=...)``),
+    synced here when the DAG is registered or a process with the code workflow starts beat (``paused`` survives
+    re-registration). ``cursor``: the last fire time the scheduler dealt with (fired or skipped)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        # the scheduler pass: schedules whose next fire time has come (one index scan, whatever their number)
+        Index("ix_schedules_due", "next_due_at", postgresql_where=text("active AND NOT paused"),
+              sqlite_where=text("active AND NOT paused")),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    workflow_name: Mapped[str] = mapped_column(String(100), index=True)
+    #: the declared fields (``app.scheduling.ScheduleSpec``)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    paused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    #: who paused it and when (kept after a resume: the last pause)
+    paused_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: False: the workflow no longer declares it (kept for its history; never fires)
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    cursor: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: when the first fire time after ``cursor`` is due (its jitter included); NULL: none (past ``end``)
+    next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ScheduleFire(Base):
+    """One fire time of one schedule, whatever came of it: a run started, skipped (``reason`` says why), buffered
+    (``overlap: buffer_one``: started when the running one ends), or pending in a backfill. The unique
+    (schedule_name, fire_time) is what makes every fire time start at most one run, however many schedulers race:
+    the row is inserted in the transaction that starts the run."""
+
+    __tablename__ = "schedule_fires"
+    __table_args__ = (
+        UniqueConstraint("schedule_name", "fire_time"),
+        Index("ix_schedule_fires_waiting", "schedule_name", "fire_time",
+              postgresql_where=text("outcome IN ('buffered', 'pending')"),
+              sqlite_where=text("outcome IN ('buffered', 'pending')")),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    schedule_name: Mapped[str] = mapped_column(String(100))
+    fire_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: started, skipped, buffered, pending (a backfill's, not submitted yet)
+    outcome: Mapped[str] = mapped_column(String(20))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("workflow_runs.id"), nullable=True)
+    backfill_id: Mapped[int | None] = mapped_column(ForeignKey("backfills.id"), nullable=True, index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Backfill(Base):
+    """A durable backfill (``tideflow schedule backfill``): its fire times are ``schedule_fires`` rows, submitted
+    oldest first by the scheduler pass, at most ``parallel`` live at once, until none is left (``state`` done).
+    The same (schedule, range) again is this row: nothing new."""
+
+    __tablename__ = "backfills"
+    __table_args__ = (UniqueConstraint("schedule_name", "range_start", "range_end"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    schedule_name: Mapped[str] = mapped_column(String(100))
+    range_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    range_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    parallel: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))  # running, done
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 metadata = Base.metadata

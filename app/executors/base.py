@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.executors.logbuffer import LogBuffer
@@ -48,12 +48,15 @@ class ExecutionContext:
     log: LogBuffer
     #: module prefixes a python task may name; empty means any module
     allowed_python_modules: tuple[str, ...] = ()
+    #: ``{{ schedule.time }}`` / ``{{ schedule.name }}`` (``app.templating.schedule_scope``)
+    schedule: dict[str, Any] = field(default_factory=dict)
 
     def template_context(self) -> dict[str, Any]:
         return {
             "params": self.params,
             "upstream": self.upstream,
             "run": {"id": self.run_id, "priority": self.priority, "workflow": self.workflow},
+            "schedule": self.schedule,
         }
 
     def should_stop(self) -> bool:

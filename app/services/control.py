@@ -53,6 +53,9 @@ def register_workflow(
     warnings of :func:`check_definition`."""
     spec, warnings = check_definition(s, definition, python_modules=python_modules)
     digest = spec.digest()
+    from app.services import scheduler
+
+    scheduler.sync(s, spec.name, spec.schedules())  # its schedules (paused ones stay paused)
     latest = repo.workflow(s, spec.name)
     if latest is not None and latest.digest == digest:
         return latest, False, warnings

@@ -233,7 +233,8 @@ def _start_child(s: Session, rt: Runtime, run: RunRecord, task: TaskRecord, acto
             else:
                 upstream = repo.task_results(s, run.id, task.body.inputs)
                 ctx = {"params": run.params, "upstream": upstream,
-                       "run": {"id": run.id, "priority": run.priority, "workflow": run.workflow_name}}
+                       "run": {"id": run.id, "priority": run.priority, "workflow": run.workflow_name},
+                       "schedule": templating.schedule_scope(run.schedule_name, run.schedule_time, run.created_at)}
                 child_params = templating.render(task.body.params or {}, ctx)
             child = create_run(s, rt, workflow, child_params, priority=run.priority, actor=actor, parent_task=task)
             repo.transition_task(s, task, TaskState.RUNNING, actor=actor, now=now, child_run_id=child.id,

@@ -102,6 +102,7 @@ def run_summary(run: Any) -> dict[str, Any]:
         "error": run.error,
         "created_at": _ts(run.created_at), "finished_at": _ts(run.finished_at),
         "duration": _duration(run.created_at, run.finished_at),
+        "schedule": run.schedule_name, "schedule_time": _ts(run.schedule_time),
     }
 
 
@@ -242,3 +243,55 @@ def run_task_logs(s: Session, run_id: int, task: str) -> dict[str, Any]:
         ids = ", ".join(str(t.id) for t in sorted(named, key=lambda t: t.id))
         raise NotFound(f"run {run_id} has {len(named)} tasks named '{task}' (task run ids {ids}): give one of the ids")
     return task_logs(s, named[0].id)
+
+
+# -- schedules ------------------------------------------------------------------------------------------------------
+
+
+def _fire(f: Any) -> dict[str, Any]:
+    m = f._mapping
+    return {"fire_time": _ts(f.fire_time), "outcome": f.outcome, "run_id": f.run_id,
+            "run_state": m["run_state"] if "run_state" in m else None,  # noqa: SIM401
+            "reason": f.reason, "actor": f.actor, "backfill": f.backfill_id}
+
+
+def schedule_summary(s: Session, row: Any, *, now: datetime | None = None, last: int = 5) -> dict[str, Any]:
+    """A schedule as ``schedule list`` / ``GET /api/schedules`` show it: its declared fields, the human text of its
+    cron, its next 3 fire times (none while paused) and its ``last`` fire times with their runs."""
+    from app.clock import utcnow
+    from app.scheduling import ScheduleSpec, describe, fire_times
+
+    spec = ScheduleSpec.model_validate(row.spec)
+    now = now or utcnow()
+    upcoming: list[str] = []
+    if not row.paused and row.active:
+        begin = max(now, row.cursor)
+        if spec.start is not None and spec.start > begin:
+            begin = spec.start
+        for t in fire_times(spec.cron, spec.timezone, begin):
+            if (spec.end is not None and t > spec.end) or len(upcoming) == 3:
+                break
+            upcoming.append(t.isoformat())
+    return {"name": row.name, "workflow": row.workflow_name, "cron": spec.cron, "timezone": spec.timezone,
+            "description": describe(spec.cron), "next": upcoming, "paused": bool(row.paused),
+            "paused_by": row.paused_by, "paused_at": _ts(row.paused_at),
+            "active": bool(row.active), "catchup": spec.catchup, "catchup_window": spec.catchup_window,
+            "overlap": spec.overlap, "jitter": spec.jitter, "params": spec.params,
+            "start": _ts(spec.start), "end": _ts(spec.end), "cursor": _ts(row.cursor),
+            "last": [_fire(f) for f in repo.fires(s, row.name, limit=last)]}
+
+
+def list_schedules(s: Session, *, workflow: str | None = None) -> list[dict[str, Any]]:
+    return [schedule_summary(s, row) for row in repo.schedules(s, workflow_name=workflow)]
+
+
+def show_schedule(s: Session, name: str, *, limit: int = 50) -> dict[str, Any]:
+    """One schedule with its recent fire times (skipped ones with why) and its backfills."""
+    row = repo.schedule(s, name)
+    if row is None:
+        raise NotFound(f"schedule '{name}' does not exist (tideflow schedule list)")
+    out = schedule_summary(s, row, last=limit)
+    out["backfills"] = [{"id": b.id, "from": _ts(b.range_start), "to": _ts(b.range_end), "parallel": b.parallel,
+                         "state": b.state, "actor": b.actor, **repo.backfill_counts(s, b.id)}
+                        for b in repo.backfills(s, name)]
+    return out

@@ -107,6 +107,7 @@ def run_claimed(
         run_id=run.id, task_run_id=task.id, task_name=task.name, attempt=attempt, workflow=run.workflow_name,
         priority=run.priority, params=dict(run.params), upstream=claimed.upstream, stop=threading.Event(),
         log=LogBuffer(rt.settings.log_max_bytes), allowed_python_modules=rt.settings.allowed_python_modules,
+        schedule=run.schedule,
     )
     from app.services.lease import LeaseKeeper  # local: keeps signal handling out of import time
 

@@ -104,6 +104,11 @@ def workflow_page(request: Request, name: Annotated[str, PathParam(pattern=NAME_
     return _guarded(request, "workflow.html")
 
 
+@router.get("/schedules")
+def schedules_page(request: Request) -> Response:
+    return _guarded(request, "schedules.html")
+
+
 @router.get("/login")
 def login_form(request: Request, next: str = "/") -> Response:
     if auth.authenticated(request):

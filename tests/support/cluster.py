@@ -255,17 +255,19 @@ class Cluster:
             raise
         return proc
 
-    def start_beat(self, timeout: float = 30.0) -> Proc:
-        """Start ``celery beat`` (schedule file in the work dir) and wait until it is running."""
-        if self.beat is not None and self.beat.is_alive():
+    def start_beat(self, timeout: float = 30.0, name: str = "beat") -> Proc:
+        """Start ``celery beat`` (schedule file in the work dir) and wait until it is running. Another ``name``
+        starts one more beat (its own schedule file), as when several run by mistake."""
+        if name == "beat" and self.beat is not None and self.beat.is_alive():
             raise RuntimeError("beat is already running")
         args = [
             sys.executable, "-m", "celery", "-A", self.celery_app, "beat",
-            "-s", str(self.workdir / "beat-schedule"),
+            "-s", str(self.workdir / f"{name}-schedule"),
             "--loglevel", "INFO",
         ]  # fmt: skip
-        proc = self._spawn("beat", args)
-        self.beat = proc
+        proc = self._spawn(name, args)
+        if name == "beat":
+            self.beat = proc
         try:
             proc.wait_for_log("beat: Starting", timeout=timeout)
         except AssertionError:

@@ -383,7 +383,7 @@ def test_several_template_problems_reported_together() -> None:
         "task 'a': command: 'b' is not an upstream task of 'a'",
         "task 'a': env: parameter 'y' is not declared in the workflow's params",
         "task 'b': command: unsupported placeholder '{{ nope }}': use {{ params.NAME }}, "
-        "{{ upstream.TASK }} or {{ run.id }}",
+        "{{ upstream.TASK }}, {{ run.id }} or {{ schedule.time }}",
     ]
 
 

@@ -149,6 +149,7 @@ def test_template_context() -> None:
         "params": {"a": 1},
         "upstream": {"u": {"k": "v"}},
         "run": {"id": 7, "priority": 5, "workflow": "wf"},
+        "schedule": {},  # filled from the run (app.templating.schedule_scope)
     }
     assert not ctx.should_stop()
     ctx.stop.set()
