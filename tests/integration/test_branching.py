@@ -22,10 +22,12 @@ from app.runtime import Runtime
 from app.states import TASK_LIVE
 from app.testing import StubDispatcher
 from tests.support.harness import client_for, history, wait_run
+from tests.support.jobs import read_ledger
 
 EXAMPLE = yaml.safe_load((Path(__file__).parents[2] / "examples" / "branching.yaml").read_text())
 ECHO = "tests.support.jobs_unit:echo"
 BOOM = "tests.support.jobs_unit:boom"
+RECORD = "tests.support.jobs:record"
 
 
 class InProcess:
@@ -205,4 +207,23 @@ def test_a_worker_runs_the_branching_example_end_to_end(cluster):
     assert got["report"] == got["notify"] == "skipped"
     assert ("report", "trigger rule none_failed: upstream 'load_eu' failed") in {
         (e["task"], e["reason"]) for e in history(tf, failing) if e["to"] == "skipped"}
+
+    # the other rules: one_success and all_failed run after a failure, all_failed skips after a success
+    tf.register({"name": "rules", "tasks": [
+        {"name": "ok", "type": "python", "function": RECORD},
+        {"name": "bad", "type": "python", "function": "tests.support.jobs:fail_times", "args": {"times": 9}},
+        {"name": "any", "type": "python", "function": RECORD, "depends_on": ["ok", "bad"],
+         "trigger_rule": "one_success"},
+        {"name": "fallback", "type": "python", "function": RECORD, "depends_on": ["bad"], "trigger_rule": "all_failed"},
+        {"name": "never", "type": "python", "function": RECORD, "depends_on": ["ok", "bad"],
+         "trigger_rule": "all_failed"},
+    ]})
+    rules = tf.start_run("rules")
+    run = wait_run(tf, rules, "succeeded", timeout=60)  # no leaf failed: bad's failure was handled
+    assert {t["name"]: t["state"] for t in run["tasks"]} == {
+        "ok": "succeeded", "bad": "failed", "any": "succeeded", "fallback": "succeeded", "never": "skipped"}
+    assert next(t for t in run["tasks"] if t["name"] == "never")["skip_reason"] == \
+        "trigger rule all_failed: upstream 'ok' succeeded"
+    ran = sorted(e["task"] for e in read_ledger(cluster.ledger) if e["run"] == rules)
+    assert ran == ["any", "bad", "fallback", "ok"]  # each body once; the skipped one never
     tf.close()
