@@ -14,8 +14,9 @@ narrows the language further, and the master, which evaluates conditions, cannot
   ``int``...; not ``center``, ``format``, ``indent``, ``replace``...), and every test (``is defined``, ``is
   none``...);
 - the operators that could build a huge value are intercepted (:meth:`_Sandbox.call_binop`): ``*`` repeating a
-  string or list past :data:`MAX_SIZE`, ``**`` past :data:`MAX_EXPONENT`, and ``%`` on a string (printf
-  formatting) are errors;
+  list, or a string past :data:`MAX_SIZE`, ``**`` past :data:`MAX_EXPONENT` or :data:`MAX_BITS`, and ``%`` on a
+  string (printf formatting) are errors. Without variables or loops, anything else grows at most linearly with the
+  expression's length (at most :data:`MAX_LENGTH`) times the size of the data it reads;
 - the names are ``params``, ``upstream`` and ``run`` only, each used with an attribute (``params.NAME``,
   ``upstream.TASK[.key]``, ``run.id|priority|workflow``): :func:`references` lists them and registration checks
   each one as it checks placeholders (``app.definitions``: a parameter that is not declared, a task that is not
@@ -39,8 +40,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 MAX_LENGTH = 2000
 #: the longest string or list ``*`` may build
 MAX_SIZE = 10_000
-#: the largest exponent ``**`` takes
+#: the largest exponent ``**`` takes, and the largest integer it builds
 MAX_EXPONENT = 1000
+MAX_BITS = 4096
 SCOPES = ("params", "upstream", "run")
 #: filters whose cost is at most linear (or n log n) in their input's size
 SAFE_FILTERS = frozenset({
@@ -73,12 +75,16 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
         if op == "*":
             for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_SIZE:
+                if isinstance(seq, list | tuple) and isinstance(n, int):  # nested lists would multiply unseen
+                    raise ConditionError("'*' repeats strings only, not lists")
+                if isinstance(seq, str) and isinstance(n, int) and len(seq) * n > MAX_SIZE:
                     raise ConditionError(f"'*' would build a value longer than {MAX_SIZE}")
             return operator.mul(left, right)
         if op == "**":
             if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
                 raise ConditionError(f"'**' takes exponents up to {MAX_EXPONENT}")
+            if isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > MAX_BITS:
+                raise ConditionError(f"'**' would build a number of more than {MAX_BITS} bits")
             return operator.pow(left, right)
         if isinstance(left, str):
             raise ConditionError("'%' formatting of strings is not supported")

@@ -40,6 +40,8 @@ def test_evaluate(source, want):
     ("params.region > 1", "TypeError"),
     ("'a' * 100000 == ''", "longer than 10000"),
     ("2 ** 100000 > 1", "exponents up to 1000"),
+    ("((9 ** 1000) ** 1000) ** 1000 > 1", "more than 4096 bits"),
+    ("[[1] * 1] * 10 == []", "repeats strings only"),
     ("'%s' % params.region == ''", "formatting of strings"),
     ("params.region.__class__ == 1", "unsafe"),
     ("1 / 0 > 1", "ZeroDivisionError"),
