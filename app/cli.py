@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from app.config import load_settings
@@ -175,10 +176,11 @@ def workflow_show(name: str, version: int | None, as_json: bool) -> None:
                                                           f" ({', '.join(json.dumps(e) for e in param['enum'])})"),
                           "(required)" if param["required"] else json.dumps(param["default"]), param["description"])
             console.print(p)
-        t = Table("task", "type", "depends on", "retries", "timeout", "queue")
+        t = Table("task", "type", "depends on", "runs when", "retries", "timeout", "queue")
         for task in d["definition"]["tasks"]:
-            t.add_row(task["name"], task["type"], ", ".join(task.get("depends_on", [])), str(task.get("retries", 0)),
-                      str(task.get("timeout", "")), task.get("queue", ""))
+            when = " ".join(filter(None, [task.get("trigger_rule"), task.get("when") and f"if {task['when']}"]))
+            t.add_row(task["name"], task["type"], ", ".join(task.get("depends_on", [])), escape(when),
+                      str(task.get("retries", 0)), str(task.get("timeout", "")), task.get("queue", ""))
         console.print(t)
 
     _emit(data, as_json, render)

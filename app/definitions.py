@@ -16,7 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app import templating
+from app import conditions, templating
+from app.dag import TriggerRule
 from app.dag import topological_order as dag_order
 from app.errors import DefinitionError
 from app.params import Parameter, dag_parameters
@@ -26,15 +27,30 @@ from app.scheduling import ScheduleSpec, parse_schedules
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$"
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
-TaskType = Literal["shell", "python", "subworkflow"]
+TaskType = Literal["shell", "python", "subworkflow", "switch"]
 
 # fields that only make sense for some task types
 _TYPE_FIELDS: dict[str, set[str]] = {
     "shell": {"command", "env"},
     "python": {"function", "args"},
     "subworkflow": {"workflow", "params"},
+    "switch": {"cases", "default"},
 }
-_REQUIRED: dict[str, str] = {"shell": "command", "python": "function", "subworkflow": "workflow"}
+_REQUIRED: dict[str, str] = {"shell": "command", "python": "function", "subworkflow": "workflow", "switch": "cases"}
+#: task types the master runs itself (no worker, no attempt budget)
+_MASTER_TYPES = ("subworkflow", "switch")
+
+
+class SwitchCase(BaseModel):
+    """One branch of a ``switch`` task: the tasks it runs (``next``) when its condition (``when``) holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    when: str = Field(min_length=1)
+    next: str | list[str]
+
+    def targets(self) -> list[str]:
+        return [self.next] if isinstance(self.next, str) else list(self.next)
 
 
 class TaskSpec(BaseModel):
@@ -61,6 +77,23 @@ class TaskSpec(BaseModel):
     max_lost_attempts: int | None = Field(None, ge=1, le=100)
     #: ``fail``: a lost attempt fails the task (a body that must never run twice)
     on_lost: Literal["retry", "fail"] = "retry"
+    # branching (``app.dag``, ``app.conditions``); None is the default, so definitions that do not branch keep
+    # their digest
+    #: when the task runs, from its upstream tasks' states (Airflow's trigger rules); None: all_success
+    trigger_rule: TriggerRule | None = None
+    #: a condition on params and upstream results: false skips the task (and, by the trigger rules, downstream)
+    when: str | None = Field(None, min_length=1)
+    #: a switch task: the first case whose condition holds picks the branch (its ``next``), else ``default``; the
+    #: branches not picked are skipped
+    cases: list[SwitchCase] | None = Field(None, min_length=1)
+    default: str | list[str] | None = None
+
+    def branches(self) -> list[tuple[str, list[str]]]:
+        """A switch's cases as (condition, next tasks)."""
+        return [(c.when, c.targets()) for c in self.cases or []]
+
+    def default_branch(self) -> list[str]:
+        return [] if self.default is None else [self.default] if isinstance(self.default, str) else list(self.default)
 
 
 class WorkflowSpec(BaseModel):
@@ -121,6 +154,7 @@ def _semantic_problems(spec: WorkflowSpec) -> list[str]:
             problems.append(f"task '{cycle[0]}': dependency cycle {' -> '.join(cycle)}")
     if not problems:
         problems.extend(_template_problems(spec))
+        problems.extend(_switch_problems(spec))
     if not problems:
         problems.extend(_schedule_problems(spec))
     return problems
@@ -141,6 +175,28 @@ def _schedule_problems(spec: WorkflowSpec) -> list[str]:
     return problems
 
 
+def _switch_problems(spec: WorkflowSpec) -> list[str]:
+    """A switch's branches are its direct downstream tasks, all of them (DolphinScheduler's SWITCH: the edges out
+    of the switch are its branches)."""
+    problems = []
+    downstream: dict[str, set[str]] = {t.name: set() for t in spec.tasks}
+    for t in spec.tasks:
+        for d in t.depends_on:
+            downstream[d].add(t.name)
+    for t in spec.tasks:
+        if t.type != "switch":
+            continue
+        named = [n for _, nxt in t.branches() for n in nxt] + t.default_branch()
+        for n in dict.fromkeys(named):
+            if n not in downstream[t.name]:
+                problems.append(f"task '{t.name}': branch '{n}' is not a task that depends on '{t.name}' "
+                                f"(add '{t.name}' to its depends_on)")
+        for n in sorted(downstream[t.name] - set(named)):
+            problems.append(f"task '{t.name}': task '{n}' depends on the switch but is none of its branches "
+                            "(cases[].next or default)")
+    return problems
+
+
 def _task_problems(spec: WorkflowSpec, t: TaskSpec, names: set[str]) -> list[str]:
     problems = []
     required = _REQUIRED[t.type]
@@ -151,12 +207,13 @@ def _task_problems(spec: WorkflowSpec, t: TaskSpec, names: set[str]) -> list[str
             problems.append(f"task '{t.name}': '{field}' does not apply to a {t.type} task")
     if t.type == "python" and t.function is not None and not FUNCTION_RE.match(t.function):
         problems.append(f"task '{t.name}': function '{t.function}' is not of the form 'package.module:callable'")
-    if t.type == "subworkflow":
+    if t.type in _MASTER_TYPES:
         if t.retries or t.timeout is not None or t.queue is not None or t.max_lost_attempts is not None \
                 or t.on_lost != "retry":
+            where = "(set them on the child workflow's tasks)" if t.type == "subworkflow" else "(the master runs it)"
             problems.append(
                 f"task '{t.name}': retries, timeout, queue, max_lost_attempts and on_lost do not apply to a "
-                "subworkflow task (set them on the child workflow's tasks)"
+                f"{t.type} task {where}"
             )
         if t.workflow == spec.name:
             problems.append(f"task '{t.name}': a workflow cannot start itself as a subworkflow")
@@ -222,15 +279,24 @@ def _template_problems(spec: WorkflowSpec) -> list[str]:
 
     for t in spec.tasks:
         fields = {"command": t.command, "env": t.env, "args": t.args, "params": t.params}
+        refs: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         for field, value in fields.items():
             if value is None:
                 continue
             try:
-                refs = templating.references(value)
+                refs[field] = templating.references(value)
             except templating.TemplateError as exc:
                 problems.append(f"task '{t.name}': {field}: {exc}")
-                continue
-            for scope, path in refs:
+        # conditions: the same names as placeholders (``app.conditions``)
+        exprs = {"when": t.when} if t.when is not None else {}
+        exprs.update({f"cases[{i}].when": when for i, (when, _) in enumerate(t.branches())})
+        for field, source in exprs.items():
+            try:
+                refs[field] = conditions.references(source)
+            except conditions.ConditionError as exc:
+                problems.append(f"task '{t.name}': {field}: {source}: {exc}")
+        for field, found in refs.items():
+            for scope, path in found:
                 if scope == "params" and path[0] not in spec.params:
                     problems.append(
                         f"task '{t.name}': {field}: parameter '{path[0]}' is not declared in the workflow's params"

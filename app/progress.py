@@ -36,14 +36,15 @@ def styled(state: str) -> str:
 
 def tasks_table(data: dict[str, Any]) -> Table:
     """A run's tasks (a run view of :mod:`app.services.views`), one row each, with the task run id that
-    ``tideflow task logs`` takes. The error is shown whole (folded over lines, never cut)."""
+    ``tideflow task logs`` takes. The error (a skipped task: why it was skipped) is shown whole (folded over lines,
+    never cut)."""
     t = Table(Column("id", no_wrap=True), Column("task", no_wrap=True), "state", "attempt", "duration", "worker",
               Column("error", overflow="fold", ratio=1),
               title=f"run {data['id']} · {data['workflow']} · {styled(data['state'])}")
     for task in data["tasks"]:
         dur = f"{task['duration']:.2f}s" if task["duration"] is not None else ""
         t.add_row(str(task["id"]), task["name"], styled(task["state"]), str(task["attempt"]), dur,
-                  task["worker"] or "", escape(task["error"] or ""))
+                  task["worker"] or "", escape(task["error"] or task.get("skip_reason") or ""))
     return t
 
 

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.dag import Rules
 from app.db import repository as repo
 from app.db.engine import Database
 from app.definitions import TaskSpec, WorkflowSpec, task_row_values
@@ -37,6 +38,11 @@ class LoadedWorkflow:
     @cached_property
     def deps(self) -> dict[str, list[str]]:
         return {t.name: list(t.depends_on) for t in self.spec.tasks}
+
+    @cached_property
+    def rules(self) -> Rules:
+        """The trigger rules, and which failures a rule handles (``app.dag.Rules``)."""
+        return Rules.of(self.deps, {t.name: t.trigger_rule for t in self.spec.tasks if t.trigger_rule is not None})
 
     @cached_property
     def _tasks(self) -> dict[str, TaskSpec]:

@@ -39,6 +39,7 @@ class TaskKind(StrEnum):
     SHELL = "shell"
     PYTHON = "python"
     SUBWORKFLOW = "subworkflow"
+    SWITCH = "switch"  # a DAG's branch choice: decided by the master (``app.conditions.choose``), never by a worker
     # the steps of a code run (``task_runs.seq`` is their position in its history):
     ACTIVITY = "activity"  # a registered activity function, run by a worker like a python task
     TIMER = "timer"  # ``ctx.sleep``: running until ``due_at``, fired by the reconciler
@@ -85,7 +86,7 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset(
         {
             TaskState.SUBMITTED,  # upstream met: dispatch
-            TaskState.RUNNING,  # subworkflow task: its child run starts in the same transaction
+            TaskState.RUNNING,  # subworkflow task: its child run starts in the same transaction (a switch: chosen now)
             TaskState.FAILED,  # could not be started (e.g. a subworkflow whose child cannot start)
             TaskState.SKIPPED,
             TaskState.CANCELLED,

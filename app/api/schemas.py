@@ -171,6 +171,11 @@ class TaskView(_Strict):
     finished_at: str | None
     duration: float | None
     attempts: list[AttemptView]
+    trigger_rule: str | None = Field(description="a DAG task's trigger rule (all_success, all_done, all_failed, "
+                                     "one_success, one_failed, none_failed); None for a code run's step")
+    when: str | None = Field(description="a DAG task's condition: false skips it")
+    skip_reason: str | None = Field(description="a skipped task: why (e.g. \"when: params.region == 'eu' was false\", "
+                                    "\"switch 'route' chose 'b'\", \"trigger rule all_success: upstream 'x' failed\")")
 
 
 class StepView(_Strict):

@@ -308,6 +308,22 @@ def task_states(s: Session, run_id: int) -> dict[str, TaskState]:
         select(T.c.name, T.c.state).where(T.c.run_id == run_id))}
 
 
+def deliberate_skips(s: Session, run_id: int) -> set[str]:
+    """The run's tasks skipped on purpose (a false ``when:``, a branch not chosen, a rule that skips): skipped with
+    no error. A task skipped because of a failure carries the reason as its error (``app.dag.Skip``)."""
+    return {name for (name,) in s.execute(
+        select(T.c.name).where(T.c.run_id == run_id, T.c.state == TaskState.SKIPPED, T.c.error.is_(None)))}
+
+
+def skip_reasons(s: Session, run_id: int) -> dict[int, str]:
+    """Why each skipped task of the run was skipped: the reason of its latest event into ``skipped``, by task run
+    id (read models)."""
+    q = (select(E.c.task_run_id, E.c.reason)
+         .where(E.c.run_id == run_id, E.c.to_state == TaskState.SKIPPED, E.c.task_run_id.is_not(None))
+         .order_by(E.c.id))
+    return {int(task_id): reason for task_id, reason in s.execute(q)}
+
+
 def task_results(s: Session, run_id: int, names: Iterable[str] | None = None) -> dict[str, Any]:
     """Results of the run's succeeded tasks, by name (all of them, or only ``names``)."""
     q = select(T.c.name, T.c.result).where(T.c.run_id == run_id, T.c.state == TaskState.SUCCEEDED)

@@ -188,13 +188,29 @@ def _apply(
     now = utcnow()
     ended: list[TaskRecord] = []
     for task in plan.skip:
-        if attempts.stop(s, task, TaskState.SKIPPED, actor=actor, now=now, handled=True,
-                         reason=plan.reason or "an upstream task did not succeed"):
-            ended.append(replace(task, state=TaskState.SKIPPED, handled=True))
+        # a skip because of a failure keeps its reason as the task's error: it counts as failed downstream and
+        # for the run's outcome (``app.dag.Skip``); a skip on purpose has none
+        why = plan.why.get(task.id)
+        reason = why.reason if why is not None else plan.reason or "an upstream task did not succeed"
+        error = None if why is not None and not why.failure else reason
+        if attempts.stop(s, task, TaskState.SKIPPED, actor=actor, now=now, handled=True, reason=reason, error=error):
+            ended.append(replace(task, state=TaskState.SKIPPED, handled=True, error=error))
     for task in plan.cancel:
         if stop_task(s, rt, task, TaskState.CANCELLED, actor=actor, reason=f"run stopped: {plan.reason}",
                      handled=True):
             ended.append(replace(task, state=TaskState.CANCELLED, handled=True))
+    for task, result, reason in plan.finish:  # a switch: the master runs it, choosing its branch, at once
+        attempt = task.attempt + 1
+        if repo.transition_task(s, task, TaskState.RUNNING, actor=actor, now=now, attempt=attempt, started_at=now,
+                                reason="switch: evaluating its cases") \
+                and repo.transition_task(s, replace(task, state=TaskState.RUNNING, attempt=attempt),
+                                         TaskState.SUCCEEDED, actor=actor, now=now, reason=reason, result=result,
+                                         finished_at=now, handled=True):
+            ended.append(replace(task, state=TaskState.SUCCEEDED, attempt=attempt, result=result, handled=True))
+    for task, error in plan.fail:  # it cannot start (its condition could not be evaluated)
+        if repo.transition_task(s, task, TaskState.FAILED, actor=actor, now=now, reason=error, error=error,
+                                attempt=task.attempt + 1, finished_at=now, handled=True):
+            ended.append(replace(task, state=TaskState.FAILED, attempt=task.attempt + 1, error=error, handled=True))
     for note in plan.notes:
         repo.add_event(s, run_id=run.id, from_state=run.state, to_state=run.state, actor=actor, reason=note, now=now)
     if plan.state_values is not None:

@@ -121,7 +121,9 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
         raise NotFound(f"run {run_id} does not exist")
     tasks = repo.run_tasks(s, run_id)
     wf = repo.workflow_by_id(s, run.workflow_id)
-    deps = {t["name"]: list(t.get("depends_on", [])) for t in (wf.definition.get("tasks", []) if wf else [])}
+    defs = {t["name"]: t for t in (wf.definition.get("tasks", []) if wf else [])}
+    deps = {name: list(t.get("depends_on", [])) for name, t in defs.items()}
+    skipped = repo.skip_reasons(s, run_id) if any(t.state == TaskState.SKIPPED for t in tasks) else {}
     pos = layout(deps)
     by_task: dict[int, list[dict[str, Any]]] = {}
     for a in repo.attempts(s, [t.id for t in tasks]):
@@ -156,6 +158,10 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
             "child_run_id": t.child_run_id, "result": t.result, "error": t.error,
             "started_at": _ts(t.started_at), "finished_at": _ts(t.finished_at),
             "duration": _duration(t.started_at, t.finished_at), "attempts": by_task.get(t.id, []),
+            # branching (DAG tasks): the rule and condition it was defined with, and why it was skipped
+            "trigger_rule": defs.get(t.name, {}).get("trigger_rule", "all_success") if t.seq is None else None,
+            "when": defs.get(t.name, {}).get("when"),
+            "skip_reason": skipped.get(t.id) if t.state == TaskState.SKIPPED else None,
         } for t in tasks],
     }
 

@@ -100,6 +100,8 @@ def test_list_runs_filters_and_pages(api) -> None:
     ("post", "/api/workflows", {"name": "x", "tasks": [{"name": "s", "type": "subworkflow", "workflow": "nope"}]},
      422, "invalid_definition"),
     ("post", "/api/workflows", "not an object", 422, "invalid_request"),
+    ("post", "/api/workflows", {"name": "x", "tasks": [{"name": "a", "type": "shell", "command": "true",
+                                                        "when": "params.region == 'eu'"}]}, 422, "invalid_definition"),
     ("post", "/api/runs", {"workflow": "nope"}, 404, "not_found"),
     ("post", "/api/runs", {"workflow": "hello", "params": {"undeclared": 1}}, 422, "invalid_definition"),
     ("post", "/api/runs", {"workflow": "hello", "priority": 10}, 422, "invalid_request"),

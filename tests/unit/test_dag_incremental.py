@@ -39,29 +39,53 @@ def apply(states: dict[str, TaskState], d: dag.Decision) -> None:
         states[n] = TaskState.CANCELLED
 
 
-def full(deps: dict[str, list[str]], states: dict[str, TaskState], on_failure: str) -> RunState | None:
-    for _ in range(len(deps) + 2):
-        d = dag.evaluate(deps, states, on_failure)
+class Run:
+    """A run's states plus what the decider keeps beside them (which skips were deliberate, what switches chose)."""
+
+    def __init__(self, deps: dict[str, list[str]], rules: dag.Rules, switches: dict[str, list[str]]):
+        self.deps, self.rules, self.switches = deps, rules, switches
+        self.states = {n: TaskState.PENDING for n in deps}
+        self.deliberate: set[str] = set()
+        self.chosen: dict[str, list[str]] = {}
+
+    def facts(self) -> dag.Facts:
+        return dag.Facts(set(self.deliberate), dict(self.chosen))
+
+    def apply(self, d: dag.Decision) -> None:
+        apply(self.states, d)
+        self.deliberate |= {n for n in d.skip if not d.why[n].failure}
+
+    def finish(self, name: str, result: TaskState) -> None:
+        self.states[name] = result
+        if name in self.switches and result == TaskState.SUCCEEDED:
+            self.chosen[name] = self.switches[name]
+
+    def same(self, other: Run) -> bool:
+        return (self.states, self.deliberate, self.chosen) == (other.states, other.deliberate, other.chosen)
+
+
+def full(r: Run, on_failure: str) -> RunState | None:
+    for _ in range(len(r.deps) + 2):
+        d = dag.evaluate(r.deps, r.states, on_failure, r.rules, r.facts())
         if d.empty:
             return None
-        apply(states, d)
+        r.apply(d)
         if d.outcome is not None:
             return d.outcome
     raise AssertionError("did not settle")
 
 
-def incremental(deps: dict[str, list[str]], states: dict[str, TaskState], on_failure: str,
-                changed: set[str]) -> RunState | None:
+def incremental(r: Run, on_failure: str, changed: set[str]) -> RunState | None:
     """What ``master.advance_locked`` does on its common path."""
-    if dag.stops_run({n: states[n] for n in changed}, on_failure):
-        return full(deps, states, on_failure)
-    kids = children_of(deps)
+    if dag.stops_run({n: r.states[n] for n in changed}, on_failure, r.rules):
+        return full(r, on_failure)
+    kids = children_of(r.deps)
     while changed:
-        d = dag.step(deps, kids, states, changed)
-        apply(states, d)
+        d = dag.step(r.deps, kids, r.states, changed, r.rules, r.facts())
+        r.apply(d)
         changed = set(d.skip)
-    if not any(s in LIVE for s in states.values()):
-        outcome = dag.run_outcome(states)
+    if not any(s in LIVE for s in r.states.values()):
+        outcome = dag.run_outcome(r.states, r.deps, r.facts())
         assert outcome is not None
         return outcome[0]
     return None
@@ -70,21 +94,28 @@ def incremental(deps: dict[str, list[str]], states: dict[str, TaskState], on_fai
 @settings(max_examples=400, deadline=None)
 @given(deps=dags(), on_failure=st.sampled_from(["stop", "continue"]), data=st.data())
 def test_incremental_advance_decides_like_full_evaluation(deps, on_failure, data):
-    a = {n: TaskState.PENDING for n in deps}
-    out_a = full(deps, a, on_failure)  # start_run uses the full evaluator on both paths
-    b = dict(a)
+    rules = dag.Rules.of(deps, {n: data.draw(st.sampled_from(list(dag.TriggerRule))) for n in deps})
+    kids = children_of(deps)
+    # some tasks with children are switches: when they succeed, they choose some of their children
+    switches = {n: sorted(data.draw(st.sets(st.sampled_from(kids[n])))) for n in deps
+                if kids[n] and data.draw(st.booleans())}
+    a = Run(deps, rules, switches)
+    out_a = full(a, on_failure)  # start_run uses the full evaluator on both paths
+    b = Run(deps, rules, switches)
+    b.states, b.deliberate = dict(a.states), set(a.deliberate)
     out_b = out_a
     while out_a is None:
-        submitted = sorted(n for n, s in a.items() if s == TaskState.SUBMITTED)
-        assert submitted, f"a running run with nothing submitted: {a}"
+        submitted = sorted(n for n, s in a.states.items() if s == TaskState.SUBMITTED)
+        assert submitted, f"a running run with nothing submitted: {a.states}"
         name = data.draw(st.sampled_from(submitted))
         result = data.draw(st.sampled_from([TaskState.SUCCEEDED, TaskState.FAILED]))
-        a[name] = b[name] = result
-        out_a = full(deps, a, on_failure)
-        out_b = incremental(deps, b, on_failure, {name})
-        assert b == a
+        a.finish(name, result)
+        b.finish(name, result)
+        out_a = full(a, on_failure)
+        out_b = incremental(b, on_failure, {name})
+        assert b.same(a)
         assert out_b == out_a
-    assert all(s not in LIVE for s in a.values())
+    assert all(s not in LIVE for s in a.states.values())
 
 
 def test_step_only_looks_at_children_of_changed_tasks():

@@ -37,6 +37,13 @@ def test_the_table_shows_task_ids_and_whole_errors():
     assert "│ 41 │ t41 " in out
 
 
+def test_the_table_says_why_a_task_was_skipped():
+    console = Console(width=400, record=True)
+    skipped = {**_task(42, "skipped"), "skip_reason": "when: params.region == 'eu' was false"}
+    console.print(tasks_table({"id": 7, "workflow": "w", "state": "succeeded", "tasks": [skipped]}))
+    assert "when: params.region == 'eu' was false" in console.export_text()
+
+
 def test_unclaimed_notice_says_once_when_nothing_is_claimed():
     said: list[str] = []
     notice = UnclaimedNotice(0.0, "master", said.append)

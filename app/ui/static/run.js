@@ -78,7 +78,7 @@
     },
     h('td', {}, h('strong', {}, t.name)),
     h('td', {}, t.type),
-    h('td', {}, badge(t.state)),
+    h('td', t.skip_reason ? { title: t.skip_reason } : {}, badge(t.state)),
     h('td', { class: 'num' }, t.attempt),
     h('td', {}, t.worker || '—'),
     h('td', { class: 'time' }, fmtTime(t.started_at)),
@@ -161,9 +161,13 @@
       return;
     }
     logsShape = shape;
-    const parts = [h('div', { class: 'muted' }, `${t.type} task · queue ${t.queue} · priority ${t.priority}`,
+    const rule = t.trigger_rule && t.trigger_rule !== 'all_success' ? ` · trigger rule ${t.trigger_rule}` : '';
+    const parts = [h('div', { class: 'muted' }, `${t.type} task · queue ${t.queue} · priority ${t.priority}${rule}`,
       t.child_run_id ? [' · child run ', runLink(t.child_run_id)] : null)];
-    const repeated = data.attempts.some((a) => a.error === t.error);  // shown with its attempt below
+    if (t.when) parts.push(h('div', { class: 'muted task-when' }, `when: ${t.when}`));
+    // a skipped task says why (a false condition, a branch its switch did not choose, its trigger rule)
+    if (t.skip_reason) parts.push(h('h3', {}, 'Skipped'), h('div', { class: 'alert alert-skip skip-reason' }, t.skip_reason));
+    const repeated = data.attempts.some((a) => a.error === t.error) || t.error === t.skip_reason;  // shown already
     if (t.error && t.state !== 'succeeded' && !repeated) parts.push(h('h3', {}, 'Error'), h('div', { class: 'alert alert-error' }, t.error));
     if (t.result !== null && t.result !== undefined) {
       parts.push(h('h3', {}, 'Result'), h('pre', { class: 'code task-result' }, JSON.stringify(t.result, null, 2)));
