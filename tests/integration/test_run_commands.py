@@ -332,3 +332,28 @@ def test_rerun_racing_the_worker_that_finishes_the_run(cluster, tmp_path):
     assert _outcomes(tasks["b"]) == [(1, "succeeded"), (2, "succeeded")]
     assert len([e for e in _run_events(history(tf, run_id)) if e[:2] == ("succeeded", "running")]) == 1
     tf.close()
+
+
+@pytest.mark.cluster_env(TIDEFLOW_WORKFLOW_MODULES="tests.support.codeflows")
+def test_pause_a_code_run_nothing_is_replayed_until_resume(cluster):
+    """A code run paused in ``ctx.sleep``: its timer fires while paused, but the function is not replayed (no new
+    step, its published state unchanged) until resume; then it goes on."""
+    cluster.start_worker("w1", concurrency=2)
+    tf = client_for(cluster, workflow_modules="tests.support.codeflows")
+    run_id = tf.start_run("sleeper", {"seconds": 1})
+    assert tf.run(run_id)["state_values"] == {"stage": "sleeping"}
+    out = cluster.run_cli("run", "pause", str(run_id), check=True)
+    assert out.stdout.startswith(f"paused run {run_id}")
+    time.sleep(1.2)  # the timer is due
+    assert reconcile_once(tf.runtime).fired_timers == 1  # the reconciler fires it (no beat runs here)
+    wait_until(lambda: all(t["state"] == "succeeded" for t in tf.run(run_id)["tasks"]), timeout=10,
+               message="the timer did not fire")
+    holds_for(lambda: tf.run(run_id)["state"] == "paused" and tf.run(run_id)["state_values"] == {"stage": "sleeping"},
+              2.0, message="the paused code run was replayed")
+    assert len(tf.run(run_id)["tasks"]) == 1
+
+    out = cluster.run_cli("run", "resume", str(run_id), check=True)
+    assert out.stdout.strip() == f"resumed paused run {run_id} (now succeeded)"
+    run = tf.run(run_id)
+    assert run["state"] == "succeeded" and run["state_values"] == {"stage": "woke"}
+    tf.close()
