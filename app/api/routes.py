@@ -116,7 +116,8 @@ def start_run(body: StartRun, tf: TF, request: Request, response: Response) -> A
 @api.get("/runs", response_model=RunPage, tags=["runs"])
 def list_runs(
     tf: TF,
-    state: Annotated[RunState | None, Query(description="incl. blocked (a code run waiting for run resume)")] = None,
+    state: Annotated[RunState | None, Query(
+        description="incl. blocked (a code run waiting for run resume) and paused (run pause)")] = None,
     kind: Annotated[RunKind | None, Query(description="dag or code")] = None,
     workflow: Annotated[str | None, Query(pattern=NAME_RE)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

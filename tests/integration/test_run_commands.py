@@ -357,3 +357,58 @@ def test_pause_a_code_run_nothing_is_replayed_until_resume(cluster):
     run = tf.run(run_id)
     assert run["state"] == "succeeded" and run["state_values"] == {"stage": "woke"}
     tf.close()
+
+
+# -- the API's answers (in process: no delivery involved) ----------------------------------------------------
+
+
+def test_api_commands_answer_404_and_409_and_change_nothing_when_refused(pg_url):
+    from tests.support.api import AUTH, HELLO, make_client, row_counts
+
+    client, tf = make_client(pg_url, workflow_modules="tests.support.codeflows")
+    try:
+        def post(path: str) -> httpx.Response:
+            return client.post(path, headers=AUTH)
+
+        assert client.post("/api/workflows", json=HELLO, headers=AUTH).status_code == 201
+        dag = client.post("/api/runs", json={"workflow": "hello"}, headers=AUTH).json()
+        code = client.post("/api/runs", json={"workflow": "approval"}, headers=AUTH).json()
+        a_id = next(t["id"] for t in dag["tasks"] if t["name"] == "a")
+        step = code["steps"][0]["task_run_id"]
+
+        before = row_counts(tf)
+        refused = {
+            "/api/runs/999999/pause": (404, "run 999999 does not exist"),
+            "/api/runs/999999/resume": (404, "run 999999 does not exist"),
+            "/api/tasks/999999/force-success": (404, "task run 999999 does not exist"),
+            "/api/tasks/999999/rerun": (404, "task run 999999 does not exist"),
+            f"/api/runs/{dag['id']}/resume": (
+                409, f"run {dag['id']} is running; only a paused run or a blocked code run can be resumed"),
+            f"/api/tasks/{a_id}/force-success": (
+                409, f"task 'a' (task run {a_id}) of run {dag['id']} is submitted; only a failed task can be forced "
+                     "to success"),
+            f"/api/tasks/{a_id}/rerun": (
+                409, f"run {dag['id']} is running; a task can be rerun only in a finished run"),
+            f"/api/tasks/{step}/force-success": (
+                409, f"task run {step} is a step of code run {code['id']}: a code run's history is replayed, so its "
+                     "steps cannot be forced (start the run again)"),
+        }
+        for path, (status, message) in refused.items():
+            r = post(path)
+            assert (r.status_code, r.json()["message"]) == (status, message), path
+        assert row_counts(tf) == before
+
+        # pause and resume a code run over the API: a paused run is paused once
+        paused = post(f"/api/runs/{code['id']}/pause")
+        assert paused.status_code == 200 and paused.json()["state"] == "paused"
+        again = post(f"/api/runs/{code['id']}/pause")
+        assert again.status_code == 409
+        assert again.json()["message"] == f"run {code['id']} is paused; only a running run can be paused"
+        assert client.get("/api/runs", params={"state": "paused"}, headers=AUTH).json()["items"][0]["id"] == code["id"]
+        resumed = post(f"/api/runs/{code['id']}/resume")
+        assert resumed.status_code == 200 and resumed.json()["state"] == "running"
+        moves = [(e["from"], e["to"]) for e in client.get(f"/api/runs/{code['id']}/history", headers=AUTH).json()
+                 if e["task"] is None]
+        assert moves[-2:] == [("running", "paused"), ("paused", "running")]
+    finally:
+        tf.close()
