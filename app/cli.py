@@ -302,6 +302,8 @@ def _render_run(d: dict[str, Any]) -> None:
     console.print(tasks_table(d))
     if d["error"]:
         click.echo(f"error: {d['error']}")
+    if d["state"] == RunState.PAUSED:
+        click.echo(f"paused: no new task starts until 'tideflow run resume {d['id']}'")
     if d.get("kind") != RunKind.CODE:
         return
     if d["state"] == RunState.SUCCEEDED:

@@ -74,6 +74,9 @@ def test_pause_lets_the_running_task_finish_starts_nothing_new_and_resume_contin
     assert again.returncode == 1
     assert again.stderr == f"error: run {run_id} is paused; only a running run can be paused\n"
 
+    shown = cluster.run_cli("run", "show", str(run_id), check=True)
+    assert f"paused: no new task starts until 'tideflow run resume {run_id}'" in shown.stdout
+
     gate.touch()  # the running task finishes ...
     wait_until(lambda: _task_state(tf, run_id, "a") == "succeeded", timeout=30, message="a did not finish")
     # ... and nothing new starts: b stays pending, the run stays paused (the reconciler finds nothing to do)
