@@ -306,6 +306,8 @@ def _render_run(d: dict[str, Any]) -> None:
         click.echo(f"error: {d['error']}")
     if d.get("schedule"):
         click.echo(f"scheduled by {d['schedule']} for {d['schedule_time']}")
+    if d["state"] == RunState.PAUSED:
+        click.echo(f"paused: no new task starts until 'tideflow run resume {d['id']}'")
     if d.get("kind") != RunKind.CODE:
         return
     if d["state"] == RunState.SUCCEEDED:
@@ -390,17 +392,27 @@ def run_signal(run_id: int, name: str, data: str | None, key: str | None) -> Non
         click.echo(f"signal '{name}' with key '{key}' was already sent to run {run_id} (#{signal_id}); not sent again")
 
 
+@run.command("pause")
+@click.argument("run_id", type=int)
+def run_pause(run_id: int) -> None:
+    """Pause a running run: no new task starts (a code run is not replayed) until ``run resume``; tasks already
+    running finish."""
+    _client().pause(run_id, actor="cli")
+    click.echo(f"paused run {run_id}: no new task starts until 'tideflow run resume {run_id}'")
+
+
 @run.command("resume")
 @click.argument("run_id", type=int)
 def run_resume(run_id: int) -> None:
-    """Continue a ``blocked`` code run with the code deployed now (exit 1 if it is blocked again)."""
+    """Continue a paused run, or a ``blocked`` code run with the code deployed now (exit 1 if it is blocked
+    again)."""
     tf = _client()
-    state = tf.resume(run_id, actor="cli")
+    was, state = tf.resume_from(run_id, actor="cli")
     if state == RunState.BLOCKED:
         click.echo(f"error: run {run_id} is still blocked: {' '.join(str(tf.run(run_id)['error']).split())}",
                    err=True)
         sys.exit(1)
-    click.echo(f"resumed run {run_id} (now {state})")
+    click.echo(f"resumed {was} run {run_id} (now {state})")
 
 
 @run.command("replay")
@@ -449,6 +461,31 @@ def task_logs(ids: tuple[str, ...], as_json: bool) -> None:
                 click.echo(f"error: {a['error']}")
 
     _emit(data, as_json, render)
+
+
+@task.command("force-success")
+@click.argument("run_id", metavar="RUN", type=int)
+@click.argument("task_ref", metavar="TASK")
+@click.option("--reason", default="by request", show_default=True, help="recorded in the run's history")
+def task_force_success(run_id: int, task_ref: str, reason: str) -> None:
+    """Mark run RUN's failed task TASK (its name, or its task run id) succeeded: its downstream tasks continue, and
+    a failed run is running again."""
+    tf = _client()
+    task_run_id = tf.task_id(run_id, task_ref)
+    _, state = tf.force_success(task_run_id, actor="cli", reason=reason)
+    click.echo(f"task {task_ref} (task run {task_run_id}) of run {run_id} forced to success (run now {state})")
+
+
+@task.command("rerun")
+@click.argument("run_id", metavar="RUN", type=int)
+@click.argument("task_ref", metavar="TASK")
+def task_rerun(run_id: int, task_ref: str) -> None:
+    """Run finished run RUN again from its task TASK (its name, or its task run id): that task and everything
+    downstream of it run as new attempts (earlier attempts stay in the history)."""
+    tf = _client()
+    task_run_id = tf.task_id(run_id, task_ref)
+    _, state, reset = tf.rerun(task_run_id, actor="cli")
+    click.echo(f"rerunning run {run_id} from task {task_ref} ({reset} task(s) reset; run now {state})")
 
 
 # -- tokens -----------------------------------------------------------------------------------------

@@ -131,10 +131,31 @@ class Tideflow:
             return send_signal(s, self.runtime, run_id, name, data, key=key, actor=actor)
 
     def resume(self, run_id: int, *, actor: str = "api") -> str:
-        """Continue a ``blocked`` code run with the code deployed now; returns its state after the replay."""
-        from app.code.runs import resume
+        """Continue a paused run, or a ``blocked`` code run with the code deployed now; returns its state after."""
+        return self.resume_from(run_id, actor=actor)[1]
 
-        return resume(self.runtime, run_id, actor=actor)
+    def resume_from(self, run_id: int, *, actor: str = "api") -> tuple[str, str]:
+        """:meth:`resume`, also saying what the run was resumed from: ``paused`` or ``blocked``."""
+        was, state = control.resume_run(self.runtime, run_id, actor=actor)
+        return str(was), state
+
+    def pause(self, run_id: int, *, actor: str = "api") -> None:
+        """Pause a running run (DAG or code): no new task starts until :meth:`resume`; running ones finish."""
+        control.pause_run(self.runtime, run_id, actor=actor)
+
+    def task_id(self, run_id: int, task: str | int) -> int:
+        """The task run id of a run's task given by name or task run id (as ``tideflow task logs RUN TASK``)."""
+        return self.read(views.run_task_id, run_id, str(task))
+
+    def force_success(self, task_run_id: int, *, actor: str = "api", reason: str = "by request") -> tuple[int, str]:
+        """Mark a failed DAG task succeeded: its downstream continues (a failed run is running again). Returns the
+        run's id and state after."""
+        return control.force_success_task(self.runtime, task_run_id, actor=actor, reason=reason)
+
+    def rerun(self, task_run_id: int, *, actor: str = "api") -> tuple[int, str, int]:
+        """Run a task of a finished DAG run again, and everything downstream of it. Returns the run's id, its
+        state after and how many tasks were reset."""
+        return control.rerun_task(self.runtime, task_run_id, actor=actor)
 
     def replay(self, run_id: int) -> Any:
         """Replay a stored code run against this process's code, with no side effects: a

@@ -30,6 +30,9 @@ class RunState(StrEnum):
     #: a code run whose code asked, on replay, for a different durable call than its history holds: kept as it
     #: is (nothing retried, nothing changed) until ``run resume`` after a fix is deployed
     BLOCKED = "blocked"
+    #: ``run pause``: no new task starts (nothing is submitted, a submitted task's claim is refused and it waits for
+    #: ``run resume``, which re-publishes it); tasks already running finish. A code run is not replayed while paused
+    PAUSED = "paused"
 
 
 class TaskKind(StrEnum):
@@ -109,18 +112,21 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
             TaskState.CANCELLED,
         }
     ),
-    TaskState.FAILED: frozenset({TaskState.PENDING}),  # run retry
-    TaskState.SKIPPED: frozenset({TaskState.PENDING}),  # run retry
-    TaskState.CANCELLED: frozenset({TaskState.PENDING}),  # run retry
-    TaskState.SUCCEEDED: frozenset(),
+    TaskState.FAILED: frozenset(
+        {TaskState.PENDING, TaskState.SUCCEEDED}),  # run retry, task rerun; task force-success
+    TaskState.SKIPPED: frozenset({TaskState.PENDING}),  # run retry, task rerun
+    TaskState.CANCELLED: frozenset({TaskState.PENDING}),  # run retry, task rerun
+    TaskState.SUCCEEDED: frozenset({TaskState.PENDING}),  # task rerun ("start from this node")
 }
 
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    RunState.RUNNING: frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.BLOCKED}),
+    RunState.RUNNING: frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.BLOCKED,
+                                 RunState.PAUSED}),  # run pause
     RunState.BLOCKED: frozenset({RunState.RUNNING, RunState.CANCELLED}),  # run resume; cancel
-    RunState.FAILED: frozenset({RunState.RUNNING}),  # retry from the failed tasks
-    RunState.CANCELLED: frozenset({RunState.RUNNING}),  # retry a cancelled run
-    RunState.SUCCEEDED: frozenset(),
+    RunState.PAUSED: frozenset({RunState.RUNNING, RunState.CANCELLED}),  # run resume; cancel
+    RunState.FAILED: frozenset({RunState.RUNNING}),  # retry from the failed tasks; task force-success or rerun
+    RunState.CANCELLED: frozenset({RunState.RUNNING}),  # retry a cancelled run; task rerun
+    RunState.SUCCEEDED: frozenset({RunState.RUNNING}),  # task rerun ("start from this node")
 }
 
 

@@ -121,7 +121,8 @@ def start_run(body: StartRun, tf: TF, request: Request, response: Response) -> A
 @api.get("/runs", response_model=RunPage, tags=["runs"])
 def list_runs(
     tf: TF,
-    state: Annotated[RunState | None, Query(description="incl. blocked (a code run waiting for run resume)")] = None,
+    state: Annotated[RunState | None, Query(
+        description="incl. blocked (a code run waiting for run resume) and paused (run pause)")] = None,
     kind: Annotated[RunKind | None, Query(description="dag or code")] = None,
     workflow: Annotated[str | None, Query(pattern=NAME_RE)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -174,10 +175,19 @@ def send_signal(run_id: RunId, name: SignalName, tf: TF, request: Request, respo
     return {"id": signal_id, "run_id": run_id, "name": name, "created": created}
 
 
+@api.post("/runs/{run_id}/pause", response_model=RunDetail, tags=["runs"], responses={**_NOT_FOUND, **_CONFLICT})
+def pause_run(run_id: RunId, tf: TF, request: Request) -> Any:
+    """Pause a running run (DAG or code): no new task starts until it is resumed; running tasks finish (409 for a
+    run that is not running)."""
+    tf.pause(run_id, actor=_actor(request))
+    return tf.run(run_id)
+
+
 @api.post("/runs/{run_id}/resume", response_model=RunDetail, tags=["runs"], responses={**_NOT_FOUND, **_CONFLICT})
 def resume_run(run_id: RunId, tf: TF, request: Request) -> Any:
-    """Continue a ``blocked`` code run with the code this deployment runs (409 for a run that is not blocked).
-    The run is replayed at once: it is running again, or blocked again if the code still diverges."""
+    """Continue a paused run, or a ``blocked`` code run with the code this deployment runs (409 for a run that is
+    neither). A blocked run is replayed at once: it is running again, or blocked again if the code still
+    diverges."""
     tf.resume(run_id, actor=_actor(request))
     return tf.run(run_id)
 
@@ -235,6 +245,27 @@ def backfill_schedule(name: ScheduleName, body: StartBackfill, tf: TF, request: 
 def task_logs(task_run_id: Annotated[int, Path(ge=1, le=MAX_ID)], tf: TF) -> Any:
     """Each attempt's captured output (capped at TIDEFLOW_LOG_MAX_BYTES) and error."""
     return tf.read(views.task_logs, task_run_id)
+
+
+TaskRunId = Annotated[int, Path(ge=1, le=MAX_ID, description="task run id")]
+
+
+@api.post("/tasks/{task_run_id}/force-success", response_model=RunDetail, tags=["tasks"],
+          responses={**_NOT_FOUND, **_CONFLICT})
+def force_success(task_run_id: TaskRunId, tf: TF, request: Request) -> Any:
+    """Mark a failed task of a DAG run succeeded: its downstream continues, a failed run is running again (409 for
+    a task that is not failed, or a code run's step). Returns the task's run."""
+    run_id, _ = tf.force_success(task_run_id, actor=_actor(request))
+    return tf.run(run_id)
+
+
+@api.post("/tasks/{task_run_id}/rerun", response_model=RunDetail, tags=["tasks"],
+          responses={**_NOT_FOUND, **_CONFLICT})
+def rerun_task(task_run_id: TaskRunId, tf: TF, request: Request) -> Any:
+    """Run a task of a finished DAG run again with everything downstream of it, as new attempts (409 while the run
+    is not finished). Returns the task's run."""
+    run_id, _, _ = tf.rerun(task_run_id, actor=_actor(request))
+    return tf.run(run_id)
 
 
 def _actor(request: Request) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, false, func, insert, literal_column, or_, select, update
+from sqlalchemy import Row, Table, and_, exists, false, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -399,6 +399,12 @@ def transition_by_id(
     return _task(row)
 
 
+#: a claim's guard: the task's run is not paused (a paused run's submitted tasks wait for ``run resume``, which
+#: re-publishes them). Read in the claim's own statement: a pause that committed before it is seen; one after it
+#: lets this attempt run, as any task already running when a run is paused.
+_RUN_NOT_PAUSED = ~exists().where(R.c.id == T.c.run_id, R.c.state == literal_column(f"'{RunState.PAUSED}'"))
+
+
 def claim_task(
     s: Session, task_run_id: int, attempt: int, *, actor: str, reason: str, now: datetime, **values: Any,
 ) -> TaskRecord | None:
@@ -406,8 +412,12 @@ def claim_task(
     (no read before it). None when there was nothing to claim (missing row, other state or attempt, early)."""
     return transition_by_id(
         s, task_run_id, TaskState.SUBMITTED, TaskState.RUNNING, attempt=attempt, actor=actor, reason=reason,
-        now=now, where=[or_(T.c.not_before.is_(None), T.c.not_before <= now)], **values,
+        now=now, where=[or_(T.c.not_before.is_(None), T.c.not_before <= now), _RUN_NOT_PAUSED], **values,
     )
+
+
+def run_is_paused(s: Session, run_id: int) -> bool:
+    return s.execute(select(R.c.state).where(R.c.id == run_id)).scalar() == RunState.PAUSED
 
 
 def keep_attempt_log(s: Session, task_run_id: int, attempt: int, log: str) -> None:
@@ -518,9 +528,11 @@ def _locked(s: Session, q: Any) -> Any:
 
 
 def due_orphans(s: Session, now: datetime, limit: int) -> list[TaskRecord]:
-    """Submitted tasks due for a re-publish, with their run's workflow name (for the message's label)."""
+    """Submitted tasks due for a re-publish, with their run's workflow name (for the message's label); not those
+    of a paused run (their claims are refused until ``run resume`` re-publishes them)."""
     q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
-         .where(_state_is(TaskState.SUBMITTED), T.c.next_publish_at <= now)
+         .where(_state_is(TaskState.SUBMITTED), T.c.next_publish_at <= now,
+                R.c.state != RunState.PAUSED)  # a paused run's are re-published by its resume
          .order_by(T.c.next_publish_at).limit(limit))
     return [TaskRecord.from_row(r) for r in s.execute(_locked(s, q))]
 

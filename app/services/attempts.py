@@ -85,14 +85,17 @@ def submit(
     return _message(task, attempt, label)
 
 
-def republish(s: Session, rt: Runtime, task: TaskRecord, *, actor: str, now: datetime) -> ExecuteMessage | None:
+def republish(
+    s: Session, rt: Runtime, task: TaskRecord, *, actor: str, now: datetime, reason: str = "not claimed in time",
+) -> ExecuteMessage | None:
     """``submitted -> submitted``: nobody claimed the attempt in time (its message was lost, or waits behind a
-    backlog): publish it again, and check again after an exponentially longer wait."""
+    backlog; or its run was paused and is resumed): publish it again, and check again after an exponentially
+    longer wait."""
     n = task.publish_count + 1
     delay = republish_delay(n, rt.settings)
     if not repo.transition_task(
         s, task, TaskState.SUBMITTED, actor=actor, now=now, publish_count=n, next_publish_at=after(delay, now),
-        reason=f"not claimed in time: re-published (publish #{n} of attempt {task.attempt}; next check in {delay:g}s)",
+        reason=f"{reason}: re-published (publish #{n} of attempt {task.attempt}; next check in {delay:g}s)",
     ):
         return None
     return _message(task, task.attempt, task.label)

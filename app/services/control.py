@@ -1,19 +1,25 @@
-"""Operator actions: register a workflow, cancel a run, retry a run from its failed tasks."""
+"""Operator actions: register a workflow, cancel a run, retry a run from its failed tasks, and the run-control
+commands (DolphinScheduler's): pause and resume a run, force-success a failed task, rerun a task and everything
+downstream of it. Each is a guarded transition of :mod:`app.states` under the run's row lock, with its event."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app import templating
+from app.clock import utcnow
 from app.db import repository as repo
 from app.definitions import WorkflowSpec, parse_definition
+from app.dispatch import publish_after_commit
 from app.errors import DefinitionError, InvalidState, NotFound
 from app.params import ARTICLE, Parameter, Unfit, check_value, dag_parameters, json_type
-from app.records import WorkflowRecord
+from app.records import RunRecord, TaskRecord, WorkflowRecord
 from app.runtime import Runtime
+from app.services import attempts
 from app.services.master import advance_locked, cancel_locked
 from app.states import RUN_TERMINAL, RunKind, RunState, TaskState
 
@@ -173,12 +179,148 @@ def retry_run(rt: Runtime, run_id: int, *, actor: str = "api") -> int:
         reset = 0
         for task in repo.run_tasks(s, run.id):
             if task.state in (TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED):
-                reset += repo.transition_task(
-                    s, task, TaskState.PENDING, actor=actor, reason="run retried", failures=0, lost_attempts=0,
-                    error=None, result=None, finished_at=None, handled=True, child_run_id=None,
-                )
+                reset += _reset(s, task, actor=actor, reason="run retried")
         repo.transition_run(s, run, RunState.RUNNING, actor=actor, reason=f"retried ({reset} tasks reset)")
         fresh = repo.get_run(s, run.id)
         assert fresh is not None
         advance_locked(s, rt, fresh, actor=actor, full=True)
         return reset
+
+
+def _reset(s: Session, task: TaskRecord, *, actor: str, reason: str) -> bool:
+    """A finished task back to ``pending``, to run again as a new attempt (its retry budget resets; its attempts
+    and events are kept: the history is append-only)."""
+    return repo.transition_task(s, task, TaskState.PENDING, actor=actor, reason=reason, failures=0, lost_attempts=0,
+                                error=None, result=None, finished_at=None, handled=True, child_run_id=None)
+
+
+def _locked_run(s: Session, run_id: int) -> RunRecord:
+    run = repo.lock_run(s, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return run
+
+
+def pause_run(rt: Runtime, run_id: int, *, actor: str = "api", reason: str = "paused by request") -> None:
+    """``running -> paused``: no new task starts (the decider is not consulted, a submitted task's claim is
+    refused); running tasks finish. A code run: no step is started and nothing is replayed until resumed."""
+    with rt.db.transaction() as s:
+        run = _locked_run(s, run_id)
+        if run.state != RunState.RUNNING:
+            raise InvalidState(f"run {run_id} is {run.state}; only a running run can be paused")
+        repo.transition_run(s, run, RunState.PAUSED, actor=actor, reason=reason)
+
+
+def resume_run(rt: Runtime, run_id: int, *, actor: str = "api") -> tuple[RunState, str]:
+    """``run resume``: a paused run (any kind) or a blocked code run continues. Returns which it was (``paused``
+    or ``blocked``) and the run's state after (a blocked run is blocked again if its code still diverges)."""
+    with rt.db.read() as s:
+        run = repo.get_run(s, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} does not exist")
+    if run.state == RunState.BLOCKED:
+        from app.code.runs import resume
+
+        return RunState.BLOCKED, resume(rt, run_id, actor=actor)
+    with rt.db.transaction() as s:
+        run = _locked_run(s, run_id)
+        if run.state != RunState.PAUSED:
+            raise InvalidState(f"run {run_id} is {run.state}; only a paused run or a blocked code run can be resumed")
+        repo.transition_run(s, run, RunState.RUNNING, actor=actor, reason="resumed")
+        # the claims refused while paused dropped their messages: publish each submitted task again
+        now = utcnow()
+        messages = [m for task in repo.live_steps(s, run_id) if task.state == TaskState.SUBMITTED
+                    if (m := attempts.republish(s, rt, replace(task, workflow_name=run.workflow_name), actor=actor,
+                                                now=now, reason="run resumed")) is not None]
+        publish_after_commit(s, rt.dispatcher, execute=messages)
+        fresh = repo.get_run(s, run_id)
+        assert fresh is not None
+        # what ended while paused was marked handled without a decision: decide from the whole run
+        advance_locked(s, rt, fresh, actor=actor, full=True)
+        after = repo.get_run(s, run_id)
+        return RunState.PAUSED, str(after.state if after is not None else RunState.RUNNING)
+
+
+def _task_of(s: Session, task_run_id: int, command: str) -> tuple[RunRecord, TaskRecord]:
+    """The task run and its run (locked; the task read again under that lock) for a task command on a DAG run."""
+    found = repo.get_task(s, task_run_id)
+    if found is None:
+        raise NotFound(f"task run {task_run_id} does not exist")
+    run = _locked_run(s, found.run_id)
+    task = repo.get_task(s, task_run_id)
+    assert task is not None
+    if run.kind == RunKind.CODE:
+        raise InvalidState(f"task run {task_run_id} is a step of code run {run.id}: a code run's history is replayed, "
+                           f"so its steps cannot be {command} (start the run again)")
+    return run, task
+
+
+def _descendants(rt: Runtime, s: Session, run: RunRecord, name: str) -> set[str]:
+    children = rt.workflow(s, run.workflow_id).children
+    found: set[str] = set()
+    todo = list(children.get(name, []))
+    while todo:
+        n = todo.pop()
+        if n not in found:
+            found.add(n)
+            todo.extend(children.get(n, []))
+    return found
+
+
+def force_success_task(
+    rt: Runtime, task_run_id: int, *, actor: str = "api", reason: str = "by request",
+) -> tuple[int, str]:
+    """``failed -> succeeded`` by an operator (result null): its downstream tasks that were skipped (or, in a failed
+    run, every task the failure skipped or cancelled) go back to ``pending`` and the run continues: a failed run is
+    running again; a paused run continues when resumed. Returns the run's id and its state after."""
+    with rt.db.transaction() as s:
+        run, task = _task_of(s, task_run_id, "forced")
+        if task.state != TaskState.FAILED:
+            raise InvalidState(f"task '{task.name}' (task run {task.id}) of run {run.id} is {task.state}; only a "
+                               "failed task can be forced to success")
+        if run.state not in (RunState.RUNNING, RunState.PAUSED, RunState.FAILED):
+            raise InvalidState(f"run {run.id} is {run.state}; retry it instead")
+        if run.state == RunState.FAILED and run.parent_task_run_id is not None:
+            raise InvalidState(f"run {run.id} is a failed child run; act on its parent run instead")
+        now = utcnow()
+        if not repo.transition_task(s, task, TaskState.SUCCEEDED, actor=actor, now=now, finished_at=now,
+                                    handled=True, result=None, error=None,
+                                    reason=f"forced to success by {actor}: {reason}"):
+            raise InvalidState(f"task run {task.id} changed meanwhile; try again")
+        downstream = _descendants(rt, s, run, task.name)
+        for other in repo.run_tasks(s, run.id):
+            if other.state in (TaskState.SKIPPED, TaskState.CANCELLED) and \
+                    (other.name in downstream or run.state == RunState.FAILED):
+                _reset(s, other, actor=actor, reason=f"task '{task.name}' was forced to success")
+        return run.id, _continue(s, rt, run, actor=actor, reason=f"task '{task.name}' forced to success")
+
+
+def rerun_task(rt: Runtime, task_run_id: int, *, actor: str = "api") -> tuple[int, str, int]:
+    """"Start from this node": in a finished DAG run, the task and every task downstream of it go back to
+    ``pending`` (new attempts; earlier ones stay in the history) and the run is running again. Returns the run's
+    id, its state after and how many tasks were reset."""
+    with rt.db.transaction() as s:
+        run, task = _task_of(s, task_run_id, "rerun")
+        if run.state not in RUN_TERMINAL:
+            raise InvalidState(f"run {run.id} is {run.state}; a task can be rerun only in a finished run")
+        if run.parent_task_run_id is not None:
+            raise InvalidState(f"run {run.id} is a child run; rerun its parent's task instead")
+        names = {task.name} | _descendants(rt, s, run, task.name)
+        reset = sum(_reset(s, t, actor=actor, reason=f"rerun from task '{task.name}'")
+                    for t in repo.run_tasks(s, run.id) if t.name in names and t.state != TaskState.PENDING)
+        why = f"rerun from task '{task.name}' ({reset} tasks reset)"
+        return run.id, _continue(s, rt, run, actor=actor, reason=why), reset
+
+
+def _continue(s: Session, rt: Runtime, run: RunRecord, *, actor: str, reason: str) -> str:
+    """After a task command: a finished run is running again; a running one is advanced from the whole run; a
+    paused one stays paused (its resume decides). Returns the run's state after."""
+    if run.state in RUN_TERMINAL:
+        repo.transition_run(s, run, RunState.RUNNING, actor=actor, reason=reason)
+    elif run.state == RunState.PAUSED:
+        return str(run.state)
+    fresh = repo.get_run(s, run.id)
+    assert fresh is not None
+    advance_locked(s, rt, fresh, actor=actor, full=True)
+    after = repo.get_run(s, run.id)
+    return str(after.state if after is not None else RunState.RUNNING)

@@ -318,7 +318,7 @@ def stop_task(
         return False
     if task.state == TaskState.RUNNING and task.child_run_id is not None:
         child = repo.lock_run(s, task.child_run_id)
-        if child is not None and child.state in (RunState.RUNNING, RunState.BLOCKED):
+        if child is not None and child.state in (RunState.RUNNING, RunState.BLOCKED, RunState.PAUSED):
             cancel_locked(s, rt, child, actor=actor, reason=f"parent task {task.name} stopped")
     return True
 

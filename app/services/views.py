@@ -234,21 +234,26 @@ def list_tokens(s: Session) -> list[dict[str, Any]]:
 
 
 def run_task_logs(s: Session, run_id: int, task: str) -> dict[str, Any]:
-    """:func:`task_logs` of run ``run_id``'s task ``task``: its name, or its task run id (``tideflow task logs RUN
-    TASK``). A name a code run holds several steps of is an error naming their ids."""
+    """:func:`task_logs` of run ``run_id``'s task ``task`` (:func:`run_task_id`: ``tideflow task logs RUN TASK``)."""
+    return task_logs(s, run_task_id(s, run_id, task))
+
+
+def run_task_id(s: Session, run_id: int, task: str) -> int:
+    """The task run id of run ``run_id``'s task ``task``: its name, or its task run id (``tideflow task logs|
+    force-success|rerun RUN TASK``). A name a code run holds several steps of is an error naming their ids."""
     if repo.get_run(s, run_id) is None:
         raise NotFound(f"run {run_id} does not exist")
     if task.isdigit():
         found = repo.get_task(s, int(task))
         if found is not None and found.run_id == run_id:
-            return task_logs(s, found.id)
+            return found.id
     named = repo.tasks_named(s, run_id, [task])
     if not named:
         raise NotFound(f"run {run_id} has no task '{task}'")
     if len(named) > 1:
         ids = ", ".join(str(t.id) for t in sorted(named, key=lambda t: t.id))
         raise NotFound(f"run {run_id} has {len(named)} tasks named '{task}' (task run ids {ids}): give one of the ids")
-    return task_logs(s, named[0].id)
+    return named[0].id
 
 
 # -- schedules ------------------------------------------------------------------------------------------------------

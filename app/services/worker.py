@@ -78,7 +78,9 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
     with rt.db.transaction() as s:
         task = attempts.claim(s, rt, task_run_id, attempt, now=now, token=token)
         if task is None:
-            return _not_claimed(repo.get_task(s, task_run_id), task_run_id, attempt, now)
+            missed = repo.get_task(s, task_run_id)
+            paused = missed is not None and repo.run_is_paused(s, missed.run_id)
+            return _not_claimed(missed, task_run_id, attempt, now, paused)
         run = rt.run_info(s, task.run_id)
         upstream = repo.task_results(s, task.run_id, task.body.inputs)
     settings = rt.settings
@@ -139,8 +141,11 @@ def run_claimed(
                                        eager=eager_until is not None and time.monotonic() < eager_until))
 
 
-def _not_claimed(task: TaskRecord | None, task_run_id: int, attempt: int, now: datetime) -> Result:
-    """Why a claim did not land: the row is not visible (yet), the message is stale, or it came early."""
+def _not_claimed(
+    task: TaskRecord | None, task_run_id: int, attempt: int, now: datetime, paused: bool = False,
+) -> Result:
+    """Why a claim did not land: the row is not visible (yet), the message is stale, it came early, or its run is
+    ``paused``."""
     if task is None:
         return Result(Outcome.MISSING_ROW, detail=f"task run {task_run_id} is not visible")
     if task.attempt != attempt or task.state != TaskState.SUBMITTED:
@@ -148,6 +153,9 @@ def _not_claimed(task: TaskRecord | None, task_run_id: int, attempt: int, now: d
                                                f"message for attempt {attempt} ignored")
     if task.not_before is not None and task.not_before > now:
         return Result(Outcome.TOO_EARLY, delay=(task.not_before - now).total_seconds())
+    if paused:
+        return Result(Outcome.IGNORED, detail=f"run {task.run_id} is paused: task run {task_run_id} attempt {attempt} "
+                                              "not started ('run resume' re-publishes it)")
     return Result(Outcome.IGNORED, detail=f"task run {task_run_id} attempt {attempt} was claimed elsewhere")
 
 

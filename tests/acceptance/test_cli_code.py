@@ -349,10 +349,10 @@ def test_blocked_run_replay_resume_and_wait(h: Harness) -> None:
     # the fix: replay passes, resume continues it
     state["changed"] = False
     assert h.cli("run", "replay", str(run_id)).code == 0
-    assert h.ok("run", "resume", str(run_id)).strip() == f"resumed run {run_id} (now succeeded)"
+    assert h.ok("run", "resume", str(run_id)).strip() == f"resumed blocked run {run_id} (now succeeded)"
     assert h.run(run_id)["result"] == "done"
     assert h.cli("run", "resume", str(run_id)).error_line() == (
-        f"error: run {run_id} is succeeded; only a blocked run can be resumed")
+        f"error: run {run_id} is succeeded; only a paused run or a blocked code run can be resumed")
     assert h.cli("run", "replay", "999").error_line() == "error: run 999 does not exist"
 
 

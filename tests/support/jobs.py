@@ -80,3 +80,23 @@ def kill_own_process(context: Any) -> str:
     _ledger(context, "start")
     os.kill(os.getpid(), signal.SIGKILL)
     return "unreachable"
+
+
+def gate_then_fail(context: Any, gate: str, timeout: float = 60.0) -> str:
+    """Start (ledger ``start``), wait for the file ``gate``, then fail: a running attempt whose failure the test
+    releases (e.g. to race an operator command with the worker's finish)."""
+    _ledger(context, "start")
+    deadline = time.monotonic() + timeout
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise RuntimeError("gate opened: planned failure")
+
+
+def gate_then_record(context: Any, gate: str, timeout: float = 60.0) -> str:
+    """Start (ledger ``start``), wait for the file ``gate``, then succeed (ledger ``exec``)."""
+    _ledger(context, "start")
+    deadline = time.monotonic() + timeout
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _ledger(context, "exec")
+    return context.task_name

@@ -62,11 +62,29 @@
 
   function renderControls(polling) {
     const code = run.kind === 'code';  // a blocked code run can be cancelled; a code run is not retried
-    $('cancel-btn').disabled = acting || !(run.state === 'running' || (code && run.state === 'blocked'));
+    $('cancel-btn').disabled = acting
+      || !(run.state === 'running' || run.state === 'paused' || (code && run.state === 'blocked'));
     $('retry-btn').hidden = code;
     $('retry-btn').disabled = acting || !['failed', 'cancelled'].includes(run.state);
+    // run pause / resume (a blocked code run is resumed from its divergence box)
+    $('pause-btn').hidden = run.state !== 'running';
+    $('pause-btn').disabled = acting || run.state !== 'running';
+    $('unpause-btn').hidden = run.state !== 'paused';
+    $('unpause-btn').disabled = acting || run.state !== 'paused';
     $('live').classList.toggle('on', polling);
-    $('live-text').textContent = polling ? 'Live' : 'Finished';
+    $('live-text').textContent = run.state === 'paused' ? 'Paused' : polling ? 'Live' : 'Finished';
+    renderTaskActions();
+  }
+
+  // the selected task's commands: force-success a failed task, rerun a task of a finished run (DAG runs)
+  function renderTaskActions() {
+    const t = run && run.kind === 'dag' && run.tasks.find((x) => x.id === selectedId);
+    const force = Boolean(t) && t.state === 'failed' && ['running', 'paused', 'failed'].includes(run.state);
+    const rerun = Boolean(t) && TERMINAL.has(run.state);
+    $('force-success-btn').hidden = !force;
+    $('rerun-btn').hidden = !rerun;
+    $('force-success-btn').disabled = $('rerun-btn').disabled = acting;
+    $('task-actions').hidden = !force && !rerun;
   }
 
   function taskRow(t) {
@@ -225,14 +243,20 @@
 
   const poller = loop(refresh, POLL_MS);
 
+  const DOING = { cancel: 'Cancelling…', retry: 'Retrying…', pause: 'Pausing…', resume: 'Resuming…' };
+
   async function act(kind) {
     acting = true;
     renderControls(poller.active);
-    showAlert($('action-msg'), kind === 'cancel' ? 'Cancelling…' : 'Retrying…', 'ok');
+    showAlert($('action-msg'), DOING[kind], 'ok');
     try {
       const result = await api(`/api/runs/${runId}/${kind}`, { method: 'POST' });
-      showAlert($('action-msg'), kind === 'cancel' ? 'Run cancelled.'
-        : `Run restarted: ${result.reset} task(s) reset to pending.`, 'ok');
+      showAlert($('action-msg'), {
+        cancel: 'Run cancelled.',
+        retry: `Run restarted: ${result.reset} task(s) reset to pending.`,
+        pause: 'Run paused: no new task starts until it is resumed; running tasks finish.',
+        resume: `Run resumed: it is ${result.state}.`,
+      }[kind], 'ok');
     } catch (err) {
       showAlert($('action-msg'), `Could not ${kind} the run: ${err.message}`, 'error');
     } finally {
@@ -242,18 +266,64 @@
     poller.kick();
   }
 
+  // a task command (POST /api/tasks/{id}/force-success | rerun): answers with the task's run
+  async function actOnTask(kind, t) {
+    acting = true;
+    renderControls(poller.active);
+    showAlert($('task-action-msg'), kind === 'rerun' ? 'Rerunning…' : 'Marking succeeded…', 'ok');
+    try {
+      const result = await api(`/api/tasks/${t.id}/${kind}`, { method: 'POST' });
+      showAlert($('task-action-msg'), kind === 'rerun'
+        ? `Rerunning from task ${t.name}: the run is ${result.state}.`
+        : `Task ${t.name} marked succeeded: the run is ${result.state}.`, 'ok');
+    } catch (err) {
+      showAlert($('task-action-msg'), `Could not ${kind === 'rerun' ? 'rerun' : 'force-success'} task ${t.name}: `
+        + err.message, 'error');
+    } finally {
+      acting = false;
+    }
+    logsKey = null;
+    poller.kick();  // polls again (a finished run that runs again is followed until it finishes)
+  }
+
   // destructive actions ask first (what will happen, to which run)
   async function confirmed(kind) {
     const name = run ? `#${run.id} ${run.workflow}` : `#${runId}`;
-    return kind === 'cancel'
-      ? TF.confirmAction(`Cancel run ${name}?`, 'Its pending tasks will never start and its running tasks are '
-        + 'stopped. This cannot be undone (a cancelled run can be retried).', 'Cancel run')
-      : TF.confirmAction(`Retry run ${name}?`, 'Its failed, cancelled and skipped tasks are reset to pending and '
-        + 'run again; succeeded tasks keep their results.', 'Retry run', { danger: false });
+    const t = run && run.tasks.find((x) => x.id === selectedId);
+    switch (kind) {
+      case 'cancel':
+        return TF.confirmAction(`Cancel run ${name}?`, 'Its pending tasks will never start and its running tasks '
+          + 'are stopped. This cannot be undone (a cancelled run can be retried).', 'Cancel run');
+      case 'pause':
+        return TF.confirmAction(`Pause run ${name}?`, 'No new task starts until the run is resumed; tasks already '
+          + 'running finish.', 'Pause run', { danger: false });
+      case 'resume':
+        return TF.confirmAction(`Resume run ${name}?`, 'Tasks that were waiting start again and the run goes on.',
+          'Resume run', { danger: false });
+      case 'force-success':
+        return TF.confirmAction(`Mark task ${t.name} succeeded?`, `Task ${t.name} of run ${name} failed; it is `
+          + 'recorded as succeeded (with no result) and the tasks downstream of it run. A failed run runs again.',
+        'Mark succeeded');
+      case 'rerun':
+        return TF.confirmAction(`Rerun run ${name} from task ${t.name}?`, `Task ${t.name} and every task downstream `
+          + 'of it run again as new attempts (earlier attempts stay in the history); the run is running again.',
+        'Rerun', { danger: false });
+      default:
+        return TF.confirmAction(`Retry run ${name}?`, 'Its failed, cancelled and skipped tasks are reset to pending '
+          + 'and run again; succeeded tasks keep their results.', 'Retry run', { danger: false });
+    }
   }
 
   $('cancel-btn').addEventListener('click', async () => { if (await confirmed('cancel')) act('cancel'); });
   $('retry-btn').addEventListener('click', async () => { if (await confirmed('retry')) act('retry'); });
+  $('pause-btn').addEventListener('click', async () => { if (await confirmed('pause')) act('pause'); });
+  $('unpause-btn').addEventListener('click', async () => { if (await confirmed('resume')) act('resume'); });
+  for (const kind of ['force-success', 'rerun']) {
+    $(`${kind}-btn`).addEventListener('click', async () => {
+      const t = run && run.tasks.find((x) => x.id === selectedId);
+      if (t && await confirmed(kind)) actOnTask(kind, t);
+    });
+  }
   TFCode.init({ runId, changed: () => { logsKey = null; poller.kick(); } });
   legend('dag-legend', TASK_STATES);
   legend('code-legend', TASK_STATES);
