@@ -562,7 +562,7 @@ def test_a_running_attempts_output_is_served_before_it_ends(cluster, tmp_path) -
 
 
 TYPED: dict = {
-    "name": "typed", "params": {"n": {"type": "integer", "description": "how many"}, "version": "1.10",
+    "name": "typed-dag", "params": {"n": {"type": "integer", "description": "how many"}, "version": "1.10",
                                 "dry": False},
     "tasks": [{"name": "a", "type": "shell", "command": "echo {{ params.n }} {{ params.version }}"}],
 }
@@ -579,8 +579,8 @@ def test_workflow_views_carry_typed_parameters(api) -> None:
          "enum": None},
         {"name": "dry", "type": "boolean", "default": False, "required": False, "description": "", "enum": None},
     ]
-    assert client.get("/api/workflows/typed", headers=AUTH).json()["parameters"] == expected
-    (listed,) = [w for w in client.get("/api/workflows", headers=AUTH).json() if w["name"] == "typed"]
+    assert client.get("/api/workflows/typed-dag", headers=AUTH).json()["parameters"] == expected
+    (listed,) = [w for w in client.get("/api/workflows", headers=AUTH).json() if w["name"] == "typed-dag"]
     assert listed["parameters"] == expected
 
 
@@ -588,14 +588,14 @@ def test_a_parameter_of_the_wrong_type_is_a_422_and_nothing_is_stored(api) -> No
     client, tf = api
     assert client.post("/api/workflows", json=TYPED, headers=AUTH).status_code == 201
     before = row_counts(tf)
-    body = _error(client.post("/api/runs", json={"workflow": "typed", "params": {"n": "3", "version": 1.1}},
+    body = _error(client.post("/api/runs", json={"workflow": "typed-dag", "params": {"n": "3", "version": 1.1}},
                               headers=AUTH), 422, "invalid_definition")
-    assert body["message"] == ("workflow 'typed': parameter 'n' (integer): \"3\" is not an integer; "
-                               "workflow 'typed': parameter 'version' (string): 1.1 is not a string")
+    assert body["message"] == ("workflow 'typed-dag': parameter 'n' (integer): \"3\" is not an integer; "
+                               "workflow 'typed-dag': parameter 'version' (string): 1.1 is not a string")
     assert "\n" not in body["message"]
-    _error(client.post("/api/runs", json={"workflow": "typed"}, headers=AUTH), 422, "invalid_definition")
+    _error(client.post("/api/runs", json={"workflow": "typed-dag"}, headers=AUTH), 422, "invalid_definition")
     assert row_counts(tf) == before
-    ok = client.post("/api/runs", json={"workflow": "typed", "params": {"n": 3}}, headers=AUTH)
+    ok = client.post("/api/runs", json={"workflow": "typed-dag", "params": {"n": 3}}, headers=AUTH)
     assert ok.status_code == 201 and ok.json()["params"] == {"n": 3, "version": "1.10", "dry": False}
 
 
@@ -607,12 +607,12 @@ def test_the_python_client_checks_the_same_types(api) -> None:
     _client, tf = api
     tf.register(TYPED)
     before, sent = row_counts(tf), tf.runtime.dispatcher.executed[:]
-    with pytest.raises(DefinitionError, match=r"^workflow 'typed': parameter 'dry' \(boolean\): \"no\" is not a "
+    with pytest.raises(DefinitionError, match=r"^workflow 'typed-dag': parameter 'dry' \(boolean\): \"no\" is not a "
                                               r"boolean$"):
-        tf.start_run("typed", {"n": 1, "dry": "no"})
-    assert tf.check_start("typed", {"n": 2}) == {"n": 2, "version": "1.10", "dry": False}
+        tf.start_run("typed-dag", {"n": 1, "dry": "no"})
+    assert tf.check_start("typed-dag", {"n": 2}) == {"n": 2, "version": "1.10", "dry": False}
     with pytest.raises(DefinitionError, match="parameter 'n' is required"):
-        tf.check_start("typed", {})
+        tf.check_start("typed-dag", {})
     assert row_counts(tf) == before and tf.runtime.dispatcher.executed == sent
 
 
@@ -662,19 +662,19 @@ def test_register_checks_what_a_subworkflow_task_passes_against_the_childs_types
     def parent(params: dict, declared: dict | None = None) -> dict:
         return {"name": "parent", "params": declared or {"day": "2026-01-01", "count": 2},
                 "tasks": [{"name": "u", "type": "shell", "command": "echo 1"},
-                          {"name": "kid", "type": "subworkflow", "workflow": "typed", "params": params,
+                          {"name": "kid", "type": "subworkflow", "workflow": "typed-dag", "params": params,
                            "depends_on": ["u"]}]}
 
     before = row_counts(tf)
     cases = {
-        "literal": ({"n": "3"}, "task 'kid': params: 'n' (integer in workflow 'typed'): \"3\" is not an integer"),
+        "literal": ({"n": "3"}, "task 'kid': params: 'n' (integer in workflow 'typed-dag'): \"3\" is not an integer"),
         "parent param": ({"n": "{{ params.day }}"},
-                         "task 'kid': params: 'n' (integer in workflow 'typed'): '{{ params.day }}' is a string"),
+                         "task 'kid': params: 'n' (integer in workflow 'typed-dag'): '{{ params.day }}' is a string"),
         "text around": ({"n": "run {{ run.id }}"},
-                        "task 'kid': params: 'n' (integer in workflow 'typed'): 'run {{ run.id }}' is a string"),
+                        "task 'kid': params: 'n' (integer in workflow 'typed-dag'): 'run {{ run.id }}' is a string"),
         "run id to a string": ({"n": 1, "version": "{{ run.id }}"}, "task 'kid': params: 'version' (string in "
-                               "workflow 'typed'): '{{ run.id }}' is an integer"),
-        "missing": ({"dry": True}, "task 'kid': params: workflow 'typed' requires parameter 'n'"),
+                               "workflow 'typed-dag'): '{{ run.id }}' is an integer"),
+        "missing": ({"dry": True}, "task 'kid': params: workflow 'typed-dag' requires parameter 'n'"),
     }
     for label, (params, message) in cases.items():
         body = _error(client.post("/api/workflows", json=parent(params), headers=AUTH), 422, "invalid_definition")

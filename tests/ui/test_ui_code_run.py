@@ -60,7 +60,7 @@ def test_a_code_run_waiting_for_a_signal_gets_it_from_the_form(page: Page, syste
     assert page.text("#code-waiting") == "finished: succeeded"
     assert page.css("#signal-send").get_attribute("disabled") is not None
     history = page.wait(lambda: [r.text for r in page.all("#history-body tr")
-                                 if "signal 'approve'" in r.text and "ui@" in r.text] or None)
+                                 if "signal 'approve'" in r.text and "env" in r.text] or None)
     assert len(history) >= 2
 
 
