@@ -497,6 +497,38 @@ def token_remove(name: str) -> None:
     click.echo(f"removed token {name}")
 
 
+# -- pools (app/services/limits.py) -----------------------------------------------------------------
+@cli.group(cls=_Group)
+def pool() -> None:
+    """Pools of slots: at most SLOTS tasks naming a pool (``pool: NAME``) run at once, cluster-wide."""
+
+
+def _pools_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo("no pools (tideflow pool set NAME SLOTS)")
+        return
+    t = Table("name", "slots", "running", "waiting", "free")
+    for r in rows:
+        t.add_row(r["name"], str(r["slots"]), str(r["running"]), str(r["waiting"]), str(r["free"]))
+    console.print(t)
+
+
+@pool.command("set")
+@click.argument("name")
+@click.argument("slots", type=click.IntRange(0, None))
+@click.option("--json", "as_json", is_flag=True)
+def pool_set(name: str, slots: int, as_json: bool) -> None:
+    """Create pool NAME with SLOTS slots, or resize it (tasks waiting that now fit start)."""
+    _emit(_client().set_pool(name, slots), as_json, lambda r: _pools_table([r]))
+
+
+@pool.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def pool_list(as_json: bool) -> None:
+    """Every pool with its slots in use and its waiting tasks."""
+    _emit(_client().pools(), as_json, _pools_table)
+
+
 # -- operations -------------------------------------------------------------------------------------
 @cli.command("reconcile")
 @click.option("--json", "as_json", is_flag=True)

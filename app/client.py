@@ -151,6 +151,22 @@ class Tideflow:
     def retry(self, run_id: int, *, actor: str = "api") -> int:
         return control.retry_run(self.runtime, run_id, actor=actor)
 
+    def set_pool(self, name: str, slots: int) -> dict[str, Any]:
+        """Create or resize pool ``name`` (``tideflow pool set``): at most ``slots`` of the tasks naming it run at
+        once, cluster-wide; tasks that now fit are re-published at once. Returns the pool with its use."""
+        from app.clock import utcnow
+        from app.services import limits
+
+        with self.runtime.db.transaction() as s:
+            limits.set_pool(s, self.runtime, name, slots, utcnow())
+        return next(p for p in self.pools() if p["name"] == name)
+
+    def pools(self) -> list[dict[str, Any]]:
+        """Every pool: name, slots, running (slots in use), waiting (tasks submitted to it), free."""
+        from app.services import limits
+
+        return self.read(limits.pool_rows)
+
     def read(self, view: Callable[..., V], *args: Any, **kwargs: Any) -> V:
         """Call a read view of :mod:`app.services.views` in a read-only session."""
         with self.runtime.db.read() as s:

@@ -23,6 +23,8 @@ from app.params import Parameter, dag_parameters
 from app.params import check as check_params
 
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$"
+#: a pool's name (``pool: NAME``, ``tideflow pool set NAME SLOTS``)
+POOL_RE = r"^[A-Za-z0-9_.\-]{1,100}$"
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 TaskType = Literal["shell", "python", "subworkflow"]
@@ -60,6 +62,8 @@ class TaskSpec(BaseModel):
     max_lost_attempts: int | None = Field(None, ge=1, le=100)
     #: ``fail``: a lost attempt fails the task (a body that must never run twice)
     on_lost: Literal["retry", "fail"] = "retry"
+    #: limits (app/services/limits.py): the pool whose slot each attempt takes (``tideflow pool set NAME SLOTS``)
+    pool: str | None = Field(None, pattern=POOL_RE)
 
 
 class WorkflowSpec(BaseModel):
@@ -134,6 +138,9 @@ def _task_problems(spec: WorkflowSpec, t: TaskSpec, names: set[str]) -> list[str
                 f"task '{t.name}': retries, timeout, queue, max_lost_attempts and on_lost do not apply to a "
                 "subworkflow task (set them on the child workflow's tasks)"
             )
+        if t.pool is not None:
+            problems.append(f"task '{t.name}': pool does not apply to a subworkflow task (its child's tasks take "
+                            "the slots)")
         if t.workflow == spec.name:
             problems.append(f"task '{t.name}': a workflow cannot start itself as a subworkflow")
     deps = t.depends_on
@@ -278,7 +285,7 @@ def task_row_values(spec: WorkflowSpec, task: TaskSpec, *, default_max_lost_atte
     return {
         "name": task.name, "type": task.type, "body": body, "timeout": task.timeout, "retries": task.retries,
         "retry_delay": task.retry_delay, "retry_backoff": task.retry_backoff,
-        "max_retry_delay": task.max_retry_delay, "on_lost": task.on_lost,
+        "max_retry_delay": task.max_retry_delay, "on_lost": task.on_lost, "pool": task.pool,
         "max_lost_attempts": task.max_lost_attempts if task.max_lost_attempts is not None
         else default_max_lost_attempts,
     }

@@ -90,6 +90,8 @@ class TaskRecord:
     #: a code run's step: its position in the history, and when a timer fires / a signal wait times out
     seq: int | None = None
     due_at: datetime | None = None
+    #: limits: the pool whose slot each attempt takes (``app.services.limits``)
+    pool: str | None = None
     #: the run's workflow name, when the query joined it (message labels)
     workflow_name: str | None = field(default=None, compare=False)
 
@@ -118,6 +120,7 @@ class TaskRecord:
             publish_count=m["publish_count"], next_publish_at=m["next_publish_at"], child_run_id=m["child_run_id"],
             result=m["result"], error=m["error"], created_at=m["created_at"], updated_at=m["updated_at"],
             started_at=m["started_at"], finished_at=m["finished_at"], seq=m["seq"], due_at=m["due_at"],
+            pool=m["pool"],
             # ``in``, not ``m.get``: a missing key costs RowMapping a raised and caught KeyError
             workflow_name=m["workflow_name"] if "workflow_name" in m else None,  # noqa: SIM401
         )

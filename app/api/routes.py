@@ -14,11 +14,13 @@ from app.api.schemas import (
     Error,
     EventView,
     Health,
+    PoolView,
     Registered,
     Retried,
     RunDetail,
     RunPage,
     SendSignal,
+    SetPool,
     SignalSent,
     StartRun,
     TaskLogs,
@@ -27,7 +29,7 @@ from app.api.schemas import (
     WorkflowSummary,
 )
 from app.client import Tideflow
-from app.definitions import NAME_RE, WorkflowSpec
+from app.definitions import NAME_RE, POOL_RE, WorkflowSpec
 from app.services import views
 from app.states import RunKind, RunState
 
@@ -182,6 +184,19 @@ def resume_run(run_id: RunId, tf: TF, request: Request) -> Any:
 def task_logs(task_run_id: Annotated[int, Path(ge=1, le=MAX_ID)], tf: TF) -> Any:
     """Each attempt's captured output (capped at TIDEFLOW_LOG_MAX_BYTES) and error."""
     return tf.read(views.task_logs, task_run_id)
+
+
+# -- pools ------------------------------------------------------------------------------------------
+@api.get("/pools", response_model=list[PoolView], tags=["pools"])
+def list_pools(tf: TF) -> Any:
+    """Every pool: its slots, the slots in use (running), the tasks waiting for one, free slots."""
+    return tf.pools()
+
+
+@api.put("/pools/{name}", response_model=PoolView, tags=["pools"], dependencies=[auth.ADMIN])
+def set_pool(name: Annotated[str, Path(pattern=POOL_RE)], body: SetPool, tf: TF) -> Any:
+    """Create or resize a pool (``tideflow pool set NAME SLOTS``); tasks waiting that now fit start."""
+    return tf.set_pool(name, body.slots)
 
 
 def _actor(request: Request) -> str:

@@ -169,6 +169,9 @@ class TaskView(_Strict):
     finished_at: str | None
     duration: float | None
     attempts: list[AttemptView]
+    pool: str | None = Field(description="the pool whose slot its attempts take")
+    waiting_for: str | None = Field(description="a submitted task a limit holds back: why, e.g. 'pool db: 4/4 in "
+                                                "use'")
 
 
 class StepView(_Strict):
@@ -186,6 +189,7 @@ class StepView(_Strict):
     created_at: str | None
     started_at: str | None
     finished_at: str | None
+    waiting_for: str | None = Field(description="an activity a limit holds back: why, e.g. 'pool db: 4/4 in use'")
 
 
 class Waiting(_Strict):
@@ -270,3 +274,15 @@ class Health(_Strict):
     status: str = Field(description="ok, or degraded when a dependency is down")
     database: bool
     broker: bool
+
+
+class PoolView(_Strict):
+    name: str
+    slots: int
+    running: int = Field(description="slots in use: its tasks running now")
+    waiting: int = Field(description="its tasks submitted, waiting for a slot (or a worker)")
+    free: int
+
+
+class SetPool(_Strict):
+    slots: int = Field(ge=0, le=1_000_000)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
 
-from app.definitions import NAME_RE
+from app.definitions import NAME_RE, POOL_RE
 from app.errors import DefinitionError, TideflowError
 from app.params import Parameter as TypedParameter
 from app.params import check, signature_parameters
@@ -51,6 +51,7 @@ class ActivityDef:
     priority: int | None = None
     max_lost_attempts: int | None = None
     on_lost: Literal["retry", "fail"] = "retry"
+    pool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def activity(
     fn: None = None, /, *, name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
     retry_backoff: float = 2.0, max_retry_delay: float = 3600.0, timeout: float | None = None,
     queue: str | None = None, priority: int | None = None, max_lost_attempts: int | None = None,
-    on_lost: Literal["retry", "fail"] = "retry",
+    on_lost: Literal["retry", "fail"] = "retry", pool: str | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -128,7 +129,7 @@ def activity(
     fn: Callable[..., Any] | None = None, /, *, name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
     retry_backoff: float = 2.0, max_retry_delay: float = 3600.0, timeout: float | None = None,
     queue: str | None = None, priority: int | None = None, max_lost_attempts: int | None = None,
-    on_lost: Literal["retry", "fail"] = "retry",
+    on_lost: Literal["retry", "fail"] = "retry", pool: str | None = None,
 ) -> Any:
     """Register a function as an activity: a workflow calls it with ``ctx.activity(fn, ...)``; a worker runs it as
     a task of the run (claim, lease, retries with back-off, lost-attempt budget, timeout, queue, priority), and
@@ -150,10 +151,12 @@ def activity(
             problems.append("max_lost_attempts must be >= 1")
         if on_lost not in ("retry", "fail"):
             problems.append("on_lost must be 'retry' or 'fail'")
+        if pool is not None and not re.match(POOL_RE, pool):
+            problems.append(f"pool {pool!r} is not a pool name ({POOL_RE})")
         if problems:
             raise DefinitionError([f"activity '{name or f.__name__}': {p}" for p in problems])
         adef = ActivityDef(name or f.__name__, f, module, qualname, retries, float(retry_delay), float(retry_backoff),
-                           float(max_retry_delay), timeout, queue, priority, max_lost_attempts, on_lost)
+                           float(max_retry_delay), timeout, queue, priority, max_lost_attempts, on_lost, pool)
         _register(_activities, "activity", adef)
         f.__tideflow_activity__ = adef  # type: ignore[attr-defined]
         return f

@@ -89,7 +89,7 @@ def _row(rt: Runtime, run: RunRecord, step: NewStep, now: datetime) -> dict[str,
         "run_id": run.id, "name": f"{step.name}#{step.seq}", "seq": step.seq, "type": step.kind,
         "state": step.state, "body": step.body, "queue": rt.settings.default_queue, "priority": run.priority,
         "max_lost_attempts": rt.settings.max_lost_attempts, "due_at": step.due_at, "timeout": None, "retries": 0,
-        "retry_delay": 0.0, "retry_backoff": 2.0, "max_retry_delay": 3600.0, "on_lost": "retry",
+        "retry_delay": 0.0, "retry_backoff": 2.0, "max_retry_delay": 3600.0, "on_lost": "retry", "pool": None,
         "result": step.result if done else None, "error": step.error if done else None,
         "finished_at": now if done else None, "started_at": now if step.state == TaskState.RUNNING else None,
     }
@@ -98,7 +98,7 @@ def _row(rt: Runtime, run: RunRecord, step: NewStep, now: datetime) -> dict[str,
         row.update(queue=a.queue or rt.settings.default_queue, priority=run.priority if a.priority is None else
                    a.priority, timeout=a.timeout, retries=a.retries, retry_delay=a.retry_delay,
                    retry_backoff=a.retry_backoff, max_retry_delay=a.max_retry_delay, on_lost=a.on_lost,
-                   max_lost_attempts=a.max_lost_attempts or rt.settings.max_lost_attempts)
+                   max_lost_attempts=a.max_lost_attempts or rt.settings.max_lost_attempts, pool=a.pool)
     return row
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
-from app.db.schema import Counter, Event, Signal, TaskAttempt, TaskRun, Workflow, WorkflowRun
+from app.db.schema import Counter, Event, Pool, Signal, TaskAttempt, TaskRun, Workflow, WorkflowRun
 from app.records import RunRecord, SignalRecord, TaskRecord, WorkflowRecord
 from app.states import (
     TASK_LIVE_ORDERED,
@@ -35,6 +35,7 @@ A: Table = TaskAttempt.__table__  # type: ignore[assignment]
 E: Table = Event.__table__  # type: ignore[assignment]
 C: Table = Counter.__table__  # type: ignore[assignment]
 S: Table = Signal.__table__  # type: ignore[assignment]
+P: Table = Pool.__table__  # type: ignore[assignment]
 
 
 def _state_is(*states: str) -> Any:
@@ -51,6 +52,9 @@ _INSERT_ATTEMPT = insert(A)
 #: ``UPDATE task_runs ... RETURNING *``, built once: ``.returning(*T.c)`` coerces each of the ~40 columns again
 #: at every call (SQLAlchemy's ``coercions.expect``), about a tenth of the statement's client CPU
 _UPDATE_TASK_RETURNING = update(T).returning(*T.c)
+
+#: the states of a pool's tasks that count (``ix_task_runs_pool``)
+_POOL_LIVE = (TaskState.SUBMITTED, TaskState.RUNNING)
 
 UNHANDLED = T.c.handled == false()  # renders the literal, matching ix_task_runs_unhandled's predicate
 
@@ -372,13 +376,19 @@ def transition_by_id(
 
 
 def claim_task(
-    s: Session, task_run_id: int, attempt: int, *, actor: str, reason: str, now: datetime, **values: Any,
+    s: Session, task_run_id: int, attempt: int, *, actor: str, reason: str, now: datetime, unlimited: bool = False,
+    **values: Any,
 ) -> TaskRecord | None:
     """The worker's claim, ``submitted -> running`` for exactly ``attempt`` once its retry delay has passed
-    (no read before it). None when there was nothing to claim (missing row, other state or attempt, early)."""
+    (no read before it). None when there was nothing to claim (missing row, other state or attempt, early).
+    ``unlimited``: only a task under no limit (no pool), so a claim of one costs nothing more than before
+    limits existed; a limited task is claimed only after its admission (``app.services.limits``)."""
+    where = [or_(T.c.not_before.is_(None), T.c.not_before <= now)]
+    if unlimited:
+        where.append(T.c.pool.is_(None))
     return transition_by_id(
         s, task_run_id, TaskState.SUBMITTED, TaskState.RUNNING, attempt=attempt, actor=actor, reason=reason,
-        now=now, where=[or_(T.c.not_before.is_(None), T.c.not_before <= now)], **values,
+        now=now, where=where, **values,
     )
 
 
@@ -591,3 +601,65 @@ def set_child_run(s: Session, task_run_id: int, old_child: int, new_child: int) 
     res = s.execute(update(T).where(T.c.id == task_run_id, T.c.child_run_id == old_child)
                     .values(child_run_id=new_child, updated_at=utcnow()))
     return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+
+# -- limits (app/services/limits.py: pools) ------------------------------------------------------------
+
+
+def set_pool(s: Session, name: str, slots: int, now: datetime) -> None:
+    """Create or resize a pool (an upsert: ``INSERT ... ON CONFLICT (name) DO UPDATE``)."""
+    ins = (pg_insert if _is_pg(s) else sqlite_insert)(P).values(name=name, slots=slots, updated_at=now)
+    s.execute(ins.on_conflict_do_update(index_elements=[P.c.name], set_={"slots": slots, "updated_at": now}))
+
+
+def lock_pool(s: Session, name: str, *, lock: bool = True) -> int | None:
+    """The pool's slots, its row locked for this transaction (``FOR UPDATE``; ``lock=False``: only read):
+    admissions into one pool are serialised, so two claims never both see its last free slot. None: no such
+    pool. (SQLite: the IMMEDIATE transaction already holds the database's write lock.)"""
+    q = select(P.c.slots).where(P.c.name == name)
+    if lock and _is_pg(s):
+        q = q.with_for_update()
+    row = s.execute(q).first()
+    return int(row.slots) if row is not None else None
+
+
+def pools(s: Session) -> dict[str, int]:
+    """Every pool's slots, by name."""
+    return {str(n): int(v) for n, v in s.execute(select(P.c.name, P.c.slots).order_by(P.c.name))}
+
+
+def pool_usage(s: Session, names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+    """Per pool named by a live task: (running, waiting) - its tasks running (each holds a slot until its
+    attempt ends: it finishes, or the reconciler declares its lapsed lease lost) and submitted (waiting for a
+    slot or a worker). Index ``ix_task_runs_pool``."""
+    q = (select(T.c.pool, T.c.state, func.count()).where(T.c.pool.is_not(None), _state_is(*_POOL_LIVE))
+         .group_by(T.c.pool, T.c.state))
+    if names is not None:
+        wanted = list(names)
+        if not wanted:
+            return {}
+        q = q.where(T.c.pool.in_(wanted))
+    usage: dict[str, list[int]] = {}
+    for pool, state, n in s.execute(q):
+        usage.setdefault(str(pool), [0, 0])[0 if state == TaskState.RUNNING else 1] += int(n)
+    return {p: (u[0], u[1]) for p, u in usage.items()}
+
+
+def pool_running(s: Session, name: str) -> int:
+    """Slots of the pool in use now: its running tasks (read after :func:`lock_pool`)."""
+    q = select(func.count()).where(T.c.pool == name, _state_is(TaskState.RUNNING))
+    return int(s.execute(q).scalar_one())
+
+
+def pool_waiting(
+    s: Session, name: str, limit: int, *, now: datetime, published_before: datetime | None = None,
+) -> list[TaskRecord]:
+    """The pool's submitted tasks that may run now (retry delay over), next first: by priority (9 first), then by
+    how long they have been ready (first come). ``published_before``: only those not (re-)published since."""
+    q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
+         .where(T.c.pool == name, _state_is(TaskState.SUBMITTED),
+                or_(T.c.not_before.is_(None), T.c.not_before <= now))
+         .order_by(T.c.priority.desc(), T.c.ready_at, T.c.id).limit(limit))
+    if published_before is not None:
+        q = q.where(T.c.updated_at <= published_before)
+    return [TaskRecord.from_row(r) for r in s.execute(q)]

@@ -150,6 +150,10 @@ class TaskRun(Base):
         Index("ix_task_runs_due", "due_at",
               postgresql_where=text("state = 'running' AND due_at IS NOT NULL"),
               sqlite_where=text("state = 'running' AND due_at IS NOT NULL")),
+        # limits (app/services/limits.py): a pool's running and waiting tasks
+        Index("ix_task_runs_pool", "pool", "state",
+              postgresql_where=text("pool IS NOT NULL AND state IN ('submitted', 'running')"),
+              sqlite_where=text("pool IS NOT NULL AND state IN ('submitted', 'running')")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -192,6 +196,9 @@ class TaskRun(Base):
     seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: a code run's timer: when it fires; a signal wait: when it times out (fired by the reconciler)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # -- limits (app/services/limits.py) --
+    #: the pool whose slot the task's attempt takes (``pool: NAME``): claimed only while one is free
+    pool: Mapped[str | None] = mapped_column(String(100), nullable=True)
     result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -284,6 +291,18 @@ class ApiToken(Base):
     role: Mapped[str] = mapped_column(String(20))
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Pool(Base):
+    """A pool of slots (``tideflow pool set NAME SLOTS``): at most ``slots`` tasks naming it run at once,
+    cluster-wide. Slots in use are counted from the live ``task_runs`` rows (no counter to drift); this row is
+    locked by every admission into the pool, so two claims never take its last slot twice."""
+
+    __tablename__ = "pools"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 metadata = Base.metadata

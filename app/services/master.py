@@ -35,7 +35,7 @@ from app.errors import DefinitionError, NotFound, TideflowError
 from app.params import Parameter, dag_parameters
 from app.records import RunRecord, TaskRecord
 from app.runtime import Runtime
-from app.services import attempts
+from app.services import attempts, limits
 from app.services.deciders import Plan, decider_for
 from app.states import RUN_TERMINAL, TASK_TERMINAL, RunKind, RunState, TaskKind, TaskState
 
@@ -297,8 +297,11 @@ def stop_task(
 ) -> bool:
     """Cancel/skip a live task. A running attempt loses its lease by this (its heartbeat sees it and stops the
     body); a running subworkflow task cancels its child run."""
-    if not attempts.stop(s, task, to, actor=actor, reason=reason, now=utcnow(), **values):
+    now = utcnow()
+    if not attempts.stop(s, task, to, actor=actor, reason=reason, now=now, **values):
         return False
+    if task.state == TaskState.RUNNING:
+        limits.release(s, rt, task, now)
     if task.state == TaskState.RUNNING and task.child_run_id is not None:
         child = repo.lock_run(s, task.child_run_id)
         if child is not None and child.state in (RunState.RUNNING, RunState.BLOCKED):

@@ -39,6 +39,8 @@ class Outcome(StrEnum):
     MISSING_ROW = "missing_row"  # the row is not visible (yet): retry the message later
     TOO_EARLY = "too_early"  # a retry delay has not passed: retry the message later
     IGNORED = "ignored"  # duplicate / stale message: nothing to claim
+    #: a limit is full (app/services/limits.py): the task stays submitted, re-published when a slot frees
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     RETRYING = "retrying"
@@ -147,6 +149,9 @@ def _not_claimed(task: TaskRecord | None, task_run_id: int, attempt: int, now: d
                                                f"message for attempt {attempt} ignored")
     if task.not_before is not None and task.not_before > now:
         return Result(Outcome.TOO_EARLY, delay=(task.not_before - now).total_seconds())
+    if task.pool is not None:
+        return Result(Outcome.WAITING, detail=f"task run {task_run_id} attempt {attempt} waits for a slot of pool "
+                                              f"{task.pool}; re-published when one is free")
     return Result(Outcome.IGNORED, detail=f"task run {task_run_id} attempt {attempt} was claimed elsewhere")
 
 

@@ -1,0 +1,38 @@
+"""concurrency and rate limits: pools (slots per pool), a task's pool
+
+Revision ID: 0008
+Revises: 0006
+Create Date: 2026-12-01 07:00:00
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from app.db.schema import UTCDateTime
+
+revision = '0008'
+down_revision = '0006'
+branch_labels = None
+depends_on = None
+
+_LIVE_POOL = "pool IS NOT NULL AND state IN ('submitted', 'running')"
+
+
+def upgrade() -> None:
+    op.create_table(
+        'pools',
+        sa.Column('name', sa.String(length=100), nullable=False),
+        sa.Column('slots', sa.Integer(), nullable=False),
+        sa.Column('updated_at', UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint('name', name='pk_pools'),
+    )
+    op.add_column('task_runs', sa.Column('pool', sa.String(length=100), nullable=True))
+    op.create_index('ix_task_runs_pool', 'task_runs', ['pool', 'state'],
+                    postgresql_where=sa.text(_LIVE_POOL), sqlite_where=sa.text(_LIVE_POOL))
+
+
+def downgrade() -> None:
+    op.drop_index('ix_task_runs_pool', table_name='task_runs')
+    op.drop_column('task_runs', 'pool')
+    op.drop_table('pools')

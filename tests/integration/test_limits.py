@@ -1,0 +1,158 @@
+"""Concurrency limits (app/services/limits.py), in process on PostgreSQL and SQLite: the stub broker delivers
+messages through the worker services, so admission, release and the reconciler's backstop are checked step by
+step. Real worker processes killed and messages lost: test_limits_delivery.py and the chaos campaign."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from app.clock import utcnow
+from app.db import repository as repo
+from app.db.schema import TaskRun
+from app.services.reconciler import reconcile_once
+from tests.integration.test_protocol import ECHO, Harness
+from tests.support.harness import max_overlap, pool_attempts
+
+
+def _pooled(*names: str, **extra: object) -> list[dict[str, object]]:
+    return [{"name": n, "type": "python", "function": ECHO, "pool": "db", **extra} for n in names]
+
+
+def test_a_full_pool_keeps_tasks_submitted_and_a_freed_slot_starts_the_next(db_url):
+    h = Harness(db_url)
+    h.tf.set_pool("db", 1)
+    h.register("pooled", _pooled("a", "b", "c"))
+    run_id = h.tf.start_run("pooled")
+    # a worker claims a and dies (its attempt holds the slot until its lease lapses); b and c find no slot
+    done = h.stub.drain(h.rt, crash=lambda label, attempt: label.endswith("/a"))
+    assert done.crashed == [("pooled/a", 1)]
+    assert sorted(o for _, _, o in done.executed) == ["waiting", "waiting"]
+    tasks = h.tasks(h.tf.run(run_id))
+    assert tasks["a"]["state"] == "running" and tasks["a"]["waiting_for"] is None
+    assert {n: (tasks[n]["state"], tasks[n]["waiting_for"]) for n in "bc"} == {
+        n: ("submitted", "pool db: 1/1 in use") for n in "bc"}
+    assert h.tf.pools() == [{"name": "db", "slots": 1, "running": 1, "waiting": 2, "free": 0}]
+    assert not h.stub.queue  # refused claims are acknowledged: no message loops
+
+    # a's lease lapses: the reconciler declares it lost, which frees its slot and re-publishes the next task (b:
+    # ready first); each finish then releases the next
+    with h.rt.db.transaction() as s:
+        s.execute(update(TaskRun).where(TaskRun.id == tasks["a"]["id"])
+                  .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    reconcile_once(h.rt)
+    first = [m for kind, m in h.stub.queue if kind == "execute"]
+    assert [m["label"] for m in first][:1] == ["pooled/b"]
+    h.stub.drain(h.rt)
+    run = h.tf.run(run_id)
+    assert run["state"] == "succeeded", run
+    assert [a["outcome"] for a in h.tasks(run)["a"]["attempts"]] == ["lost", "succeeded"]
+    assert max_overlap(pool_attempts(h.tf, "db")) == 1
+    assert h.tf.pools() == [{"name": "db", "slots": 1, "running": 0, "waiting": 0, "free": 1}]
+    events = [e for e in h.tf.read(lambda s: [dict(r._mapping) for r in repo.run_events(s, run_id)])
+              if "slot of pool db is free" in e["reason"]]
+    assert events, "the release is recorded in the run's history"
+
+
+def test_waiting_tasks_start_by_priority_then_first_come(db_url):
+    h = Harness(db_url)
+    h.tf.set_pool("db", 1)
+    h.register("blocker", _pooled("hold"))
+    h.register("low", _pooled("l"), priority=1)
+    h.register("high", _pooled("h"), priority=9)
+    blocker = h.tf.start_run("blocker")
+    h.stub.drain(h.rt, crash=lambda label, attempt: True)  # holds the only slot
+    low1, low2 = h.tf.start_run("low"), h.tf.start_run("low")
+    high = h.tf.start_run("high")
+    h.stub.drain(h.rt)  # all three wait
+    hold = h.tasks(h.tf.run(blocker))["hold"]
+    with h.rt.db.transaction() as s:
+        s.execute(update(TaskRun).where(TaskRun.id == hold["id"]).values(lease_expires_at=utcnow()))
+    order: list[int] = []
+    reconcile_once(h.rt)
+    while h.stub.queue:
+        kind, body = h.stub.queue[0]
+        if kind == "execute":
+            with h.rt.db.read() as s:
+                task = repo.get_task(s, int(body["task_run_id"]))
+            assert task is not None
+            if task.run_id not in order and task.run_id != blocker:
+                order.append(task.run_id)
+        _one(h)
+    assert order[:3] == [high, low1, low2]
+    for r in (low1, low2, high):
+        assert h.tf.run(r)["state"] == "succeeded"
+
+
+def _one(h: Harness) -> None:
+    """Deliver only the next message (and leave what it leads to queued)."""
+    from app.services.master import advance_run
+    from app.services.worker import execute
+
+    kind, body = h.stub.queue.popleft()
+    if kind == "advance":
+        advance_run(h.rt, int(body["run_id"]), actor="master")
+    else:
+        execute(h.rt, int(body["task_run_id"]), int(body["attempt"]))
+
+
+def test_pool_set_adds_slots_and_starts_waiting_tasks_and_a_missing_pool_says_so(db_url):
+    h = Harness(db_url)
+    h.register("pooled", _pooled("a", "b"))
+    run_id = h.tf.start_run("pooled")
+    h.stub.drain(h.rt)
+    tasks = h.tasks(h.tf.run(run_id))
+    assert {n: tasks[n]["waiting_for"] for n in "ab"} == {
+        n: "pool db does not exist (tideflow pool set db SLOTS)" for n in "ab"}
+    h.tf.set_pool("db", 0)
+    assert h.tasks(h.tf.run(run_id))["a"]["waiting_for"] == "pool db: 0/0 in use"
+    h.stub.drain(h.rt)
+    assert h.tf.run(run_id)["state"] == "running"
+    h.tf.set_pool("db", 2)  # both fit now: re-published at once, no reconciler needed
+    assert sorted(m["label"] for k, m in h.stub.queue if k == "execute") == ["pooled/a", "pooled/b"]
+    h.stub.drain(h.rt)
+    assert h.tf.run(run_id)["state"] == "succeeded"
+
+
+def test_the_reconciler_republishes_a_waiting_task_when_the_release_message_was_lost(db_url):
+    h = Harness(db_url, orphan_timeout_seconds=0.01)
+    h.tf.set_pool("db", 1)
+    h.register("pooled", _pooled("a", "b"))
+    run_id = h.tf.start_run("pooled")
+    h.stub.drain(h.rt, crash=lambda label, attempt: label.endswith("/a"))
+    tasks = h.tasks(h.tf.run(run_id))
+    with h.rt.db.transaction() as s:
+        s.execute(update(TaskRun).where(TaskRun.id == tasks["a"]["id"]).values(lease_expires_at=utcnow()))
+    reconcile_once(h.rt)
+    h.stub.queue.clear()  # every message lost: the retry of a and the release of b
+    # and their orphan re-publish is far off (a long back-off): the pool's backstop does not wait for it
+    with h.rt.db.transaction() as s:
+        s.execute(update(TaskRun).where(TaskRun.run_id == run_id)
+                  .values(next_publish_at=utcnow() + timedelta(hours=1)))
+    time.sleep(0.02)  # past orphan_timeout since the last publish
+    assert reconcile_once(h.rt).republished == 1  # one free slot: one task
+    assert h.tf.run(run_id)["state"] == "running"
+    for _ in range(50):
+        reconcile_once(h.rt)
+        h.stub.drain(h.rt)
+        if h.tf.run(run_id)["state"] == "succeeded":
+            break
+    assert h.tf.run(run_id)["state"] == "succeeded"
+    assert max_overlap(pool_attempts(h.tf, "db")) == 1
+
+
+def test_bad_pools_are_one_line_errors_and_store_nothing(db_url):
+    import pytest
+
+    from app.errors import DefinitionError, TideflowError
+
+    h = Harness(db_url)
+    with pytest.raises(TideflowError, match="pool name"):
+        h.tf.set_pool("no spaces", 1)
+    with pytest.raises(TideflowError, match="slots must be"):
+        h.tf.set_pool("db", -1)
+    assert h.tf.pools() == []
+    with pytest.raises(DefinitionError, match="pool does not apply to a subworkflow"):
+        h.register("parent", [{"name": "s", "type": "subworkflow", "workflow": "x", "pool": "db"}])
