@@ -74,6 +74,8 @@ class WorkflowSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(5, ge=0, le=9)
     on_failure: Literal["stop", "continue"] = "stop"
+    #: limits (app/services/limits.py): at most this many runs of the workflow run at once; more wait ``queued``
+    max_active_runs: int | None = Field(None, ge=1, le=1_000_000)
     tasks: list[TaskSpec] = Field(min_length=1, max_length=100_000)
 
     def task(self, name: str) -> TaskSpec:

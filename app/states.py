@@ -30,6 +30,9 @@ class RunState(StrEnum):
     #: a code run whose code asked, on replay, for a different durable call than its history holds: kept as it
     #: is (nothing retried, nothing changed) until ``run resume`` after a fix is deployed
     BLOCKED = "blocked"
+    #: limits (app/services/limits.py): its workflow's ``max_active_runs`` are running; it starts (-> running) when
+    #: one ends, by priority then first come. Nothing of it has run yet.
+    QUEUED = "queued"
 
 
 class TaskKind(StrEnum):
@@ -120,6 +123,7 @@ RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.FAILED: frozenset({RunState.RUNNING}),  # retry from the failed tasks
     RunState.CANCELLED: frozenset({RunState.RUNNING}),  # retry a cancelled run
     RunState.SUCCEEDED: frozenset(),
+    RunState.QUEUED: frozenset({RunState.RUNNING, RunState.CANCELLED}),  # a slot of max_active_runs freed; cancel
 }
 
 

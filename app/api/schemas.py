@@ -223,6 +223,8 @@ class ChildRun(_Strict):
 
 class RunDetail(RunSummary):
     workflow_version: int | None
+    waiting_for: str | None = Field(description="a queued run: why it has not started, e.g. 'max_active_runs of "
+                                                "etl: 2/2 running'")
     steps: list[StepView] = Field(description="a code run's steps in position order (empty for a DAG run)")
     waiting: Waiting | None = Field(description="a running code run: what it waits for now")
     blocked: Blocked | None = Field(description="a blocked code run: its divergence")

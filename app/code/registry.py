@@ -74,12 +74,16 @@ class WorkflowDef:
     priority: int = 5
     description: str = ""
     is_async: bool = False
+    max_active_runs: int | None = None
 
     def definition(self) -> dict[str, Any]:
         """What the ``workflows`` table stores for it (a new version when this changes)."""
-        return {"kind": "code", "name": self.name, "module": self.module, "function": self.qualname,
-                "params": [p.name for p in self.params], "required": [p.name for p in self.params if p.required],
-                "priority": self.priority, "description": self.description}
+        d = {"kind": "code", "name": self.name, "module": self.module, "function": self.qualname,
+             "params": [p.name for p in self.params], "required": [p.name for p in self.params if p.required],
+             "priority": self.priority, "description": self.description}
+        if self.max_active_runs is not None:  # limits: only when set (older workflows keep their digest)
+            d["max_active_runs"] = self.max_active_runs
+        return d
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()
@@ -169,11 +173,13 @@ def workflow(fn: F, /) -> F: ...
 @overload
 def workflow(
     fn: None = None, /, *, name: str | None = None, priority: int = 5, description: str = "",
+    max_active_runs: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
 def workflow(
     fn: Callable[..., Any] | None = None, /, *, name: str | None = None, priority: int = 5, description: str = "",
+    max_active_runs: int | None = None,
 ) -> Any:
     """Register ``fn(ctx, **params)`` as a code workflow named ``name`` (default: the function's name). The
     function must be deterministic: everything that talks to the world goes through ``ctx`` (README: code
@@ -197,8 +203,10 @@ def workflow(
                                   None if p.default is inspect.Parameter.empty else p.default))
         if not 0 <= priority <= 9:
             raise DefinitionError([f"workflow '{name or f.__name__}': priority must be between 0 and 9"])
+        if max_active_runs is not None and (type(max_active_runs) is not int or max_active_runs < 1):
+            raise DefinitionError([f"workflow '{name or f.__name__}': max_active_runs must be an integer >= 1"])
         wdef = WorkflowDef(name or f.__name__, f, module, qualname, tuple(declared), priority, description,
-                           inspect.iscoroutinefunction(f))
+                           inspect.iscoroutinefunction(f), max_active_runs)
         _register(_workflows, "workflow", wdef)
         f.__tideflow_workflow__ = wdef  # type: ignore[attr-defined]
         return f

@@ -106,18 +106,19 @@ def insert_workflow(s: Session, name: str, digest: str, definition: dict[str, An
 def insert_run(
     s: Session, *, workflow_row: WorkflowRecord, params: dict[str, Any], priority: int, on_failure: str,
     parent_task_run_id: int | None, actor: str, reason: str, kind: RunKind = RunKind.DAG, key: str | None = None,
+    state: RunState = RunState.RUNNING,
 ) -> RunRecord:
     """The new run (its row as inserted: ``RETURNING``, no read after the insert). With a ``key`` an existing
     run holds, the unique index ``ix_workflow_runs_key`` raises ``IntegrityError`` (the caller's savepoint)."""
     now = utcnow()
     run = RunRecord.from_row(s.execute(
         insert(R).values(
-            workflow_id=workflow_row.id, workflow_name=workflow_row.name, state=RunState.RUNNING, kind=kind,
+            workflow_id=workflow_row.id, workflow_name=workflow_row.name, state=state, kind=kind,
             params=params, priority=priority, on_failure=on_failure, parent_task_run_id=parent_task_run_id,
             key=key, created_at=now, updated_at=now,
         ).returning(*R.c)
     ).one())
-    add_event(s, run_id=run.id, from_state=None, to_state=RunState.RUNNING, actor=actor, reason=reason, now=now)
+    add_event(s, run_id=run.id, from_state=None, to_state=state, actor=actor, reason=reason, now=now)
     return run
 
 
@@ -663,3 +664,35 @@ def pool_waiting(
     if published_before is not None:
         q = q.where(T.c.updated_at <= published_before)
     return [TaskRecord.from_row(r) for r in s.execute(q)]
+
+
+# -- limits: max_active_runs (app/services/limits.py) ------------------------------------------------------
+
+
+def lock_workflow_name(s: Session, name: str) -> None:
+    """Serialise the admissions of one workflow's runs: its first version's row, locked for this transaction
+    (``FOR NO KEY UPDATE``: run inserts' foreign-key checks, ``KEY SHARE``, do not wait on it)."""
+    q = select(W.c.id).where(W.c.name == name).order_by(W.c.version).limit(1)
+    if _is_pg(s):
+        q = q.with_for_update(key_share=True)
+    s.execute(q).first()
+
+
+def count_runs_in(s: Session, workflow_name: str, state: RunState) -> int:
+    q = select(func.count()).where(R.c.workflow_name == workflow_name, R.c.state == state)
+    return int(s.execute(q).scalar_one())
+
+
+def queued_runs(s: Session, workflow_name: str, limit: int) -> list[RunRecord]:
+    """The workflow's queued runs, next first: by priority (9 first), then first come (index
+    ``ix_workflow_runs_queued``); each locked unless another transaction holds it (``SKIP LOCKED``)."""
+    q = (select(R).where(R.c.workflow_name == workflow_name, R.c.state == literal_column(f"'{RunState.QUEUED}'"))
+         .order_by(R.c.priority.desc(), R.c.id).limit(limit))
+    if _is_pg(s):
+        q = q.with_for_update(skip_locked=True, key_share=True)
+    return [RunRecord.from_row(r) for r in s.execute(q)]
+
+
+def workflows_with_queued_runs(s: Session) -> list[str]:
+    q = select(R.c.workflow_name).where(R.c.state == literal_column(f"'{RunState.QUEUED}'")).distinct()
+    return sorted(str(n) for (n,) in s.execute(q))

@@ -88,6 +88,9 @@ class WorkflowRun(Base):
         Index("ix_workflow_runs_workflow_name_id", "workflow_name", "id"),
         # idempotent starts: one run per key, whoever races (NULLs are distinct: runs without a key)
         Index("ix_workflow_runs_key", "key", unique=True),
+        # limits: a workflow's queued runs (max_active_runs), next first
+        Index("ix_workflow_runs_queued", "workflow_name", "priority", "id", postgresql_where=text("state = 'queued'"),
+              sqlite_where=text("state = 'queued'")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)

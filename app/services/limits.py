@@ -16,12 +16,20 @@ one of the pool's slots (``tideflow pool set NAME SLOTS``) is free.
   (:func:`release`: by priority, then first ready), and so does ``pool set`` when it adds slots. The backstop,
   for a re-publish lost on its way, is the reconciler (:func:`fill_free_slots`): a pool with free slots and
   waiting tasks not published for ``orphan_timeout`` gets them re-published.
+
+**max_active_runs** (per workflow, DAG and code): a run started while that many runs of its workflow are running
+(or while others already wait) is inserted ``queued`` (:func:`admit_run`, holding the workflow's lock: its first
+version's row). Nothing of it runs. When a running run of the workflow ends (or blocks), the same transaction
+starts the next queued ones (:func:`promote_runs`: by priority, then first come); the reconciler does the same
+for every workflow with queued runs (:func:`promote_all`), the backstop should that transaction's process die
+between. ``run cancel`` cancels a queued run.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -32,9 +40,9 @@ from app.db import repository as repo
 from app.definitions import POOL_RE
 from app.dispatch import ExecuteMessage, publish_after_commit
 from app.errors import TideflowError
-from app.records import TaskRecord
+from app.records import RunRecord, TaskRecord, WorkflowRecord
 from app.runtime import Runtime
-from app.states import TaskState
+from app.states import RunState, TaskState
 
 MAX_SLOTS = 1_000_000
 
@@ -144,3 +152,76 @@ def waiting_for(s: Session, tasks: Iterable[TaskRecord]) -> dict[int, str]:
         elif running >= size:
             why[t.id] = in_use(t.pool, running, size)
     return why
+
+
+# -- max_active_runs ----------------------------------------------------------------------------------
+
+
+def max_active_runs(definition: dict[str, Any]) -> int | None:
+    limit = definition.get("max_active_runs")
+    return int(limit) if limit is not None else None
+
+
+def admit_run(s: Session, row: WorkflowRecord) -> str | None:
+    """Before a new run of ``row``'s workflow is inserted: None if it may run now, else why it is queued (the
+    workflow's lock is held until commit, so concurrent starts count each other)."""
+    limit = max_active_runs(row.definition)
+    if limit is None:
+        return None
+    repo.lock_workflow_name(s, row.name)
+    running = repo.count_runs_in(s, row.name, RunState.RUNNING)
+    queued = repo.count_runs_in(s, row.name, RunState.QUEUED)
+    if running < limit and not queued:
+        return None
+    return runs_in_use(row.name, running, limit) + (f", {queued} queued already" if queued else "")
+
+
+def runs_in_use(workflow: str, running: int, limit: int) -> str:
+    return f"max_active_runs of {workflow}: {running}/{limit} running"
+
+
+def promote_runs(s: Session, rt: Runtime, workflow_name: str, *, actor: str) -> list[int]:
+    """Start as many of the workflow's queued runs as it has room for (``queued -> running``, then their first
+    advance, in this transaction). Returns their ids."""
+    latest = repo.workflow(s, workflow_name)
+    if latest is None:
+        return []
+    limit = max_active_runs(latest.definition)
+    repo.lock_workflow_name(s, workflow_name)
+    running = repo.count_runs_in(s, workflow_name, RunState.RUNNING)
+    room = limit - running if limit is not None else 1_000_000
+    if room <= 0:
+        return []
+    from app.services.master import advance_locked  # the advance loop, which itself finishes runs (and promotes)
+
+    started: list[int] = []
+    for run in repo.queued_runs(s, workflow_name, room):
+        why = "dequeued: " + (runs_in_use(workflow_name, running, limit) if limit is not None
+                              else "its workflow no longer sets max_active_runs")
+        if repo.transition_run(s, run, RunState.RUNNING, actor=actor, reason=why):
+            running += 1
+            started.append(run.id)
+            advance_locked(s, rt, replace(run, state=RunState.RUNNING), actor=actor, full=True)
+    return started
+
+
+def promote_all(rt: Runtime, *, actor: str) -> int:
+    """The reconciler's backstop: promote the queued runs of every workflow that has room (one transaction each)."""
+    with rt.db.read() as s:
+        names = repo.workflows_with_queued_runs(s)
+    count = 0
+    for name in names:
+        with rt.db.transaction() as s:
+            count += len(promote_runs(s, rt, name, actor=actor))
+    return count
+
+
+def run_waiting_for(s: Session, run: RunRecord) -> str | None:
+    """Why a queued run has not started (the run view's ``waiting_for``)."""
+    if run.state != RunState.QUEUED:
+        return None
+    latest = repo.workflow(s, run.workflow_name)
+    limit = max_active_runs(latest.definition) if latest is not None else None
+    if limit is None:
+        return "queued: starts at the reconciler's next pass"
+    return runs_in_use(run.workflow_name, repo.count_runs_in(s, run.workflow_name, RunState.RUNNING), limit)

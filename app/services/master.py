@@ -89,10 +89,14 @@ def create_run(
         raise NotFound(f"workflow '{workflow_name}'" + (f" version {version}" if version else "")
                        + " is not registered")
     reason = "started" if parent_task is None else f"started as child of task run {parent_task.id}"
+    queued = limits.admit_run(s, wf_row)
+    state = RunState.QUEUED if queued is not None else RunState.RUNNING
+    if queued is not None:
+        reason = f"{reason}; queued: {queued}"
     if code_runs.is_code(wf_row):
         return code_runs.insert_run(s, wf_row, params or {}, priority=priority, actor=actor, reason=reason,
                                     parent_task_run_id=parent_task.id if parent_task is not None else None,
-                                    key=key)
+                                    key=key, state=state)
     wf = rt.workflow(s, wf_row.id)
     merged = check_run_params(wf.spec, dict(params or {}))
     if priority is not None and not 0 <= priority <= 9:
@@ -101,7 +105,7 @@ def create_run(
     run = repo.insert_run(
         s, workflow_row=wf_row, params=merged, priority=prio, on_failure=wf.spec.on_failure,
         parent_task_run_id=parent_task.id if parent_task is not None else None, actor=actor, reason=reason,
-        key=key,
+        key=key, state=state,
     )
     repo.insert_tasks(s, run.id, [
         {**row, "queue": t.queue or rt.settings.default_queue,
@@ -277,6 +281,8 @@ def finish_run(
     values = {"result": result} if run.kind == RunKind.CODE and outcome == RunState.SUCCEEDED else {}
     if not repo.transition_run(s, run, outcome, actor=actor, reason=reason, error=error, **values):
         return False
+    if run.state == RunState.RUNNING:  # it held a place of its workflow's max_active_runs: the next queued starts
+        limits.promote_runs(s, rt, run.workflow_name, actor=actor)
     if run.parent_task_run_id is not None and outcome in RUN_TERMINAL:
         parent_task = repo.get_task(s, run.parent_task_run_id)
         if parent_task is not None and parent_task.state == TaskState.RUNNING and parent_task.child_run_id == run.id:

@@ -52,7 +52,7 @@ def reconcile_once(rt: Runtime) -> Report:
     report.republished = _republish_orphans(rt)
     report.lost_attempts = _expire_leases(rt)
     report.fired_timers = fire_due(rt, ACTOR)
-    report.advanced_runs = _advance_unhandled(rt)
+    report.advanced_runs = _advance_unhandled(rt) + limits.promote_all(rt, actor=ACTOR)
     if report.republished or report.lost_attempts or report.fired_timers or report.advanced_runs:
         log.info("reconcile: %s", report)
     else:

@@ -135,6 +135,7 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
     return {
         **run_summary(run),
         "workflow_version": wf.version if wf else None,
+        "waiting_for": limits.run_waiting_for(s, run),
         "steps": [{
             "seq": t.seq, "kind": t.type, "name": step_name(t.name), "state": t.state, "task_run_id": t.id,
             "attempt": t.attempt, "attempts": by_task.get(t.id, []), "due_at": _ts(t.due_at),

@@ -156,3 +156,91 @@ def test_bad_pools_are_one_line_errors_and_store_nothing(db_url):
     assert h.tf.pools() == []
     with pytest.raises(DefinitionError, match="pool does not apply to a subworkflow"):
         h.register("parent", [{"name": "s", "type": "subworkflow", "workflow": "x", "pool": "db"}])
+
+
+# -- max_active_runs ----------------------------------------------------------------------------------------
+
+
+def _hold(h: Harness, run_id: int) -> int:
+    """Deliver the run's messages with every attempt claimed and never finished (a worker that died): the run
+    stays running until the test ends the attempt. Returns the held task's id."""
+    h.stub.drain(h.rt, crash=lambda label, attempt: True)
+    (task,) = h.tasks(h.tf.run(run_id)).values()
+    return int(task["id"])
+
+
+def _end(h: Harness, task_id: int) -> None:
+    """The held attempt's lease lapses and the task is lost for good (on_lost: fail): its run fails."""
+    with h.rt.db.transaction() as s:
+        s.execute(update(TaskRun).where(TaskRun.id == task_id).values(lease_expires_at=utcnow(), on_lost="fail"))
+    reconcile_once(h.rt)
+    h.stub.drain(h.rt, crash=lambda label, attempt: True)  # the run's end; a run it started is held in turn
+
+
+def test_max_active_runs_queues_extra_runs_and_starts_them_by_priority_then_first_come(db_url):
+    h = Harness(db_url)
+    h.register("etl", [{"name": "t", "type": "python", "function": ECHO}], max_active_runs=1)
+    first = h.tf.start_run("etl")
+    held = _hold(h, first)
+    low1, low2 = h.tf.start_run("etl", priority=1), h.tf.start_run("etl", priority=1)
+    high = h.tf.start_run("etl", priority=8)
+    h.stub.drain(h.rt)
+    runs = {r: h.tf.run(r) for r in (low1, low2, high)}
+    assert {r: v["state"] for r, v in runs.items()} == dict.fromkeys(runs, "queued")
+    assert runs[low1]["waiting_for"] == "max_active_runs of etl: 1/1 running"
+    assert all(t["state"] == "pending" for v in runs.values() for t in v["tasks"])  # nothing of them ran
+    assert h.tf.read(lambda s: repo.count_runs_in(s, "etl", "queued")) == 3
+
+    order: list[int] = []
+    for current in (first, high, low1):  # each run's end, in its own transaction, starts the next queued one
+        _end(h, held if current == first else int(h.tasks(h.tf.run(current))["t"]["id"]))
+        assert h.tf.run(current)["state"] == "failed"
+        started = [r for r in (low1, low2, high) if r not in order and h.tf.run(r)["state"] == "running"]
+        assert len(started) == 1, {r: h.tf.run(r)["state"] for r in (low1, low2, high)}
+        order += started
+    assert order == [high, low1, low2]
+    events = h.tf.read(lambda s: [dict(r._mapping) for r in repo.run_events(s, low1)])
+    assert [(e["from_state"], e["to_state"]) for e in events][:2] == [(None, "queued"), ("queued", "running")]
+    assert events[0]["reason"] == "started; queued: max_active_runs of etl: 1/1 running"
+    second = h.tf.read(lambda s: repo.run_events(s, low2)[0].reason)
+    assert second == "started; queued: max_active_runs of etl: 1/1 running, 1 queued already"
+
+
+def test_a_queued_run_can_be_cancelled_and_the_reconciler_starts_queued_runs_when_there_is_room(db_url):
+    h = Harness(db_url)
+    h.register("etl", [{"name": "t", "type": "python", "function": ECHO}], max_active_runs=1)
+    first = h.tf.start_run("etl")
+    held = _hold(h, first)
+    doomed, later = h.tf.start_run("etl"), h.tf.start_run("etl")
+    h.tf.cancel(doomed, actor="ann")
+    assert h.tf.run(doomed)["state"] == "cancelled"
+    assert h.tf.run(later)["state"] == "queued"
+    # the run holding the place ends without its promotion (as if that process died right after): the
+    # reconciler starts the queued run
+    with h.rt.db.transaction() as s:
+        s.execute(update(repo.R).where(repo.R.c.id == first).values(state="failed"))
+        s.execute(update(TaskRun).where(TaskRun.id == held).values(state="failed", lease_expires_at=None))
+    assert h.tf.run(later)["state"] == "queued"
+    reconcile_once(h.rt)
+    h.stub.drain(h.rt)
+    assert h.tf.run(later)["state"] == "succeeded"
+
+
+def test_code_workflows_queue_by_max_active_runs_and_their_activities_take_pool_slots(db_url):
+    from tests.integration.test_code_workflows import Code
+
+    c = Code(db_url)
+    c.tf.set_pool("codepool", 0)
+    first, second = c.start("one_at_a_time", {"x": 1}), c.start("one_at_a_time", {"x": 2})
+    assert (c.run(first)["state"], c.run(second)["state"]) == ("running", "queued")
+    assert c.run(second)["waiting_for"] == "max_active_runs of one_at_a_time: 1/1 running"
+    c.tf.signal(first, "go")
+    c.stub.drain(c.rt)
+    step = c.run(first)["steps"][-1]
+    assert (step["kind"], step["state"], step["waiting_for"]) == ("activity", "submitted", "pool codepool: 0/0 in use")
+    assert c.run(second)["state"] == "queued"
+    c.tf.set_pool("codepool", 1)
+    c.stub.drain(c.rt)
+    assert (c.run(first)["state"], c.run(first)["result"]) == ("succeeded", 2)
+    assert c.run(second)["state"] == "running"  # started by the first one's end
+    c.rt.close()

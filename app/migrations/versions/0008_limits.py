@@ -1,4 +1,4 @@
-"""concurrency and rate limits: pools (slots per pool), a task's pool
+"""concurrency and rate limits: pools (slots per pool), a task's pool, queued runs (max_active_runs)
 
 Revision ID: 0008
 Revises: 0006
@@ -30,9 +30,12 @@ def upgrade() -> None:
     op.add_column('task_runs', sa.Column('pool', sa.String(length=100), nullable=True))
     op.create_index('ix_task_runs_pool', 'task_runs', ['pool', 'state'],
                     postgresql_where=sa.text(_LIVE_POOL), sqlite_where=sa.text(_LIVE_POOL))
+    op.create_index('ix_workflow_runs_queued', 'workflow_runs', ['workflow_name', 'priority', 'id'],
+                    postgresql_where=sa.text("state = 'queued'"), sqlite_where=sa.text("state = 'queued'"))
 
 
 def downgrade() -> None:
+    op.drop_index('ix_workflow_runs_queued', table_name='workflow_runs')
     op.drop_index('ix_task_runs_pool', table_name='task_runs')
     op.drop_column('task_runs', 'pool')
     op.drop_table('pools')
