@@ -38,6 +38,17 @@ _TYPE_FIELDS: dict[str, set[str]] = {
 _REQUIRED: dict[str, str] = {"shell": "command", "python": "function", "subworkflow": "workflow"}
 
 
+class ConcurrencySpec(BaseModel):
+    """limits (app/services/limits.py): at most ``limit`` of the runs (a workflow's) or running tasks (a task's)
+    with the same rendered ``key`` at once (Hatchet's concurrency keys, DBOS's partitioned queues). The key may
+    name the run's parameters only (``{{ params.customer }}``), rendered when the run starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=1, max_length=200)
+    limit: int = Field(ge=1, le=1_000_000)
+
+
 class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,6 +75,8 @@ class TaskSpec(BaseModel):
     on_lost: Literal["retry", "fail"] = "retry"
     #: limits (app/services/limits.py): the pool whose slot each attempt takes (``tideflow pool set NAME SLOTS``)
     pool: str | None = Field(None, pattern=POOL_RE)
+    #: limits: at most ``limit`` of the tasks with the same rendered key run at once (across runs and workflows)
+    concurrency: ConcurrencySpec | None = None
 
 
 class WorkflowSpec(BaseModel):
@@ -76,6 +89,8 @@ class WorkflowSpec(BaseModel):
     on_failure: Literal["stop", "continue"] = "stop"
     #: limits (app/services/limits.py): at most this many runs of the workflow run at once; more wait ``queued``
     max_active_runs: int | None = Field(None, ge=1, le=1_000_000)
+    #: limits: at most ``limit`` running runs of the workflow with the same rendered key; more wait ``queued``
+    concurrency: ConcurrencySpec | None = None
     tasks: list[TaskSpec] = Field(min_length=1, max_length=100_000)
 
     def task(self, name: str) -> TaskSpec:
@@ -140,6 +155,9 @@ def _task_problems(spec: WorkflowSpec, t: TaskSpec, names: set[str]) -> list[str
                 f"task '{t.name}': retries, timeout, queue, max_lost_attempts and on_lost do not apply to a "
                 "subworkflow task (set them on the child workflow's tasks)"
             )
+        if t.concurrency is not None:
+            problems.append(f"task '{t.name}': concurrency does not apply to a subworkflow task (set it on the "
+                            "child workflow)")
         if t.pool is not None:
             problems.append(f"task '{t.name}': pool does not apply to a subworkflow task (its child's tasks take "
                             "the slots)")
@@ -205,6 +223,21 @@ def _template_problems(spec: WorkflowSpec) -> list[str]:
                 stack.extend(deps[n])
         return False
 
+    keys = {"workflow": spec.concurrency} | {f"task '{t.name}'": t.concurrency for t in spec.tasks}
+    for where, c in keys.items():
+        if c is None:
+            continue
+        try:
+            refs = templating.references(c.key)
+        except templating.TemplateError as exc:
+            problems.append(f"{where}: concurrency.key: {exc}")
+            continue
+        for scope, path in refs:
+            if scope != "params":
+                problems.append(f"{where}: concurrency.key may name only the run's params, not '{scope}'")
+            elif path[0] not in spec.params:
+                problems.append(f"{where}: concurrency.key: parameter '{path[0]}' is not declared in the "
+                                "workflow's params")
     for t in spec.tasks:
         fields = {"command": t.command, "env": t.env, "args": t.args, "params": t.params}
         for field, value in fields.items():

@@ -92,6 +92,8 @@ class TaskRecord:
     due_at: datetime | None = None
     #: limits: the pool whose slot each attempt takes (``app.services.limits``)
     pool: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
     #: the run's workflow name, when the query joined it (message labels)
     workflow_name: str | None = field(default=None, compare=False)
 
@@ -120,7 +122,7 @@ class TaskRecord:
             publish_count=m["publish_count"], next_publish_at=m["next_publish_at"], child_run_id=m["child_run_id"],
             result=m["result"], error=m["error"], created_at=m["created_at"], updated_at=m["updated_at"],
             started_at=m["started_at"], finished_at=m["finished_at"], seq=m["seq"], due_at=m["due_at"],
-            pool=m["pool"],
+            pool=m["pool"], concurrency_key=m["concurrency_key"], concurrency_limit=m["concurrency_limit"],
             # ``in``, not ``m.get``: a missing key costs RowMapping a raised and caught KeyError
             workflow_name=m["workflow_name"] if "workflow_name" in m else None,  # noqa: SIM401
         )
@@ -146,6 +148,8 @@ class RunRecord:
     state_values: dict[str, Any] | None = None
     cancel_requested: bool = False
     continued_run_id: int | None = None
+    #: limits: its rendered workflow concurrency key
+    concurrency_key: str | None = None
     #: the run of the parent task (a child run's parent run), when the query joined it (read models)
     parent_run_id: int | None = field(default=None, compare=False)
 
@@ -159,6 +163,7 @@ class RunRecord:
             created_at=m["created_at"], updated_at=m["updated_at"], finished_at=m["finished_at"],
             key=m["key"], result=m["result"], state_values=m["state_values"],
             cancel_requested=bool(m["cancel_requested"]), continued_run_id=m["continued_run_id"],
+            concurrency_key=m["concurrency_key"],
             parent_run_id=m["parent_run_id"] if "parent_run_id" in m else None,  # noqa: SIM401
         )
 

@@ -20,7 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
 
-from app.definitions import NAME_RE, POOL_RE
+from pydantic import ValidationError
+
+from app import templating
+from app.definitions import NAME_RE, POOL_RE, ConcurrencySpec
 from app.errors import DefinitionError, TideflowError
 from app.params import Parameter as TypedParameter
 from app.params import check, signature_parameters
@@ -75,6 +78,8 @@ class WorkflowDef:
     description: str = ""
     is_async: bool = False
     max_active_runs: int | None = None
+    #: limits: ``{"key": "{{ params.NAME }}", "limit": N}``: at most N running runs per rendered key
+    concurrency: dict[str, Any] | None = field(default=None, compare=False)
 
     def definition(self) -> dict[str, Any]:
         """What the ``workflows`` table stores for it (a new version when this changes)."""
@@ -83,6 +88,8 @@ class WorkflowDef:
              "priority": self.priority, "description": self.description}
         if self.max_active_runs is not None:  # limits: only when set (older workflows keep their digest)
             d["max_active_runs"] = self.max_active_runs
+        if self.concurrency is not None:
+            d["concurrency"] = self.concurrency
         return d
 
     def digest(self) -> str:
@@ -173,13 +180,13 @@ def workflow(fn: F, /) -> F: ...
 @overload
 def workflow(
     fn: None = None, /, *, name: str | None = None, priority: int = 5, description: str = "",
-    max_active_runs: int | None = None,
+    max_active_runs: int | None = None, concurrency: dict[str, Any] | None = None,
 ) -> Callable[[F], F]: ...
 
 
 def workflow(
     fn: Callable[..., Any] | None = None, /, *, name: str | None = None, priority: int = 5, description: str = "",
-    max_active_runs: int | None = None,
+    max_active_runs: int | None = None, concurrency: dict[str, Any] | None = None,
 ) -> Any:
     """Register ``fn(ctx, **params)`` as a code workflow named ``name`` (default: the function's name). The
     function must be deterministic: everything that talks to the world goes through ``ctx`` (README: code
@@ -205,8 +212,20 @@ def workflow(
             raise DefinitionError([f"workflow '{name or f.__name__}': priority must be between 0 and 9"])
         if max_active_runs is not None and (type(max_active_runs) is not int or max_active_runs < 1):
             raise DefinitionError([f"workflow '{name or f.__name__}': max_active_runs must be an integer >= 1"])
+        spec = None
+        if concurrency is not None:
+            try:
+                spec = ConcurrencySpec.model_validate(concurrency).model_dump()
+            except ValidationError as exc:
+                raise DefinitionError([f"workflow '{name or f.__name__}': concurrency: {e['msg']}"
+                                       for e in exc.errors()]) from None
+            unknown = [p for scope, path in templating.references(spec["key"])
+                       if scope != "params" or path[0] not in {d.name for d in declared} for p in [path[0]]]
+            if unknown:
+                raise DefinitionError([f"workflow '{name or f.__name__}': concurrency.key may name only its "
+                                       f"parameters, not {unknown}"])
         wdef = WorkflowDef(name or f.__name__, f, module, qualname, tuple(declared), priority, description,
-                           inspect.iscoroutinefunction(f), max_active_runs)
+                           inspect.iscoroutinefunction(f), max_active_runs, spec)
         _register(_workflows, "workflow", wdef)
         f.__tideflow_workflow__ = wdef  # type: ignore[attr-defined]
         return f

@@ -67,6 +67,7 @@ def startable(name: str) -> registry.WorkflowDef:
 def insert_run(
     s: Session, row: WorkflowRecord, params: dict[str, Any], *, priority: int | None, actor: str, reason: str,
     parent_task_run_id: int | None, key: str | None, state: RunState = RunState.RUNNING,
+    concurrency_key: str | None = None,
 ) -> RunRecord:
     wdef = startable(row.name)
     d = row.definition
@@ -76,7 +77,7 @@ def insert_run(
         raise DefinitionError([f"priority must be between 0 and 9, not {prio}"])
     return repo.insert_run(s, workflow_row=row, params=checked, priority=prio, on_failure="stop",
                            parent_task_run_id=parent_task_run_id, actor=actor, reason=reason, kind=RunKind.CODE,
-                           key=key, state=state)
+                           key=key, state=state, concurrency_key=concurrency_key)
 
 
 # -- steps -----------------------------------------------------------------------------------------------------

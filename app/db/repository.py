@@ -106,7 +106,7 @@ def insert_workflow(s: Session, name: str, digest: str, definition: dict[str, An
 def insert_run(
     s: Session, *, workflow_row: WorkflowRecord, params: dict[str, Any], priority: int, on_failure: str,
     parent_task_run_id: int | None, actor: str, reason: str, kind: RunKind = RunKind.DAG, key: str | None = None,
-    state: RunState = RunState.RUNNING,
+    state: RunState = RunState.RUNNING, concurrency_key: str | None = None,
 ) -> RunRecord:
     """The new run (its row as inserted: ``RETURNING``, no read after the insert). With a ``key`` an existing
     run holds, the unique index ``ix_workflow_runs_key`` raises ``IntegrityError`` (the caller's savepoint)."""
@@ -115,7 +115,7 @@ def insert_run(
         insert(R).values(
             workflow_id=workflow_row.id, workflow_name=workflow_row.name, state=state, kind=kind,
             params=params, priority=priority, on_failure=on_failure, parent_task_run_id=parent_task_run_id,
-            key=key, created_at=now, updated_at=now,
+            key=key, concurrency_key=concurrency_key, created_at=now, updated_at=now,
         ).returning(*R.c)
     ).one())
     add_event(s, run_id=run.id, from_state=None, to_state=state, actor=actor, reason=reason, now=now)
@@ -386,7 +386,7 @@ def claim_task(
     limits existed; a limited task is claimed only after its admission (``app.services.limits``)."""
     where = [or_(T.c.not_before.is_(None), T.c.not_before <= now)]
     if unlimited:
-        where.append(T.c.pool.is_(None))
+        where += [T.c.pool.is_(None), T.c.concurrency_key.is_(None)]
     return transition_by_id(
         s, task_run_id, TaskState.SUBMITTED, TaskState.RUNNING, attempt=attempt, actor=actor, reason=reason,
         now=now, where=where, **values,
@@ -678,9 +678,21 @@ def lock_workflow_name(s: Session, name: str) -> None:
     s.execute(q).first()
 
 
-def count_runs_in(s: Session, workflow_name: str, state: RunState) -> int:
+def count_runs_in(s: Session, workflow_name: str, state: RunState, *, concurrency_key: str | None = None) -> int:
+    """The workflow's runs in ``state`` (with ``concurrency_key``: only those with that key)."""
     q = select(func.count()).where(R.c.workflow_name == workflow_name, R.c.state == state)
+    if concurrency_key is not None:
+        q = q.where(R.c.concurrency_key == concurrency_key)
     return int(s.execute(q).scalar_one())
+
+
+def running_run_keys(s: Session, workflow_name: str) -> dict[str, int]:
+    """The workflow's running runs per concurrency key."""
+    q = (select(R.c.concurrency_key, func.count()).where(R.c.workflow_name == workflow_name,
+                                                         R.c.state == RunState.RUNNING,
+                                                         R.c.concurrency_key.is_not(None))
+         .group_by(R.c.concurrency_key))
+    return {str(k): int(n) for k, n in s.execute(q)}
 
 
 def queued_runs(s: Session, workflow_name: str, limit: int) -> list[RunRecord]:
@@ -696,3 +708,50 @@ def queued_runs(s: Session, workflow_name: str, limit: int) -> list[RunRecord]:
 def workflows_with_queued_runs(s: Session) -> list[str]:
     q = select(R.c.workflow_name).where(R.c.state == literal_column(f"'{RunState.QUEUED}'")).distinct()
     return sorted(str(n) for (n,) in s.execute(q))
+
+
+
+# -- limits: concurrency keys of tasks ----------------------------------------------------------------------
+
+
+def lock_concurrency_key(s: Session, key: str) -> None:
+    """Serialise the admissions of one task concurrency key: a transaction-scoped advisory lock on PostgreSQL
+    (``pg_advisory_xact_lock``, released at commit; there is no row per key to lock). SQLite: the IMMEDIATE
+    transaction already holds the database's write lock."""
+    if _is_pg(s):
+        s.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(f"tideflow.concurrency:{key}", 0))))
+
+
+def key_running(s: Session, key: str) -> int:
+    q = select(func.count()).where(T.c.concurrency_key == key, _state_is(TaskState.RUNNING))
+    return int(s.execute(q).scalar_one())
+
+
+def key_usage(s: Session, keys: Iterable[str] | None = None) -> dict[str, tuple[int, int, int]]:
+    """Per task concurrency key with live tasks: (running, waiting, limit) - the limit is the largest its live
+    tasks carry. Index ``ix_task_runs_concurrency_key``."""
+    q = (select(T.c.concurrency_key, T.c.state, func.count(), func.max(T.c.concurrency_limit))
+         .where(T.c.concurrency_key.is_not(None), _state_is(*_POOL_LIVE)).group_by(T.c.concurrency_key, T.c.state))
+    if keys is not None:
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        q = q.where(T.c.concurrency_key.in_(wanted))
+    usage: dict[str, list[int]] = {}
+    for key, state, n, limit in s.execute(q):
+        u = usage.setdefault(str(key), [0, 0, 0])
+        u[0 if state == TaskState.RUNNING else 1] += int(n)
+        u[2] = max(u[2], int(limit or 0))
+    return {k: (u[0], u[1], u[2]) for k, u in usage.items()}
+
+
+def key_waiting(s: Session, key: str, limit: int, *, now: datetime,
+                published_before: datetime | None = None) -> list[TaskRecord]:
+    """:func:`pool_waiting` for a task concurrency key."""
+    q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
+         .where(T.c.concurrency_key == key, _state_is(TaskState.SUBMITTED),
+                or_(T.c.not_before.is_(None), T.c.not_before <= now))
+         .order_by(T.c.priority.desc(), T.c.ready_at, T.c.id).limit(limit))
+    if published_before is not None:
+        q = q.where(T.c.updated_at <= published_before)
+    return [TaskRecord.from_row(r) for r in s.execute(q)]

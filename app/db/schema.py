@@ -116,6 +116,8 @@ class WorkflowRun(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     #: ``ctx.continue_as_new``: the run that continues this one
     continued_run_id: Mapped[int | None] = mapped_column(Id, nullable=True)
+    #: limits: its rendered workflow concurrency key (``concurrency: {key, limit}``; app/services/limits.py)
+    concurrency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -157,6 +159,9 @@ class TaskRun(Base):
         Index("ix_task_runs_pool", "pool", "state",
               postgresql_where=text("pool IS NOT NULL AND state IN ('submitted', 'running')"),
               sqlite_where=text("pool IS NOT NULL AND state IN ('submitted', 'running')")),
+        Index("ix_task_runs_concurrency_key", "concurrency_key", "state",
+              postgresql_where=text("concurrency_key IS NOT NULL AND state IN ('submitted', 'running')"),
+              sqlite_where=text("concurrency_key IS NOT NULL AND state IN ('submitted', 'running')")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -202,6 +207,9 @@ class TaskRun(Base):
     # -- limits (app/services/limits.py) --
     #: the pool whose slot the task's attempt takes (``pool: NAME``): claimed only while one is free
     pool: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: its rendered concurrency key and limit (``concurrency: {key, limit}``): at most that many running per key
+    concurrency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

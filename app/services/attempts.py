@@ -56,7 +56,7 @@ class EagerSlot:
 
     def takes(self, task: TaskRecord) -> bool:
         return self.claimed is None and task.run_id == self.run_id and task.queue == self.queue \
-            and task.kind in WORKER_KINDS and task.pool is None  # a pooled task: admitted at its own claim
+            and task.kind in WORKER_KINDS and not limits.is_limited(task)  # admitted at its own claim
 
 
 def _message(task: TaskRecord, attempt: int, label: str, countdown: float = 0.0) -> ExecuteMessage:
@@ -114,7 +114,7 @@ def claim(
     if task is None:
         # not claimable, or under a limit: admitted (or not) holding the limit's row lock
         waiting = repo.get_task(s, task_run_id)
-        if waiting is None or waiting.pool is None or waiting.state != TaskState.SUBMITTED \
+        if waiting is None or not limits.is_limited(waiting) or waiting.state != TaskState.SUBMITTED \
                 or waiting.attempt != attempt or limits.admit(s, waiting) is not None:
             return None
         # the clock is read after the lock: an attempt that freed the slot ended (committed) before this one starts

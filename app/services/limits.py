@@ -35,9 +35,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import templating
 from app.clock import after
 from app.db import repository as repo
-from app.definitions import POOL_RE
+from app.definitions import POOL_RE, ConcurrencySpec
 from app.dispatch import ExecuteMessage, publish_after_commit
 from app.errors import TideflowError
 from app.records import RunRecord, TaskRecord, WorkflowRecord
@@ -45,18 +46,36 @@ from app.runtime import Runtime
 from app.states import RunState, TaskState
 
 MAX_SLOTS = 1_000_000
+#: queued runs a promotion looks at (past those whose concurrency key is full)
+PROMOTE_SCAN = 500
+
+
+def is_limited(task: TaskRecord) -> bool:
+    """Whether a claim of ``task`` goes through :func:`admit` (a plain claim requires it is not)."""
+    return task.pool is not None or task.concurrency_key is not None
 
 
 def admit(s: Session, task: TaskRecord) -> str | None:
-    """In the claiming transaction, before the claim: None if the task may start now (its pool's row stays
-    locked until commit, so the count holds), else why it waits ("pool db: 4/4 in use")."""
-    if task.pool is None:
-        return None
-    slots = repo.lock_pool(s, task.pool)
-    if slots is None:
-        return missing(task.pool)
-    running = repo.pool_running(s, task.pool)
-    return None if running < slots else in_use(task.pool, running, slots)
+    """In the claiming transaction, before the claim: None if the task may start now (its pool's row, or its
+    concurrency key's advisory lock, stays locked until commit, so the count holds), else why it waits ("pool db:
+    4/4 in use")."""
+    if task.pool is not None:
+        slots = repo.lock_pool(s, task.pool)
+        if slots is None:
+            return missing(task.pool)
+        running = repo.pool_running(s, task.pool)
+        if running >= slots:
+            return in_use(task.pool, running, slots)
+    if task.concurrency_key is not None:
+        repo.lock_concurrency_key(s, task.concurrency_key)
+        running, limit = repo.key_running(s, task.concurrency_key), task.concurrency_limit or 1
+        if running >= limit:
+            return key_in_use(task.concurrency_key, running, limit)
+    return None
+
+
+def key_in_use(key: str, running: int, limit: int) -> str:
+    return f"concurrency key {key}: {running}/{limit} running"
 
 
 def missing(pool: str) -> str:
@@ -95,11 +114,26 @@ def fill(
     return messages
 
 
+def fill_key(
+    s: Session, rt: Runtime, key: str, limit: int, now: datetime, *, published_before: datetime | None = None,
+) -> list[ExecuteMessage]:
+    """:func:`fill` for a task concurrency key."""
+    free = limit - repo.key_running(s, key)
+    if free <= 0:
+        return []
+    waiting = repo.key_waiting(s, key, free, now=now, published_before=published_before)
+    messages = _republish(s, rt, waiting, f"concurrency key {key} has room", now)
+    publish_after_commit(s, rt.dispatcher, execute=messages)
+    return messages
+
+
 def release(s: Session, rt: Runtime, task: TaskRecord, now: datetime) -> None:
-    """``task``'s running attempt ended in this transaction: if it held a pool slot, the pool's next waiting task
-    is re-published after commit."""
+    """``task``'s running attempt ended in this transaction: if it held a pool slot (or a place of its concurrency
+    key), the next waiting task is re-published after commit."""
     if task.pool is not None:
         fill(s, rt, task.pool, now)
+    if task.concurrency_key is not None:
+        fill_key(s, rt, task.concurrency_key, task.concurrency_limit or 1, now)
 
 
 def fill_free_slots(s: Session, rt: Runtime, now: datetime) -> int:
@@ -111,6 +145,9 @@ def fill_free_slots(s: Session, rt: Runtime, now: datetime) -> int:
     for pool, (_running, waiting) in usage.items():
         if waiting:
             count += len(fill(s, rt, pool, now, published_before=quiet))
+    for key, (_running, waiting, limit) in repo.key_usage(s).items():
+        if waiting:
+            count += len(fill_key(s, rt, key, limit, now, published_before=quiet))
     return count
 
 
@@ -137,20 +174,25 @@ def pool_rows(s: Session) -> list[dict[str, Any]]:
 
 def waiting_for(s: Session, tasks: Iterable[TaskRecord]) -> dict[int, str]:
     """Why each submitted task of ``tasks`` cannot start now (the run view's ``waiting_for``), by task id."""
-    pooled = [t for t in tasks if t.state == TaskState.SUBMITTED and t.pool is not None]
-    if not pooled:
+    limited = [t for t in tasks if t.state == TaskState.SUBMITTED and is_limited(t)]
+    if not limited:
         return {}
     slots = repo.pools(s)
-    usage = repo.pool_usage(s, {t.pool for t in pooled if t.pool is not None})
+    usage = repo.pool_usage(s, {t.pool for t in limited if t.pool is not None})
+    keys = repo.key_usage(s, {t.concurrency_key for t in limited if t.concurrency_key is not None})
     why: dict[int, str] = {}
-    for t in pooled:
-        assert t.pool is not None
-        size = slots.get(t.pool)
-        running = usage.get(t.pool, (0, 0))[0]
-        if size is None:
-            why[t.id] = missing(t.pool)
-        elif running >= size:
-            why[t.id] = in_use(t.pool, running, size)
+    for t in limited:
+        if t.pool is not None:
+            size = slots.get(t.pool)
+            running = usage.get(t.pool, (0, 0))[0]
+            if size is None:
+                why[t.id] = missing(t.pool)
+            elif running >= size:
+                why[t.id] = in_use(t.pool, running, size)
+        if t.concurrency_key is not None and t.id not in why:
+            running, limit = keys.get(t.concurrency_key, (0, 0, 0))[0], t.concurrency_limit or 1
+            if running >= limit:
+                why[t.id] = key_in_use(t.concurrency_key, running, limit)
     return why
 
 
@@ -162,18 +204,45 @@ def max_active_runs(definition: dict[str, Any]) -> int | None:
     return int(limit) if limit is not None else None
 
 
-def admit_run(s: Session, row: WorkflowRecord) -> str | None:
-    """Before a new run of ``row``'s workflow is inserted: None if it may run now, else why it is queued (the
-    workflow's lock is held until commit, so concurrent starts count each other)."""
-    limit = max_active_runs(row.definition)
-    if limit is None:
+def run_key(definition: dict[str, Any], params: dict[str, Any]) -> str | None:
+    """A new run's workflow concurrency key (``concurrency: {key, limit}``), rendered from its parameters."""
+    c = definition.get("concurrency")
+    if not c:
+        return None
+    return str(templating.render(c["key"], {"params": params}))[:200]
+
+
+def task_key(spec: ConcurrencySpec | None, params: dict[str, Any]) -> dict[str, Any]:
+    """A new task row's concurrency columns (every row has both keys: one multi-row insert)."""
+    if spec is None:
+        return {"concurrency_key": None, "concurrency_limit": None}
+    return {"concurrency_key": str(templating.render(spec.key, {"params": params}))[:200],
+            "concurrency_limit": spec.limit}
+
+
+def _key_limit(definition: dict[str, Any]) -> int | None:
+    c = definition.get("concurrency")
+    return int(c["limit"]) if c else None
+
+
+def admit_run(s: Session, row: WorkflowRecord, key: str | None = None) -> str | None:
+    """Before a new run of ``row``'s workflow (with concurrency key ``key``) is inserted: None if it may run now,
+    else why it is queued (the workflow's lock is held until commit, so concurrent starts count each other)."""
+    limit, key_limit = max_active_runs(row.definition), _key_limit(row.definition)
+    if limit is None and (key_limit is None or key is None):
         return None
     repo.lock_workflow_name(s, row.name)
-    running = repo.count_runs_in(s, row.name, RunState.RUNNING)
-    queued = repo.count_runs_in(s, row.name, RunState.QUEUED)
-    if running < limit and not queued:
-        return None
-    return runs_in_use(row.name, running, limit) + (f", {queued} queued already" if queued else "")
+    if limit is not None:
+        running = repo.count_runs_in(s, row.name, RunState.RUNNING)
+        queued = repo.count_runs_in(s, row.name, RunState.QUEUED)
+        if running >= limit or queued:
+            return runs_in_use(row.name, running, limit) + (f", {queued} queued already" if queued else "")
+    if key_limit is not None and key is not None:
+        running = repo.count_runs_in(s, row.name, RunState.RUNNING, concurrency_key=key)
+        queued = repo.count_runs_in(s, row.name, RunState.QUEUED, concurrency_key=key)
+        if running >= key_limit or queued:
+            return key_in_use(key, running, key_limit) + (f", {queued} queued already" if queued else "")
+    return None
 
 
 def runs_in_use(workflow: str, running: int, limit: int) -> str:
@@ -186,20 +255,31 @@ def promote_runs(s: Session, rt: Runtime, workflow_name: str, *, actor: str) -> 
     latest = repo.workflow(s, workflow_name)
     if latest is None:
         return []
-    limit = max_active_runs(latest.definition)
+    limit, key_limit = max_active_runs(latest.definition), _key_limit(latest.definition)
     repo.lock_workflow_name(s, workflow_name)
     running = repo.count_runs_in(s, workflow_name, RunState.RUNNING)
-    room = limit - running if limit is not None else 1_000_000
-    if room <= 0:
+    if limit is not None and running >= limit:
         return []
+    per_key = repo.running_run_keys(s, workflow_name) if key_limit is not None else {}
     from app.services.master import advance_locked  # the advance loop, which itself finishes runs (and promotes)
 
     started: list[int] = []
-    for run in repo.queued_runs(s, workflow_name, room):
-        why = "dequeued: " + (runs_in_use(workflow_name, running, limit) if limit is not None
-                              else "its workflow no longer sets max_active_runs")
+    for run in repo.queued_runs(s, workflow_name, PROMOTE_SCAN):
+        if limit is not None and running >= limit:
+            break
+        key = run.concurrency_key
+        if key_limit is not None and key is not None and per_key.get(key, 0) >= key_limit:
+            continue  # its key is full: a run behind it with another key may start
+        room = []
+        if limit is not None:
+            room.append(runs_in_use(workflow_name, running, limit))
+        if key_limit is not None and key is not None:
+            room.append(key_in_use(key, per_key.get(key, 0), key_limit))
+        why = "dequeued: " + ("; ".join(room) if room else "its workflow sets no limit now")
         if repo.transition_run(s, run, RunState.RUNNING, actor=actor, reason=why):
             running += 1
+            if key is not None:
+                per_key[key] = per_key.get(key, 0) + 1
             started.append(run.id)
             advance_locked(s, rt, replace(run, state=RunState.RUNNING), actor=actor, full=True)
     return started
@@ -221,7 +301,13 @@ def run_waiting_for(s: Session, run: RunRecord) -> str | None:
     if run.state != RunState.QUEUED:
         return None
     latest = repo.workflow(s, run.workflow_name)
-    limit = max_active_runs(latest.definition) if latest is not None else None
-    if limit is None:
-        return "queued: starts at the reconciler's next pass"
-    return runs_in_use(run.workflow_name, repo.count_runs_in(s, run.workflow_name, RunState.RUNNING), limit)
+    definition = latest.definition if latest is not None else {}
+    limit, key_limit = max_active_runs(definition), _key_limit(definition)
+    running = repo.count_runs_in(s, run.workflow_name, RunState.RUNNING)
+    if limit is not None and running >= limit:
+        return runs_in_use(run.workflow_name, running, limit)
+    if key_limit is not None and run.concurrency_key is not None:
+        key = run.concurrency_key
+        return key_in_use(key, repo.count_runs_in(s, run.workflow_name, RunState.RUNNING, concurrency_key=key),
+                          key_limit)
+    return "queued: starts at the reconciler's next pass"

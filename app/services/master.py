@@ -89,27 +89,29 @@ def create_run(
         raise NotFound(f"workflow '{workflow_name}'" + (f" version {version}" if version else "")
                        + " is not registered")
     reason = "started" if parent_task is None else f"started as child of task run {parent_task.id}"
-    queued = limits.admit_run(s, wf_row)
+    code = code_runs.is_code(wf_row)
+    wf = None if code else rt.workflow(s, wf_row.id)
+    merged = dict(params or {}) if wf is None else check_run_params(wf.spec, dict(params or {}))
+    concurrency_key = limits.run_key(wf_row.definition, merged)
+    queued = limits.admit_run(s, wf_row, concurrency_key)
     state = RunState.QUEUED if queued is not None else RunState.RUNNING
     if queued is not None:
         reason = f"{reason}; queued: {queued}"
-    if code_runs.is_code(wf_row):
+    if wf is None:
         return code_runs.insert_run(s, wf_row, params or {}, priority=priority, actor=actor, reason=reason,
                                     parent_task_run_id=parent_task.id if parent_task is not None else None,
-                                    key=key, state=state)
-    wf = rt.workflow(s, wf_row.id)
-    merged = check_run_params(wf.spec, dict(params or {}))
+                                    key=key, state=state, concurrency_key=concurrency_key)
     if priority is not None and not 0 <= priority <= 9:
         raise DefinitionError([f"priority must be between 0 and 9, not {priority}"])
     prio = wf.spec.priority if priority is None else priority
     run = repo.insert_run(
         s, workflow_row=wf_row, params=merged, priority=prio, on_failure=wf.spec.on_failure,
         parent_task_run_id=parent_task.id if parent_task is not None else None, actor=actor, reason=reason,
-        key=key, state=state,
+        key=key, state=state, concurrency_key=concurrency_key,
     )
     repo.insert_tasks(s, run.id, [
         {**row, "queue": t.queue or rt.settings.default_queue,
-         "priority": t.priority if t.priority is not None else prio}
+         "priority": t.priority if t.priority is not None else prio, **limits.task_key(t.concurrency, merged)}
         for t, row in zip(wf.spec.tasks, wf.task_rows(rt.settings.max_lost_attempts), strict=True)
     ])
     return run

@@ -28,7 +28,7 @@ from app.executors import ExecutionContext, executor_for
 from app.executors.logbuffer import LogBuffer
 from app.records import TaskRecord
 from app.runtime import RunInfo, Runtime
-from app.services import attempts
+from app.services import attempts, limits
 from app.services.master import advance_locked
 from app.states import AttemptOutcome, TaskKind, TaskState
 
@@ -149,9 +149,10 @@ def _not_claimed(task: TaskRecord | None, task_run_id: int, attempt: int, now: d
                                                f"message for attempt {attempt} ignored")
     if task.not_before is not None and task.not_before > now:
         return Result(Outcome.TOO_EARLY, delay=(task.not_before - now).total_seconds())
-    if task.pool is not None:
-        return Result(Outcome.WAITING, detail=f"task run {task_run_id} attempt {attempt} waits for a slot of pool "
-                                              f"{task.pool}; re-published when one is free")
+    if limits.is_limited(task):
+        return Result(Outcome.WAITING, detail=f"task run {task_run_id} attempt {attempt} waits for a limit "
+                                              f"(pool {task.pool}, concurrency key {task.concurrency_key}); "
+                                              "re-published when there is room")
     return Result(Outcome.IGNORED, detail=f"task run {task_run_id} attempt {attempt} was claimed elsewhere")
 
 

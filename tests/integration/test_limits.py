@@ -244,3 +244,57 @@ def test_code_workflows_queue_by_max_active_runs_and_their_activities_take_pool_
     assert (c.run(first)["state"], c.run(first)["result"]) == ("succeeded", 2)
     assert c.run(second)["state"] == "running"  # started by the first one's end
     c.rt.close()
+
+
+# -- concurrency keys -------------------------------------------------------------------------------------
+
+
+def test_a_task_concurrency_key_lets_one_task_per_key_run_and_other_keys_pass(db_url):
+    h = Harness(db_url)
+    h.register("per-customer", [{"name": "sync", "type": "python", "function": ECHO,
+                                 "concurrency": {"key": "customer-{{ params.customer }}", "limit": 1}}],
+               params={"customer": ""})
+    a1 = h.tf.start_run("per-customer", {"customer": "a"})
+    h.stub.drain(h.rt, crash=lambda label, attempt: True)  # a1's sync holds customer-a
+    a2, b1 = h.tf.start_run("per-customer", {"customer": "a"}), h.tf.start_run("per-customer", {"customer": "b"})
+    h.stub.drain(h.rt)
+    assert h.tf.run(b1)["state"] == "succeeded"  # another key: not held back
+    sync = h.tasks(h.tf.run(a2))["sync"]
+    assert (sync["state"], sync["waiting_for"]) == ("submitted", "concurrency key customer-a: 1/1 running")
+    held = h.tasks(h.tf.run(a1))["sync"]["id"]
+    with h.rt.db.transaction() as s:
+        s.execute(update(TaskRun).where(TaskRun.id == held).values(lease_expires_at=utcnow()))
+    reconcile_once(h.rt)
+    h.stub.drain(h.rt)
+    assert h.tf.run(a1)["state"] == h.tf.run(a2)["state"] == "succeeded"
+    with h.rt.db.read() as s:
+        tasks = [t for r in (a1, a2) for t in repo.run_tasks(s, r)]
+        rows = repo.attempts(s, [t.id for t in tasks])
+    assert max_overlap([(a.started_at, a.finished_at) for a in rows]) == 1
+
+
+def test_a_workflow_concurrency_key_queues_runs_of_the_same_key(db_url):
+    h = Harness(db_url)
+    h.register("per-customer", [{"name": "t", "type": "python", "function": ECHO}], params={"customer": ""},
+               concurrency={"key": "{{ params.customer }}", "limit": 1})
+    a1 = h.tf.start_run("per-customer", {"customer": "a"})
+    held = _hold(h, a1)
+    a2, b1 = h.tf.start_run("per-customer", {"customer": "a"}), h.tf.start_run("per-customer", {"customer": "b"})
+    assert (h.tf.run(a2)["state"], h.tf.run(b1)["state"]) == ("queued", "running")
+    assert h.tf.run(a2)["waiting_for"] == "concurrency key a: 1/1 running"
+    _end(h, held)
+    assert h.tf.run(a1)["state"] == "failed" and h.tf.run(a2)["state"] == "running"
+
+
+def test_a_concurrency_key_may_name_only_declared_params(db_url):
+    import pytest
+
+    from app.errors import DefinitionError
+
+    h = Harness(db_url)
+    with pytest.raises(DefinitionError, match="parameter 'nope' is not declared"):
+        h.register("bad", [{"name": "t", "type": "python", "function": ECHO,
+                            "concurrency": {"key": "{{ params.nope }}", "limit": 1}}])
+    with pytest.raises(DefinitionError, match="may name only the run's params"):
+        h.register("bad", [{"name": "t", "type": "python", "function": ECHO}],
+                   concurrency={"key": "{{ run.id }}", "limit": 1})

@@ -1,4 +1,5 @@
-"""concurrency and rate limits: pools (slots per pool), a task's pool, queued runs (max_active_runs)
+"""concurrency and rate limits: pools (slots per pool), a task's pool, queued runs (max_active_runs),
+concurrency keys of runs and tasks
 
 Revision ID: 0008
 Revises: 0006
@@ -17,6 +18,7 @@ branch_labels = None
 depends_on = None
 
 _LIVE_POOL = "pool IS NOT NULL AND state IN ('submitted', 'running')"
+_LIVE_KEY = "concurrency_key IS NOT NULL AND state IN ('submitted', 'running')"
 
 
 def upgrade() -> None:
@@ -30,12 +32,21 @@ def upgrade() -> None:
     op.add_column('task_runs', sa.Column('pool', sa.String(length=100), nullable=True))
     op.create_index('ix_task_runs_pool', 'task_runs', ['pool', 'state'],
                     postgresql_where=sa.text(_LIVE_POOL), sqlite_where=sa.text(_LIVE_POOL))
+    op.add_column('task_runs', sa.Column('concurrency_key', sa.String(length=200), nullable=True))
+    op.add_column('task_runs', sa.Column('concurrency_limit', sa.Integer(), nullable=True))
+    op.create_index('ix_task_runs_concurrency_key', 'task_runs', ['concurrency_key', 'state'],
+                    postgresql_where=sa.text(_LIVE_KEY), sqlite_where=sa.text(_LIVE_KEY))
+    op.add_column('workflow_runs', sa.Column('concurrency_key', sa.String(length=200), nullable=True))
     op.create_index('ix_workflow_runs_queued', 'workflow_runs', ['workflow_name', 'priority', 'id'],
                     postgresql_where=sa.text("state = 'queued'"), sqlite_where=sa.text("state = 'queued'"))
 
 
 def downgrade() -> None:
     op.drop_index('ix_workflow_runs_queued', table_name='workflow_runs')
+    op.drop_column('workflow_runs', 'concurrency_key')
+    op.drop_index('ix_task_runs_concurrency_key', table_name='task_runs')
+    op.drop_column('task_runs', 'concurrency_limit')
+    op.drop_column('task_runs', 'concurrency_key')
     op.drop_index('ix_task_runs_pool', table_name='task_runs')
     op.drop_column('task_runs', 'pool')
     op.drop_table('pools')
