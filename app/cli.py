@@ -507,19 +507,21 @@ def _pools_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         click.echo("no pools (tideflow pool set NAME SLOTS)")
         return
-    t = Table("name", "slots", "running", "waiting", "free")
+    t = Table("name", "slots", "running", "waiting", "free", "rate limit")
     for r in rows:
-        t.add_row(r["name"], str(r["slots"]), str(r["running"]), str(r["waiting"]), str(r["free"]))
+        t.add_row(r["name"], str(r["slots"]), str(r["running"]), str(r["waiting"]), str(r["free"]),
+                  r["rate_limit"] or "-")
     console.print(t)
 
 
 @pool.command("set")
 @click.argument("name")
 @click.argument("slots", type=click.IntRange(0, None))
+@click.option("--rate-limit", default=None, help="at most N of its tasks start per second/minute/hour: N/s, N/m, N/h")
 @click.option("--json", "as_json", is_flag=True)
-def pool_set(name: str, slots: int, as_json: bool) -> None:
+def pool_set(name: str, slots: int, rate_limit: str | None, as_json: bool) -> None:
     """Create pool NAME with SLOTS slots, or resize it (tasks waiting that now fit start)."""
-    _emit(_client().set_pool(name, slots), as_json, lambda r: _pools_table([r]))
+    _emit(_client().set_pool(name, slots, rate_limit=rate_limit), as_json, lambda r: _pools_table([r]))
 
 
 @pool.command("list")

@@ -151,14 +151,15 @@ class Tideflow:
     def retry(self, run_id: int, *, actor: str = "api") -> int:
         return control.retry_run(self.runtime, run_id, actor=actor)
 
-    def set_pool(self, name: str, slots: int) -> dict[str, Any]:
+    def set_pool(self, name: str, slots: int, *, rate_limit: str | None = None) -> dict[str, Any]:
         """Create or resize pool ``name`` (``tideflow pool set``): at most ``slots`` of the tasks naming it run at
-        once, cluster-wide; tasks that now fit are re-published at once. Returns the pool with its use."""
+        once, cluster-wide (and, with ``rate_limit`` ``"10/m"``, at most 10 of them start per minute); tasks that
+        now fit are re-published at once. Returns the pool with its use."""
         from app.clock import utcnow
         from app.services import limits
 
         with self.runtime.db.transaction() as s:
-            limits.set_pool(s, self.runtime, name, slots, utcnow())
+            limits.set_pool(s, self.runtime, name, slots, utcnow(), rate_limit)
         return next(p for p in self.pools() if p["name"] == name)
 
     def pools(self) -> list[dict[str, Any]]:

@@ -25,6 +25,8 @@ from app.params import check as check_params
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$"
 #: a pool's name (``pool: NAME``, ``tideflow pool set NAME SLOTS``)
 POOL_RE = r"^[A-Za-z0-9_.\-]{1,100}$"
+#: a rate limit: at most N starts per second, minute or hour (``rate_limit: "10/m"``)
+RATE_RE = r"^[1-9][0-9]{0,8}/[smh]$"
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 TaskType = Literal["shell", "python", "subworkflow"]
@@ -77,6 +79,8 @@ class TaskSpec(BaseModel):
     pool: str | None = Field(None, pattern=POOL_RE)
     #: limits: at most ``limit`` of the tasks with the same rendered key run at once (across runs and workflows)
     concurrency: ConcurrencySpec | None = None
+    #: limits: at most N attempts of this task (across runs) start per second/minute/hour (``"10/m"``)
+    rate_limit: str | None = Field(None, pattern=RATE_RE)
 
 
 class WorkflowSpec(BaseModel):
@@ -155,6 +159,8 @@ def _task_problems(spec: WorkflowSpec, t: TaskSpec, names: set[str]) -> list[str
                 f"task '{t.name}': retries, timeout, queue, max_lost_attempts and on_lost do not apply to a "
                 "subworkflow task (set them on the child workflow's tasks)"
             )
+        if t.rate_limit is not None:
+            problems.append(f"task '{t.name}': rate_limit does not apply to a subworkflow task")
         if t.concurrency is not None:
             problems.append(f"task '{t.name}': concurrency does not apply to a subworkflow task (set it on the "
                             "child workflow)")
@@ -321,6 +327,7 @@ def task_row_values(spec: WorkflowSpec, task: TaskSpec, *, default_max_lost_atte
         "name": task.name, "type": task.type, "body": body, "timeout": task.timeout, "retries": task.retries,
         "retry_delay": task.retry_delay, "retry_backoff": task.retry_backoff,
         "max_retry_delay": task.max_retry_delay, "on_lost": task.on_lost, "pool": task.pool,
+        "rate_limit": task.rate_limit, "rate_key": f"task:{spec.name}.{task.name}" if task.rate_limit else None,
         "max_lost_attempts": task.max_lost_attempts if task.max_lost_attempts is not None
         else default_max_lost_attempts,
     }

@@ -94,6 +94,8 @@ class TaskRecord:
     pool: str | None = None
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    rate_key: str | None = None
+    rate_limit: str | None = None
     #: the run's workflow name, when the query joined it (message labels)
     workflow_name: str | None = field(default=None, compare=False)
 
@@ -123,6 +125,7 @@ class TaskRecord:
             result=m["result"], error=m["error"], created_at=m["created_at"], updated_at=m["updated_at"],
             started_at=m["started_at"], finished_at=m["finished_at"], seq=m["seq"], due_at=m["due_at"],
             pool=m["pool"], concurrency_key=m["concurrency_key"], concurrency_limit=m["concurrency_limit"],
+            rate_key=m["rate_key"], rate_limit=m["rate_limit"],
             # ``in``, not ``m.get``: a missing key costs RowMapping a raised and caught KeyError
             workflow_name=m["workflow_name"] if "workflow_name" in m else None,  # noqa: SIM401
         )

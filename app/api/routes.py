@@ -196,7 +196,7 @@ def list_pools(tf: TF) -> Any:
 @api.put("/pools/{name}", response_model=PoolView, tags=["pools"], dependencies=[auth.ADMIN])
 def set_pool(name: Annotated[str, Path(pattern=POOL_RE)], body: SetPool, tf: TF) -> Any:
     """Create or resize a pool (``tideflow pool set NAME SLOTS``); tasks waiting that now fit start."""
-    return tf.set_pool(name, body.slots)
+    return tf.set_pool(name, body.slots, rate_limit=body.rate_limit)
 
 
 def _actor(request: Request) -> str:

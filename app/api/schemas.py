@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.definitions import NAME_RE
+from app.definitions import NAME_RE, RATE_RE
 
 MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and the database would reject them
 #: an idempotency key: any text but NUL, which PostgreSQL's text columns cannot hold (a 422, not a 500)
@@ -284,7 +284,9 @@ class PoolView(_Strict):
     running: int = Field(description="slots in use: its tasks running now")
     waiting: int = Field(description="its tasks submitted, waiting for a slot (or a worker)")
     free: int
+    rate_limit: str | None = Field(description="at most N of its tasks start per second/minute/hour (N/s, N/m, N/h)")
 
 
 class SetPool(_Strict):
     slots: int = Field(ge=0, le=1_000_000)
+    rate_limit: str | None = Field(None, pattern=RATE_RE)

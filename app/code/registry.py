@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar, overload
 from pydantic import ValidationError
 
 from app import templating
-from app.definitions import NAME_RE, POOL_RE, ConcurrencySpec
+from app.definitions import NAME_RE, POOL_RE, RATE_RE, ConcurrencySpec
 from app.errors import DefinitionError, TideflowError
 from app.params import Parameter as TypedParameter
 from app.params import check, signature_parameters
@@ -55,6 +55,7 @@ class ActivityDef:
     max_lost_attempts: int | None = None
     on_lost: Literal["retry", "fail"] = "retry"
     pool: str | None = None
+    rate_limit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def activity(
     fn: None = None, /, *, name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
     retry_backoff: float = 2.0, max_retry_delay: float = 3600.0, timeout: float | None = None,
     queue: str | None = None, priority: int | None = None, max_lost_attempts: int | None = None,
-    on_lost: Literal["retry", "fail"] = "retry", pool: str | None = None,
+    on_lost: Literal["retry", "fail"] = "retry", pool: str | None = None, rate_limit: str | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -140,7 +141,7 @@ def activity(
     fn: Callable[..., Any] | None = None, /, *, name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
     retry_backoff: float = 2.0, max_retry_delay: float = 3600.0, timeout: float | None = None,
     queue: str | None = None, priority: int | None = None, max_lost_attempts: int | None = None,
-    on_lost: Literal["retry", "fail"] = "retry", pool: str | None = None,
+    on_lost: Literal["retry", "fail"] = "retry", pool: str | None = None, rate_limit: str | None = None,
 ) -> Any:
     """Register a function as an activity: a workflow calls it with ``ctx.activity(fn, ...)``; a worker runs it as
     a task of the run (claim, lease, retries with back-off, lost-attempt budget, timeout, queue, priority), and
@@ -164,10 +165,13 @@ def activity(
             problems.append("on_lost must be 'retry' or 'fail'")
         if pool is not None and not re.match(POOL_RE, pool):
             problems.append(f"pool {pool!r} is not a pool name ({POOL_RE})")
+        if rate_limit is not None and not re.match(RATE_RE, rate_limit):
+            problems.append(f"rate_limit {rate_limit!r} is not N/s, N/m or N/h")
         if problems:
             raise DefinitionError([f"activity '{name or f.__name__}': {p}" for p in problems])
         adef = ActivityDef(name or f.__name__, f, module, qualname, retries, float(retry_delay), float(retry_backoff),
-                           float(max_retry_delay), timeout, queue, priority, max_lost_attempts, on_lost, pool)
+                           float(max_retry_delay), timeout, queue, priority, max_lost_attempts, on_lost, pool,
+                           rate_limit)
         _register(_activities, "activity", adef)
         f.__tideflow_activity__ = adef  # type: ignore[attr-defined]
         return f

@@ -6,16 +6,16 @@ whether it landed, and writes its event row in the same transaction when it did.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, false, func, insert, literal_column, or_, select, update
+from sqlalchemy import Row, Table, and_, delete, false, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.clock import utcnow
-from app.db.schema import Counter, Event, Pool, Signal, TaskAttempt, TaskRun, Workflow, WorkflowRun
+from app.db.schema import Counter, Event, Pool, RateStart, Signal, TaskAttempt, TaskRun, Workflow, WorkflowRun
 from app.records import RunRecord, SignalRecord, TaskRecord, WorkflowRecord
 from app.states import (
     TASK_LIVE_ORDERED,
@@ -36,6 +36,7 @@ E: Table = Event.__table__  # type: ignore[assignment]
 C: Table = Counter.__table__  # type: ignore[assignment]
 S: Table = Signal.__table__  # type: ignore[assignment]
 P: Table = Pool.__table__  # type: ignore[assignment]
+RS: Table = RateStart.__table__  # type: ignore[assignment]
 
 
 def _state_is(*states: str) -> Any:
@@ -386,7 +387,7 @@ def claim_task(
     limits existed; a limited task is claimed only after its admission (``app.services.limits``)."""
     where = [or_(T.c.not_before.is_(None), T.c.not_before <= now)]
     if unlimited:
-        where += [T.c.pool.is_(None), T.c.concurrency_key.is_(None)]
+        where += [T.c.pool.is_(None), T.c.concurrency_key.is_(None), T.c.rate_key.is_(None)]
     return transition_by_id(
         s, task_run_id, TaskState.SUBMITTED, TaskState.RUNNING, attempt=attempt, actor=actor, reason=reason,
         now=now, where=where, **values,
@@ -607,26 +608,34 @@ def set_child_run(s: Session, task_run_id: int, old_child: int, new_child: int) 
 # -- limits (app/services/limits.py: pools) ------------------------------------------------------------
 
 
-def set_pool(s: Session, name: str, slots: int, now: datetime) -> None:
+def set_pool(s: Session, name: str, slots: int, now: datetime, rate_limit: str | None = None) -> None:
     """Create or resize a pool (an upsert: ``INSERT ... ON CONFLICT (name) DO UPDATE``)."""
-    ins = (pg_insert if _is_pg(s) else sqlite_insert)(P).values(name=name, slots=slots, updated_at=now)
-    s.execute(ins.on_conflict_do_update(index_elements=[P.c.name], set_={"slots": slots, "updated_at": now}))
+    ins = (pg_insert if _is_pg(s) else sqlite_insert)(P).values(name=name, slots=slots, rate_limit=rate_limit,
+                                                                updated_at=now)
+    s.execute(ins.on_conflict_do_update(index_elements=[P.c.name],
+                                        set_={"slots": slots, "rate_limit": rate_limit, "updated_at": now}))
 
 
-def lock_pool(s: Session, name: str, *, lock: bool = True) -> int | None:
-    """The pool's slots, its row locked for this transaction (``FOR UPDATE``; ``lock=False``: only read):
+def lock_pool(s: Session, name: str, *, lock: bool = True) -> tuple[int, str | None] | None:
+    """The pool's slots and rate limit, its row locked for this transaction (``FOR UPDATE``; ``lock=False``: only read):
     admissions into one pool are serialised, so two claims never both see its last free slot. None: no such
     pool. (SQLite: the IMMEDIATE transaction already holds the database's write lock.)"""
-    q = select(P.c.slots).where(P.c.name == name)
+    q = select(P.c.slots, P.c.rate_limit).where(P.c.name == name)
     if lock and _is_pg(s):
         q = q.with_for_update()
     row = s.execute(q).first()
-    return int(row.slots) if row is not None else None
+    return (int(row.slots), row.rate_limit) if row is not None else None
 
 
 def pools(s: Session) -> dict[str, int]:
     """Every pool's slots, by name."""
     return {str(n): int(v) for n, v in s.execute(select(P.c.name, P.c.slots).order_by(P.c.name))}
+
+
+def pool_rates(s: Session) -> dict[str, str]:
+    """The rate limits of the pools that have one, by name."""
+    q = select(P.c.name, P.c.rate_limit).where(P.c.rate_limit.is_not(None))
+    return {str(n): str(r) for n, r in s.execute(q)}
 
 
 def pool_usage(s: Session, names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
@@ -755,3 +764,23 @@ def key_waiting(s: Session, key: str, limit: int, *, now: datetime,
     if published_before is not None:
         q = q.where(T.c.updated_at <= published_before)
     return [TaskRecord.from_row(r) for r in s.execute(q)]
+
+
+
+# -- limits: rate limits (a sliding log of starts per rate key) -----------------------------------------------
+
+
+def rate_window(s: Session, key: str, since: datetime) -> tuple[int, datetime | None]:
+    """Starts of ``key`` after ``since``, and the oldest of them (index ``ix_rate_starts_rate_key_started_at``)."""
+    row = s.execute(select(func.count(), func.min(RS.c.started_at))
+                    .where(RS.c.rate_key == key, RS.c.started_at > since)).one()
+    oldest = row[1]
+    if oldest is not None and oldest.tzinfo is None:  # an aggregate is not typed: SQLite gives naive UTC text
+        oldest = (datetime.fromisoformat(oldest) if isinstance(oldest, str) else oldest).replace(tzinfo=UTC)
+    return int(row[0]), oldest
+
+
+def record_start(s: Session, key: str, now: datetime, *, forget_before: datetime) -> None:
+    """Count one start against ``key``, and forget its starts that left the window."""
+    s.execute(delete(RS).where(RS.c.rate_key == key, RS.c.started_at <= forget_before))
+    s.execute(insert(RS).values(rate_key=key, started_at=now))

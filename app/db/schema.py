@@ -210,6 +210,10 @@ class TaskRun(Base):
     #: its rendered concurrency key and limit (``concurrency: {key, limit}``): at most that many running per key
     concurrency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     concurrency_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: its rate limit (``rate_limit: "10/m"``) and the scope it counts in (``task:WORKFLOW.TASK``,
+    #: ``activity:NAME``): at most that many attempts of the scope start per window (``rate_starts``)
+    rate_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    rate_limit: Mapped[str | None] = mapped_column(String(20), nullable=True)
     result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -313,7 +317,22 @@ class Pool(Base):
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     slots: Mapped[int] = mapped_column(Integer)
+    #: ``tideflow pool set NAME SLOTS --rate-limit 10/m``: at most that many of its tasks start per window
+    rate_limit: Mapped[str | None] = mapped_column(String(20), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RateStart(Base):
+    """One attempt's start, counted against a rate limit (``rate_key``: ``task:WF.TASK``, ``activity:NAME``,
+    ``pool:NAME``): an admission counts the starts of its key in the last window (a sliding log, exact; rows older
+    than the window are deleted by the admissions of their key). Inserted in the claim's transaction."""
+
+    __tablename__ = "rate_starts"
+    __table_args__ = (Index("ix_rate_starts_rate_key_started_at", "rate_key", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    rate_key: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 metadata = Base.metadata

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.clock import after, utcnow
+from app.clock import after
 from app.db import repository as repo
 from app.dispatch import ExecuteMessage
 from app.records import TaskRecord
@@ -115,10 +115,11 @@ def claim(
         # not claimable, or under a limit: admitted (or not) holding the limit's row lock
         waiting = repo.get_task(s, task_run_id)
         if waiting is None or not limits.is_limited(waiting) or waiting.state != TaskState.SUBMITTED \
-                or waiting.attempt != attempt or limits.admit(s, waiting) is not None:
+                or waiting.attempt != attempt or (waiting.not_before is not None and waiting.not_before > now):
             return None
-        # the clock is read after the lock: an attempt that freed the slot ended (committed) before this one starts
-        now = utcnow()
+        refused, now = limits.admit(s, waiting)  # ``now``: read after the limits' locks
+        if refused is not None:
+            return None
         task = repo.claim_task(
             s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=why, worker=rt.worker_id,
             lease_token=token, lease_expires_at=after(rt.settings.lease_seconds, now), started_at=now,

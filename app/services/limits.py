@@ -36,9 +36,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app import templating
-from app.clock import after
+from app.clock import after, utcnow
 from app.db import repository as repo
-from app.definitions import POOL_RE, ConcurrencySpec
+from app.definitions import POOL_RE, RATE_RE, ConcurrencySpec
 from app.dispatch import ExecuteMessage, publish_after_commit
 from app.errors import TideflowError
 from app.records import RunRecord, TaskRecord, WorkflowRecord
@@ -52,17 +52,40 @@ PROMOTE_SCAN = 500
 
 def is_limited(task: TaskRecord) -> bool:
     """Whether a claim of ``task`` goes through :func:`admit` (a plain claim requires it is not)."""
-    return task.pool is not None or task.concurrency_key is not None
+    return task.pool is not None or task.concurrency_key is not None or task.rate_key is not None
 
 
-def admit(s: Session, task: TaskRecord) -> str | None:
-    """In the claiming transaction, before the claim: None if the task may start now (its pool's row, or its
-    concurrency key's advisory lock, stays locked until commit, so the count holds), else why it waits ("pool db:
-    4/4 in use")."""
+def admit(s: Session, task: TaskRecord) -> tuple[str | None, datetime]:
+    """In the claiming transaction, before the claim: (None, when it starts) if the task may start now (its pool's
+    row, or its concurrency key's or rate key's advisory lock, stays locked until commit, so the count holds),
+    else (why it waits, e.g. "pool db: 4/4 in use", now). An admitted start is counted against its rate limits
+    here, at the time returned: the clock is read after the locks, so an attempt that freed the slot ended
+    (committed) before this one starts, and the claim records that same time (the ledger agrees with the log)."""
+    reason = _admit(s, task)
+    now = utcnow()
+    if reason is None:
+        for key, rate in rate_scopes(task, _pool_rate(s, task)):
+            n, window = parse_rate(rate)
+            if repo.rate_window(s, key, after(-window, now))[0] >= n:
+                return rate_reached(key, rate), now
+        for key, rate in rate_scopes(task, _pool_rate(s, task)):
+            repo.record_start(s, key, now, forget_before=after(-parse_rate(rate)[1], now))
+    return reason, now
+
+
+def _pool_rate(s: Session, task: TaskRecord) -> str | None:
+    row = repo.lock_pool(s, task.pool, lock=False) if task.pool is not None else None
+    return row[1] if row is not None else None
+
+
+def _admit(s: Session, task: TaskRecord) -> str | None:
+    """The pool and concurrency-key checks, taking every lock the admission needs (rate keys' included)."""
+    pool_rate = None
     if task.pool is not None:
-        slots = repo.lock_pool(s, task.pool)
-        if slots is None:
+        pool = repo.lock_pool(s, task.pool)
+        if pool is None:
             return missing(task.pool)
+        slots, pool_rate = pool
         running = repo.pool_running(s, task.pool)
         if running >= slots:
             return in_use(task.pool, running, slots)
@@ -71,7 +94,48 @@ def admit(s: Session, task: TaskRecord) -> str | None:
         running, limit = repo.key_running(s, task.concurrency_key), task.concurrency_limit or 1
         if running >= limit:
             return key_in_use(task.concurrency_key, running, limit)
+    for key, _rate in rate_scopes(task, pool_rate):
+        repo.lock_concurrency_key(s, f"rate:{key}")
     return None
+
+
+# -- rate limits: a sliding log of starts per key (``rate_starts``), exact: at most N starts in any window --------
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``"10/m"`` -> (10, 60.0): at most 10 starts in any 60 s."""
+    n, unit = text.split("/")
+    return int(n), _UNITS[unit]
+
+
+def rate_scopes(task: TaskRecord, pool_rate: str | None) -> list[tuple[str, str]]:
+    """The rate limits a start of ``task`` counts against: its own (``task:WF.TASK`` / ``activity:NAME``) and its
+    pool's (``pool:NAME``)."""
+    scopes = []
+    if task.rate_key is not None and task.rate_limit is not None:
+        scopes.append((task.rate_key, task.rate_limit))
+    if task.pool is not None and pool_rate is not None:
+        scopes.append((f"pool:{task.pool}", pool_rate))
+    return scopes
+
+
+def rate_reached(key: str, rate: str) -> str:
+    return f"rate limit {key}: {rate} reached"
+
+
+def rate_wait(s: Session, task: TaskRecord, now: datetime) -> float | None:
+    """Seconds until a rate limit of ``task`` lets one more start (None: none of them is reached now): a refused
+    claim's message is retried then (Celery countdown), not dropped."""
+    pool = repo.lock_pool(s, task.pool, lock=False) if task.pool is not None else None
+    wait = None
+    for key, rate in rate_scopes(task, pool[1] if pool is not None else None):
+        n, window = parse_rate(rate)
+        count, oldest = repo.rate_window(s, key, after(-window, now))
+        if count >= n and oldest is not None:
+            wait = max(wait or 0.0, (oldest - now).total_seconds() + window, 0.05)
+    return wait
 
 
 def key_in_use(key: str, running: int, limit: int) -> str:
@@ -102,10 +166,10 @@ def fill(
 ) -> list[ExecuteMessage]:
     """Re-publish as many of the pool's waiting tasks as it has free slots, next first (their messages go out
     after commit). A hint, not an admission: each still passes :func:`admit` when claimed."""
-    slots = repo.lock_pool(s, pool, lock=False)
-    if slots is None:
+    row = repo.lock_pool(s, pool, lock=False)
+    if row is None:
         return []
-    free = slots - repo.pool_running(s, pool)
+    free = row[0] - repo.pool_running(s, pool)
     if free <= 0:
         return []
     waiting = repo.pool_waiting(s, pool, free, now=now, published_before=published_before)
@@ -151,24 +215,28 @@ def fill_free_slots(s: Session, rt: Runtime, now: datetime) -> int:
     return count
 
 
-def set_pool(s: Session, rt: Runtime, name: str, slots: int, now: datetime) -> int:
-    """Create or resize a pool; waiting tasks that now fit are re-published. Returns how many."""
+def set_pool(s: Session, rt: Runtime, name: str, slots: int, now: datetime, rate_limit: str | None = None) -> int:
+    """Create or resize a pool (and set or clear its rate limit); waiting tasks that now fit are re-published.
+    Returns how many."""
     if not re.match(POOL_RE, name):
         raise TideflowError(f"pool name {name!r} is not valid (letters, digits, '_', '-', '.'; at most 100)")
     if not 0 <= slots <= MAX_SLOTS:
         raise TideflowError(f"slots must be between 0 and {MAX_SLOTS}, not {slots}")
-    repo.set_pool(s, name, slots, now)
+    if rate_limit is not None and not re.match(RATE_RE, rate_limit):
+        raise TideflowError(f"rate limit {rate_limit!r} is not N/s, N/m or N/h (e.g. 10/m)")
+    repo.set_pool(s, name, slots, now, rate_limit)
     return len(fill(s, rt, name, now))
 
 
 def pool_rows(s: Session) -> list[dict[str, Any]]:
-    """Every pool with its use: name, slots, running (slots in use), waiting (submitted tasks), free."""
+    """Every pool with its use: name, slots, running (slots in use), waiting (submitted tasks), free, rate_limit."""
     usage = repo.pool_usage(s)
+    rates = repo.pool_rates(s)
     rows = []
     for name, slots in repo.pools(s).items():
         running, waiting = usage.get(name, (0, 0))
         rows.append({"name": name, "slots": slots, "running": running, "waiting": waiting,
-                     "free": max(slots - running, 0)})
+                     "free": max(slots - running, 0), "rate_limit": rates.get(name)})
     return rows
 
 
@@ -180,6 +248,7 @@ def waiting_for(s: Session, tasks: Iterable[TaskRecord]) -> dict[int, str]:
     slots = repo.pools(s)
     usage = repo.pool_usage(s, {t.pool for t in limited if t.pool is not None})
     keys = repo.key_usage(s, {t.concurrency_key for t in limited if t.concurrency_key is not None})
+    rates = repo.pool_rates(s)
     why: dict[int, str] = {}
     for t in limited:
         if t.pool is not None:
@@ -193,6 +262,13 @@ def waiting_for(s: Session, tasks: Iterable[TaskRecord]) -> dict[int, str]:
             running, limit = keys.get(t.concurrency_key, (0, 0, 0))[0], t.concurrency_limit or 1
             if running >= limit:
                 why[t.id] = key_in_use(t.concurrency_key, running, limit)
+        if t.id not in why:
+            now = utcnow()
+            for key, rate in rate_scopes(t, rates.get(t.pool) if t.pool is not None else None):
+                n, window = parse_rate(rate)
+                if repo.rate_window(s, key, after(-window, now))[0] >= n:
+                    why[t.id] = rate_reached(key, rate)
+                    break
     return why
 
 

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from app.clock import utcnow
 from app.db import repository as repo
@@ -80,7 +81,7 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
     with rt.db.transaction() as s:
         task = attempts.claim(s, rt, task_run_id, attempt, now=now, token=token)
         if task is None:
-            return _not_claimed(repo.get_task(s, task_run_id), task_run_id, attempt, now)
+            return _not_claimed(repo.get_task(s, task_run_id), task_run_id, attempt, now, s)
         run = rt.run_info(s, task.run_id)
         upstream = repo.task_results(s, task.run_id, task.body.inputs)
     settings = rt.settings
@@ -140,7 +141,7 @@ def run_claimed(
                                        eager=eager_until is not None and time.monotonic() < eager_until))
 
 
-def _not_claimed(task: TaskRecord | None, task_run_id: int, attempt: int, now: datetime) -> Result:
+def _not_claimed(task: TaskRecord | None, task_run_id: int, attempt: int, now: datetime, s: Session) -> Result:
     """Why a claim did not land: the row is not visible (yet), the message is stale, or it came early."""
     if task is None:
         return Result(Outcome.MISSING_ROW, detail=f"task run {task_run_id} is not visible")
@@ -150,6 +151,9 @@ def _not_claimed(task: TaskRecord | None, task_run_id: int, attempt: int, now: d
     if task.not_before is not None and task.not_before > now:
         return Result(Outcome.TOO_EARLY, delay=(task.not_before - now).total_seconds())
     if limits.is_limited(task):
+        wait = limits.rate_wait(s, task, now)
+        if wait is not None:  # a rate limit: the message comes back when the window lets one more start
+            return Result(Outcome.TOO_EARLY, delay=wait, detail=f"task run {task_run_id}: rate limit reached")
         return Result(Outcome.WAITING, detail=f"task run {task_run_id} attempt {attempt} waits for a limit "
                                               f"(pool {task.pool}, concurrency key {task.concurrency_key}); "
                                               "re-published when there is room")

@@ -34,7 +34,7 @@ def test_a_full_pool_keeps_tasks_submitted_and_a_freed_slot_starts_the_next(db_u
     assert tasks["a"]["state"] == "running" and tasks["a"]["waiting_for"] is None
     assert {n: (tasks[n]["state"], tasks[n]["waiting_for"]) for n in "bc"} == {
         n: ("submitted", "pool db: 1/1 in use") for n in "bc"}
-    assert h.tf.pools() == [{"name": "db", "slots": 1, "running": 1, "waiting": 2, "free": 0}]
+    assert h.tf.pools() == [{"name": "db", "slots": 1, "running": 1, "waiting": 2, "free": 0, "rate_limit": None}]
     assert not h.stub.queue  # refused claims are acknowledged: no message loops
 
     # a's lease lapses: the reconciler declares it lost, which frees its slot and re-publishes the next task (b:
@@ -50,7 +50,7 @@ def test_a_full_pool_keeps_tasks_submitted_and_a_freed_slot_starts_the_next(db_u
     assert run["state"] == "succeeded", run
     assert [a["outcome"] for a in h.tasks(run)["a"]["attempts"]] == ["lost", "succeeded"]
     assert max_overlap(pool_attempts(h.tf, "db")) == 1
-    assert h.tf.pools() == [{"name": "db", "slots": 1, "running": 0, "waiting": 0, "free": 1}]
+    assert h.tf.pools() == [{"name": "db", "slots": 1, "running": 0, "waiting": 0, "free": 1, "rate_limit": None}]
     events = [e for e in h.tf.read(lambda s: [dict(r._mapping) for r in repo.run_events(s, run_id)])
               if "slot of pool db is free" in e["reason"]]
     assert events, "the release is recorded in the run's history"
@@ -298,3 +298,55 @@ def test_a_concurrency_key_may_name_only_declared_params(db_url):
     with pytest.raises(DefinitionError, match="may name only the run's params"):
         h.register("bad", [{"name": "t", "type": "python", "function": ECHO}],
                    concurrency={"key": "{{ run.id }}", "limit": 1})
+
+
+
+# -- rate limits ------------------------------------------------------------------------------------------
+
+
+def _age_rate_log(h: Harness, seconds: float) -> None:
+    """Move every recorded start ``seconds`` into the past (time passing, for the sliding window)."""
+    from app.db.schema import RateStart
+
+    with h.rt.db.transaction() as s:
+        for row in s.query(RateStart).all():
+            row.started_at = row.started_at - timedelta(seconds=seconds)
+
+
+def test_a_task_rate_limit_holds_extra_starts_until_the_window_allows(db_url):
+    h = Harness(db_url)
+    h.register("rl", [{"name": "t", "type": "python", "function": ECHO, "rate_limit": "2/h"}])
+    runs = [h.tf.start_run("rl") for _ in range(3)]
+    done = h.stub.drain(h.rt)
+    assert [h.tf.run(r)["state"] for r in runs] == ["succeeded", "succeeded", "running"]
+    # the third is not dropped: its message comes back when the window lets one more start (a Celery countdown)
+    assert [o for _, _, o in done.executed].count("too_early") == 1 and len(h.stub.delayed) == 1
+    t = h.tasks(h.tf.run(runs[2]))["t"]
+    assert (t["state"], t["waiting_for"]) == ("submitted", "rate limit task:rl.t: 2/h reached")
+    _age_rate_log(h, 1800)  # half an hour later: still two starts in the last hour
+    h.stub.release_delayed()
+    h.stub.drain(h.rt)
+    assert h.tf.run(runs[2])["state"] == "running"
+    _age_rate_log(h, 1801)  # the first two left the window
+    h.stub.release_delayed()
+    h.stub.drain(h.rt)
+    assert h.tf.run(runs[2])["state"] == "succeeded"
+
+
+def test_a_pool_rate_limit_counts_every_task_of_the_pool(db_url):
+    h = Harness(db_url)
+    h.tf.set_pool("api", 10, rate_limit="1/h")
+    assert h.tf.pools()[0]["rate_limit"] == "1/h"
+    h.register("two", [{"name": n, "type": "python", "function": ECHO, "pool": "api"} for n in ("a", "b")])
+    run_id = h.tf.start_run("two")
+    h.stub.drain(h.rt)
+    states = sorted(t["state"] for t in h.tf.run(run_id)["tasks"])
+    assert states == ["submitted", "succeeded"]
+    waiting = next(t for t in h.tf.run(run_id)["tasks"] if t["state"] == "submitted")
+    assert waiting["waiting_for"] == "rate limit pool:api: 1/h reached"
+    import pytest
+
+    from app.errors import TideflowError
+
+    with pytest.raises(TideflowError, match="rate limit '10/x' is not"):
+        h.tf.set_pool("api", 10, rate_limit="10/x")
