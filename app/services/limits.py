@@ -163,13 +163,19 @@ def _republish(s: Session, rt: Runtime, tasks: list[TaskRecord], why: str, now: 
 
 def fill(
     s: Session, rt: Runtime, pool: str, now: datetime, *, published_before: datetime | None = None,
+    released: bool = False,
 ) -> list[ExecuteMessage]:
     """Re-publish as many of the pool's waiting tasks as it has free slots, next first (their messages go out
-    after commit). A hint, not an admission: each still passes :func:`admit` when claimed."""
+    after commit). A hint, not an admission: each still passes :func:`admit` when claimed. ``released``: one
+    attempt just freed its slot: only if the pool was full before (claims may have been refused) is a task
+    re-published, one (a pool with room refused nobody: its waiting tasks' messages are still on their way)."""
     row = repo.lock_pool(s, pool, lock=False)
     if row is None:
         return []
-    free = row[0] - repo.pool_running(s, pool)
+    running = repo.pool_running(s, pool)
+    free = row[0] - running
+    if released:
+        free = 1 if running + 1 >= row[0] else 0
     if free <= 0:
         return []
     waiting = repo.pool_waiting(s, pool, free, now=now, published_before=published_before)
@@ -180,9 +186,13 @@ def fill(
 
 def fill_key(
     s: Session, rt: Runtime, key: str, limit: int, now: datetime, *, published_before: datetime | None = None,
+    released: bool = False,
 ) -> list[ExecuteMessage]:
     """:func:`fill` for a task concurrency key."""
-    free = limit - repo.key_running(s, key)
+    running = repo.key_running(s, key)
+    free = limit - running
+    if released:
+        free = 1 if running + 1 >= limit else 0
     if free <= 0:
         return []
     waiting = repo.key_waiting(s, key, free, now=now, published_before=published_before)
@@ -195,9 +205,9 @@ def release(s: Session, rt: Runtime, task: TaskRecord, now: datetime) -> None:
     """``task``'s running attempt ended in this transaction: if it held a pool slot (or a place of its concurrency
     key), the next waiting task is re-published after commit."""
     if task.pool is not None:
-        fill(s, rt, task.pool, now)
+        fill(s, rt, task.pool, now, released=True)
     if task.concurrency_key is not None:
-        fill_key(s, rt, task.concurrency_key, task.concurrency_limit or 1, now)
+        fill_key(s, rt, task.concurrency_key, task.concurrency_limit or 1, now, released=True)
 
 
 def fill_free_slots(s: Session, rt: Runtime, now: datetime) -> int:

@@ -350,3 +350,13 @@ def test_a_pool_rate_limit_counts_every_task_of_the_pool(db_url):
 
     with pytest.raises(TideflowError, match="rate limit '10/x' is not"):
         h.tf.set_pool("api", 10, rate_limit="10/x")
+
+
+def test_a_pool_with_room_refuses_nobody_so_its_releases_publish_nothing(db_url):
+    h = Harness(db_url)
+    h.tf.set_pool("db", 5)
+    h.register("pooled", _pooled("a", "b", "c"))
+    run_id = h.tf.start_run("pooled")
+    done = h.stub.drain(h.rt)
+    assert h.tf.run(run_id)["state"] == "succeeded"
+    assert sorted(o for _, _, o in done.executed) == ["succeeded"] * 3  # one message each, none duplicated
