@@ -360,3 +360,27 @@ def test_a_pool_with_room_refuses_nobody_so_its_releases_publish_nothing(db_url)
     done = h.stub.drain(h.rt)
     assert h.tf.run(run_id)["state"] == "succeeded"
     assert sorted(o for _, _, o in done.executed) == ["succeeded"] * 3  # one message each, none duplicated
+
+
+def test_pools_over_the_rest_api_need_admin_to_set_and_reject_bad_input(db_url):
+    from app.services.tokens import add_token
+    from tests.support.api import AUTH, make_client
+
+    client, tf = make_client(db_url)
+    try:
+        with tf.runtime.db.transaction() as s:
+            viewer = {"Authorization": f"Bearer {add_token(s, 'vera', 'viewer')}"}
+            operator = {"Authorization": f"Bearer {add_token(s, 'otto', 'operator')}"}
+        resp = client.put("/api/pools/db", json={"slots": 3}, headers=operator)
+        assert resp.status_code == 403 and resp.json()["error"] == "forbidden"
+        for path, body in (("/api/pools/db", {"slots": -1}), ("/api/pools/no%20space", {"slots": 1}),
+                           ("/api/pools/db", {"slots": 1, "rate_limit": "fast"}), ("/api/pools/db", {})):
+            bad = client.put(path, json=body, headers=AUTH)
+            assert bad.status_code == 422 and bad.json()["error"], bad.text
+        assert client.get("/api/pools", headers=viewer).json() == []  # nothing stored
+        ok = client.put("/api/pools/db", json={"slots": 3, "rate_limit": "10/m"}, headers=AUTH)
+        assert ok.status_code == 200
+        assert ok.json() == {"name": "db", "slots": 3, "running": 0, "waiting": 0, "free": 3, "rate_limit": "10/m"}
+        assert client.get("/api/pools", headers=viewer).json() == [ok.json()]
+    finally:
+        tf.close()
