@@ -35,6 +35,12 @@ def test_a_full_pool_keeps_tasks_submitted_and_a_freed_slot_starts_the_next(db_u
     assert {n: (tasks[n]["state"], tasks[n]["waiting_for"]) for n in "bc"} == {
         n: ("submitted", "pool db: 1/1 in use") for n in "bc"}
     assert h.tf.pools() == [{"name": "db", "slots": 1, "running": 1, "waiting": 2, "free": 0, "rate_limit": None}]
+    from app.metrics import Metrics
+
+    body = Metrics(h.rt).render()[0].decode()
+    for line in ('tideflow_pool_slots{pool="db"} 1.0', 'tideflow_pool_slots_in_use{pool="db"} 1.0',
+                 'tideflow_pool_waiting_tasks{pool="db"} 2.0'):
+        assert line in body, body
     assert not h.stub.queue  # refused claims are acknowledged: no message loops
 
     # a's lease lapses: the reconciler declares it lost, which frees its slot and re-publishes the next task (b:
@@ -190,6 +196,9 @@ def test_max_active_runs_queues_extra_runs_and_starts_them_by_priority_then_firs
     assert runs[low1]["waiting_for"] == "max_active_runs of etl: 1/1 running"
     assert all(t["state"] == "pending" for v in runs.values() for t in v["tasks"])  # nothing of them ran
     assert h.tf.read(lambda s: repo.count_runs_in(s, "etl", "queued")) == 3
+    from app.metrics import Metrics
+
+    assert 'tideflow_runs{state="queued"} 3.0' in Metrics(h.rt).render()[0].decode()
 
     order: list[int] = []
     for current in (first, high, low1):  # each run's end, in its own transaction, starts the next queued one
