@@ -23,6 +23,13 @@ version's row). Nothing of it runs. When a running run of the workflow ends (or 
 starts the next queued ones (:func:`promote_runs`: by priority, then first come); the reconciler does the same
 for every workflow with queued runs (:func:`promote_all`), the backstop should that transaction's process die
 between. ``run cancel`` cancels a queued run.
+
+**Concurrency keys** (Hatchet, DBOS partitioned queues): a workflow's ``concurrency: {key, limit}`` queues runs as
+``max_active_runs`` does, per rendered key; a task's works like a pool per rendered key value (its admissions
+serialised by a transaction-scoped advisory lock on the key). **Rate limits** (``rate_limit: "10/m"`` on a task, an
+activity or a pool): a sliding log of starts per scope (``rate_starts``), checked and written by the admission
+under the scope's advisory lock: at most N starts in any window. A claim over a rate limit is retried when the
+window lets one more start (the worker returns ``too_early`` with that delay: a Celery countdown).
 """
 
 from __future__ import annotations
@@ -61,42 +68,39 @@ def admit(s: Session, task: TaskRecord) -> tuple[str | None, datetime]:
     else (why it waits, e.g. "pool db: 4/4 in use", now). An admitted start is counted against its rate limits
     here, at the time returned: the clock is read after the locks, so an attempt that freed the slot ended
     (committed) before this one starts, and the claim records that same time (the ledger agrees with the log)."""
-    reason = _admit(s, task)
+    reason, scopes = _admit(s, task)
     now = utcnow()
     if reason is None:
-        for key, rate in rate_scopes(task, _pool_rate(s, task)):
+        for key, rate in scopes:
             n, window = parse_rate(rate)
             if repo.rate_window(s, key, after(-window, now))[0] >= n:
                 return rate_reached(key, rate), now
-        for key, rate in rate_scopes(task, _pool_rate(s, task)):
+        for key, rate in scopes:
             repo.record_start(s, key, now, forget_before=after(-parse_rate(rate)[1], now))
     return reason, now
 
 
-def _pool_rate(s: Session, task: TaskRecord) -> str | None:
-    row = repo.lock_pool(s, task.pool, lock=False) if task.pool is not None else None
-    return row[1] if row is not None else None
-
-
-def _admit(s: Session, task: TaskRecord) -> str | None:
-    """The pool and concurrency-key checks, taking every lock the admission needs (rate keys' included)."""
+def _admit(s: Session, task: TaskRecord) -> tuple[str | None, list[tuple[str, str]]]:
+    """The pool and concurrency-key checks, taking every lock the admission needs (rate keys' included); with the
+    task's rate scopes."""
     pool_rate = None
     if task.pool is not None:
         pool = repo.lock_pool(s, task.pool)
         if pool is None:
-            return missing(task.pool)
+            return missing(task.pool), []
         slots, pool_rate = pool
         running = repo.pool_running(s, task.pool)
         if running >= slots:
-            return in_use(task.pool, running, slots)
+            return in_use(task.pool, running, slots), []
     if task.concurrency_key is not None:
         repo.lock_concurrency_key(s, task.concurrency_key)
         running, limit = repo.key_running(s, task.concurrency_key), task.concurrency_limit or 1
         if running >= limit:
-            return key_in_use(task.concurrency_key, running, limit)
-    for key, _rate in rate_scopes(task, pool_rate):
+            return key_in_use(task.concurrency_key, running, limit), []
+    scopes = rate_scopes(task, pool_rate)
+    for key, _rate in scopes:
         repo.lock_concurrency_key(s, f"rate:{key}")
-    return None
+    return None, scopes
 
 
 # -- rate limits: a sliding log of starts per key (``rate_starts``), exact: at most N starts in any window --------
