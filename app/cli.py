@@ -300,6 +300,12 @@ def run_show(run_id: int, as_json: bool) -> None:
 
 def _render_run(d: dict[str, Any]) -> None:
     console.print(tasks_table(d))
+    # limits (app/services/limits.py): why a queued run, or a task held back, has not started
+    if d.get("waiting_for"):
+        click.echo(f"queued: waiting for {d['waiting_for']}")
+    for t in d["tasks"]:
+        if t.get("waiting_for"):
+            click.echo(f"{t['name']}: waiting for {t['waiting_for']}")
     if d["error"]:
         click.echo(f"error: {d['error']}")
     if d.get("kind") != RunKind.CODE:
