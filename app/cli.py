@@ -302,6 +302,12 @@ def run_show(run_id: int, as_json: bool) -> None:
 
 def _render_run(d: dict[str, Any]) -> None:
     console.print(tasks_table(d))
+    # limits (app/services/limits.py): why a queued run, or a task held back, has not started
+    if d.get("waiting_for"):
+        click.echo(f"queued: waiting for {d['waiting_for']}")
+    for t in d["tasks"]:
+        if t.get("waiting_for"):
+            click.echo(f"{t['name']}: waiting for {t['waiting_for']}")
     if d["error"]:
         click.echo(f"error: {d['error']}")
     if d.get("schedule"):
@@ -656,6 +662,40 @@ def schedule_backfill(name: str, start: Any, end: Any, parallel: int, dry_run: b
                        f"recorded already), at most {d['parallel']} at once; progress: tideflow schedule show {name}")
 
     _emit(data, as_json, render)
+
+
+# -- pools (app/services/limits.py) -----------------------------------------------------------------
+@cli.group(cls=_Group)
+def pool() -> None:
+    """Pools of slots: at most SLOTS tasks naming a pool (``pool: NAME``) run at once, cluster-wide."""
+
+
+def _pools_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo("no pools (tideflow pool set NAME SLOTS)")
+        return
+    t = Table("name", "slots", "running", "waiting", "free", "rate limit")
+    for r in rows:
+        t.add_row(r["name"], str(r["slots"]), str(r["running"]), str(r["waiting"]), str(r["free"]),
+                  r["rate_limit"] or "-")
+    console.print(t)
+
+
+@pool.command("set")
+@click.argument("name")
+@click.argument("slots", type=click.IntRange(0, None))
+@click.option("--rate-limit", default=None, help="at most N of its tasks start per second/minute/hour: N/s, N/m, N/h")
+@click.option("--json", "as_json", is_flag=True)
+def pool_set(name: str, slots: int, rate_limit: str | None, as_json: bool) -> None:
+    """Create pool NAME with SLOTS slots, or resize it (tasks waiting that now fit start)."""
+    _emit(_client().set_pool(name, slots, rate_limit=rate_limit), as_json, lambda r: _pools_table([r]))
+
+
+@pool.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def pool_list(as_json: bool) -> None:
+    """Every pool with its slots in use and its waiting tasks."""
+    _emit(_client().pools(), as_json, _pools_table)
 
 
 # -- operations -------------------------------------------------------------------------------------

@@ -214,6 +214,24 @@ class Tideflow:
         return scheduler.create_backfill(self.runtime, name, start, end, parallel=parallel, dry_run=dry_run,
                                          actor=actor)
 
+
+    def set_pool(self, name: str, slots: int, *, rate_limit: str | None = None) -> dict[str, Any]:
+        """Create or resize pool ``name`` (``tideflow pool set``): at most ``slots`` of the tasks naming it run at
+        once, cluster-wide (and, with ``rate_limit`` ``"10/m"``, at most 10 of them start per minute); tasks that
+        now fit are re-published at once. Returns the pool with its use."""
+        from app.clock import utcnow
+        from app.services import limits
+
+        with self.runtime.db.transaction() as s:
+            limits.set_pool(s, self.runtime, name, slots, utcnow(), rate_limit)
+        return next(p for p in self.pools() if p["name"] == name)
+
+    def pools(self) -> list[dict[str, Any]]:
+        """Every pool: name, slots, running (slots in use), waiting (tasks submitted to it), free."""
+        from app.services import limits
+
+        return self.read(limits.pool_rows)
+
     def read(self, view: Callable[..., V], *args: Any, **kwargs: Any) -> V:
         """Call a read view of :mod:`app.services.views` in a read-only session."""
         with self.runtime.db.read() as s:

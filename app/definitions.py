@@ -25,6 +25,10 @@ from app.params import check as check_params
 from app.scheduling import ScheduleSpec, parse_schedules
 
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$"
+#: a pool's name (``pool: NAME``, ``tideflow pool set NAME SLOTS``)
+POOL_RE = r"^[A-Za-z0-9_.\-]{1,100}$"
+#: a rate limit: at most N starts per second, minute or hour (``rate_limit: "10/m"``)
+RATE_RE = r"^[1-9][0-9]{0,8}/[smh]$"
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 TaskType = Literal["shell", "python", "subworkflow", "switch"]
@@ -51,6 +55,17 @@ class SwitchCase(BaseModel):
 
     def targets(self) -> list[str]:
         return [self.next] if isinstance(self.next, str) else list(self.next)
+
+
+class ConcurrencySpec(BaseModel):
+    """limits (app/services/limits.py): at most ``limit`` of the runs (a workflow's) or running tasks (a task's)
+    with the same rendered ``key`` at once (Hatchet's concurrency keys, DBOS's partitioned queues). The key may
+    name the run's parameters only (``{{ params.customer }}``), rendered when the run starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=1, max_length=200)
+    limit: int = Field(ge=1, le=1_000_000)
 
 
 class TaskSpec(BaseModel):
@@ -94,6 +109,12 @@ class TaskSpec(BaseModel):
 
     def default_branch(self) -> list[str]:
         return [] if self.default is None else [self.default] if isinstance(self.default, str) else list(self.default)
+    #: limits (app/services/limits.py): the pool whose slot each attempt takes (``tideflow pool set NAME SLOTS``)
+    pool: str | None = Field(None, pattern=POOL_RE)
+    #: limits: at most ``limit`` of the tasks with the same rendered key run at once (across runs and workflows)
+    concurrency: ConcurrencySpec | None = None
+    #: limits: at most N attempts of this task (across runs) start per second/minute/hour (``"10/m"``)
+    rate_limit: str | None = Field(None, pattern=RATE_RE)
 
 
 class WorkflowSpec(BaseModel):
@@ -104,6 +125,10 @@ class WorkflowSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(5, ge=0, le=9)
     on_failure: Literal["stop", "continue"] = "stop"
+    #: limits (app/services/limits.py): at most this many runs of the workflow run at once; more wait ``queued``
+    max_active_runs: int | None = Field(None, ge=1, le=1_000_000)
+    #: limits: at most ``limit`` running runs of the workflow with the same rendered key; more wait ``queued``
+    concurrency: ConcurrencySpec | None = None
     tasks: list[TaskSpec] = Field(min_length=1, max_length=100_000)
     #: cron schedules: one mapping or a list (``app.scheduling.ScheduleSpec``), checked by :func:`schedules_of`
     schedule: dict[str, Any] | list[dict[str, Any]] | None = None
@@ -215,6 +240,14 @@ def _task_problems(spec: WorkflowSpec, t: TaskSpec, names: set[str]) -> list[str
                 f"task '{t.name}': retries, timeout, queue, max_lost_attempts and on_lost do not apply to a "
                 f"{t.type} task {where}"
             )
+        if t.rate_limit is not None:
+            problems.append(f"task '{t.name}': rate_limit does not apply to a {t.type} task")
+        if t.concurrency is not None:
+            problems.append(f"task '{t.name}': concurrency does not apply to a {t.type} task (set it on the "
+                            "tasks it leads to)")
+        if t.pool is not None:
+            problems.append(f"task '{t.name}': pool does not apply to a {t.type} task (the tasks it leads to take "
+                            "the slots)")
         if t.workflow == spec.name:
             problems.append(f"task '{t.name}': a workflow cannot start itself as a subworkflow")
     deps = t.depends_on
@@ -277,6 +310,21 @@ def _template_problems(spec: WorkflowSpec) -> list[str]:
                 stack.extend(deps[n])
         return False
 
+    keys = {"workflow": spec.concurrency} | {f"task '{t.name}'": t.concurrency for t in spec.tasks}
+    for where, c in keys.items():
+        if c is None:
+            continue
+        try:
+            key_refs = templating.references(c.key)
+        except templating.TemplateError as exc:
+            problems.append(f"{where}: concurrency.key: {exc}")
+            continue
+        for scope, path in key_refs:
+            if scope != "params":
+                problems.append(f"{where}: concurrency.key may name only the run's params, not '{scope}'")
+            elif path[0] not in spec.params:
+                problems.append(f"{where}: concurrency.key: parameter '{path[0]}' is not declared in the "
+                                "workflow's params")
     for t in spec.tasks:
         fields = {"command": t.command, "env": t.env, "args": t.args, "params": t.params}
         refs: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
@@ -371,7 +419,8 @@ def task_row_values(spec: WorkflowSpec, task: TaskSpec, *, default_max_lost_atte
     return {
         "name": task.name, "type": task.type, "body": body, "timeout": task.timeout, "retries": task.retries,
         "retry_delay": task.retry_delay, "retry_backoff": task.retry_backoff,
-        "max_retry_delay": task.max_retry_delay, "on_lost": task.on_lost,
+        "max_retry_delay": task.max_retry_delay, "on_lost": task.on_lost, "pool": task.pool,
+        "rate_limit": task.rate_limit, "rate_key": f"task:{spec.name}.{task.name}" if task.rate_limit else None,
         "max_lost_attempts": task.max_lost_attempts if task.max_lost_attempts is not None
         else default_max_lost_attempts,
     }

@@ -90,6 +90,12 @@ class TaskRecord:
     #: a code run's step: its position in the history, and when a timer fires / a signal wait times out
     seq: int | None = None
     due_at: datetime | None = None
+    #: limits: the pool whose slot each attempt takes (``app.services.limits``)
+    pool: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    rate_key: str | None = None
+    rate_limit: str | None = None
     #: the run's workflow name, when the query joined it (message labels)
     workflow_name: str | None = field(default=None, compare=False)
 
@@ -118,6 +124,8 @@ class TaskRecord:
             publish_count=m["publish_count"], next_publish_at=m["next_publish_at"], child_run_id=m["child_run_id"],
             result=m["result"], error=m["error"], created_at=m["created_at"], updated_at=m["updated_at"],
             started_at=m["started_at"], finished_at=m["finished_at"], seq=m["seq"], due_at=m["due_at"],
+            pool=m["pool"], concurrency_key=m["concurrency_key"], concurrency_limit=m["concurrency_limit"],
+            rate_key=m["rate_key"], rate_limit=m["rate_limit"],
             # ``in``, not ``m.get``: a missing key costs RowMapping a raised and caught KeyError
             workflow_name=m["workflow_name"] if "workflow_name" in m else None,  # noqa: SIM401
         )
@@ -146,6 +154,8 @@ class RunRecord:
     #: the schedule that started the run and its logical fire time (``{{ schedule.time }}``, ``ctx.schedule_time``)
     schedule_name: str | None = None
     schedule_time: datetime | None = None
+    #: limits: its rendered workflow concurrency key
+    concurrency_key: str | None = None
     #: the run of the parent task (a child run's parent run), when the query joined it (read models)
     parent_run_id: int | None = field(default=None, compare=False)
 
@@ -161,6 +171,7 @@ class RunRecord:
             cancel_requested=bool(m["cancel_requested"]), continued_run_id=m["continued_run_id"],
             schedule_name=m["schedule_name"] if "schedule_name" in m else None,  # noqa: SIM401
             schedule_time=m["schedule_time"] if "schedule_time" in m else None,  # noqa: SIM401
+            concurrency_key=m["concurrency_key"],
             parent_run_id=m["parent_run_id"] if "parent_run_id" in m else None,  # noqa: SIM401
         )
 

@@ -33,6 +33,9 @@ class RunState(StrEnum):
     #: ``run pause``: no new task starts (nothing is submitted, a submitted task's claim is refused and it waits for
     #: ``run resume``, which re-publishes it); tasks already running finish. A code run is not replayed while paused
     PAUSED = "paused"
+    #: limits (app/services/limits.py): its workflow's ``max_active_runs`` are running; it starts (-> running) when
+    #: one ends, by priority then first come. Nothing of it has run yet.
+    QUEUED = "queued"
 
 
 class TaskKind(StrEnum):
@@ -127,6 +130,7 @@ RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.FAILED: frozenset({RunState.RUNNING}),  # retry from the failed tasks; task force-success or rerun
     RunState.CANCELLED: frozenset({RunState.RUNNING}),  # retry a cancelled run; task rerun
     RunState.SUCCEEDED: frozenset({RunState.RUNNING}),  # task rerun ("start from this node")
+    RunState.QUEUED: frozenset({RunState.RUNNING, RunState.CANCELLED}),  # a slot of max_active_runs freed; cancel
 }
 
 

@@ -48,7 +48,7 @@ def execute(self: Task, task_run_id: int, attempt: int, published_at: float | No
                   "(its transaction must have rolled back)", task_run_id, age)
     elif result.outcome == worker.Outcome.TOO_EARLY:
         raise self.retry(countdown=result.delay, args=[task_run_id, attempt, published_at])
-    elif result.outcome == worker.Outcome.IGNORED:
+    elif result.outcome in (worker.Outcome.IGNORED, worker.Outcome.WAITING):
         log.info("%s", result.detail)
     elif result.outcome in (worker.Outcome.FAILED, worker.Outcome.RETRYING):
         # the message's own attempt (the first of an eager chain: those after it had no message) failed; its

@@ -15,6 +15,7 @@ from app.api.schemas import (
     Error,
     EventView,
     Health,
+    PoolView,
     Registered,
     Retried,
     RunDetail,
@@ -22,6 +23,7 @@ from app.api.schemas import (
     ScheduleDetail,
     ScheduleView,
     SendSignal,
+    SetPool,
     SignalSent,
     StartBackfill,
     StartRun,
@@ -32,7 +34,7 @@ from app.api.schemas import (
     WorkflowSummary,
 )
 from app.client import Tideflow
-from app.definitions import NAME_RE, WorkflowSpec
+from app.definitions import NAME_RE, POOL_RE, WorkflowSpec
 from app.services import views
 from app.states import RunKind, RunState
 
@@ -266,6 +268,19 @@ def rerun_task(task_run_id: TaskRunId, tf: TF, request: Request) -> Any:
     is not finished). Returns the task's run."""
     run_id, _, _ = tf.rerun(task_run_id, actor=_actor(request))
     return tf.run(run_id)
+
+
+# -- pools ------------------------------------------------------------------------------------------
+@api.get("/pools", response_model=list[PoolView], tags=["pools"])
+def list_pools(tf: TF) -> Any:
+    """Every pool: its slots, the slots in use (running), the tasks waiting for one, free slots."""
+    return tf.pools()
+
+
+@api.put("/pools/{name}", response_model=PoolView, tags=["pools"], dependencies=[auth.ADMIN])
+def set_pool(name: Annotated[str, Path(pattern=POOL_RE)], body: SetPool, tf: TF) -> Any:
+    """Create or resize a pool (``tideflow pool set NAME SLOTS``); tasks waiting that now fit start."""
+    return tf.set_pool(name, body.slots, rate_limit=body.rate_limit)
 
 
 def _actor(request: Request) -> str:

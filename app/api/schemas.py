@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from app.definitions import NAME_RE
+from app.definitions import NAME_RE, RATE_RE
 
 MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and the database would reject them
 #: an idempotency key: any text but NUL, which PostgreSQL's text columns cannot hold (a 422, not a 500)
@@ -176,6 +176,9 @@ class TaskView(_Strict):
     when: str | None = Field(description="a DAG task's condition: false skips it")
     skip_reason: str | None = Field(description="a skipped task: why (e.g. \"when: params.region == 'eu' was false\", "
                                     "\"switch 'route' chose 'b'\", \"trigger rule all_success: upstream 'x' failed\")")
+    pool: str | None = Field(description="the pool whose slot its attempts take")
+    waiting_for: str | None = Field(description="a submitted task a limit holds back: why, e.g. 'pool db: 4/4 in "
+                                                "use'")
 
 
 class StepView(_Strict):
@@ -193,6 +196,7 @@ class StepView(_Strict):
     created_at: str | None
     started_at: str | None
     finished_at: str | None
+    waiting_for: str | None = Field(description="an activity a limit holds back: why, e.g. 'pool db: 4/4 in use'")
 
 
 class Waiting(_Strict):
@@ -226,6 +230,8 @@ class ChildRun(_Strict):
 
 class RunDetail(RunSummary):
     workflow_version: int | None
+    waiting_for: str | None = Field(description="a queued run: why it has not started, e.g. 'max_active_runs of "
+                                                "etl: 2/2 running'")
     steps: list[StepView] = Field(description="a code run's steps in position order (empty for a DAG run)")
     waiting: Waiting | None = Field(description="a running code run: what it waits for now")
     blocked: Blocked | None = Field(description="a blocked code run: its divergence")
@@ -356,3 +362,17 @@ class BackfillStarted(_Strict):
     dry_run: bool
     backfill: int | None = Field(description="the backfill's id (null for a dry run)")
     created: bool = Field(description="false: the same backfill existed (nothing new)")
+
+
+class PoolView(_Strict):
+    name: str
+    slots: int
+    running: int = Field(description="slots in use: its tasks running now")
+    waiting: int = Field(description="its tasks submitted, waiting for a slot (or a worker)")
+    free: int
+    rate_limit: str | None = Field(description="at most N of its tasks start per second/minute/hour (N/s, N/m, N/h)")
+
+
+class SetPool(_Strict):
+    slots: int = Field(ge=0, le=1_000_000)
+    rate_limit: str | None = Field(None, pattern=RATE_RE)

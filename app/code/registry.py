@@ -20,7 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, overload
 
-from app.definitions import NAME_RE
+from pydantic import ValidationError
+
+from app import templating
+from app.definitions import NAME_RE, POOL_RE, RATE_RE, ConcurrencySpec
 from app.errors import DefinitionError, TideflowError
 from app.params import Parameter as TypedParameter
 from app.params import check, signature_parameters
@@ -52,6 +55,8 @@ class ActivityDef:
     priority: int | None = None
     max_lost_attempts: int | None = None
     on_lost: Literal["retry", "fail"] = "retry"
+    pool: str | None = None
+    rate_limit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,12 +82,20 @@ class WorkflowDef:
     #: ``@tideflow.workflow(schedule=...)`` (synced to the ``schedules`` table by the scheduler pass of a process
     #: that imports the module: app/services/scheduler.py ``sync_code_schedules``); not part of the version
     schedules: tuple[ScheduleSpec, ...] = field(default=(), compare=False)
+    max_active_runs: int | None = None
+    #: limits: ``{"key": "{{ params.NAME }}", "limit": N}``: at most N running runs per rendered key
+    concurrency: dict[str, Any] | None = field(default=None, compare=False)
 
     def definition(self) -> dict[str, Any]:
         """What the ``workflows`` table stores for it (a new version when this changes)."""
-        return {"kind": "code", "name": self.name, "module": self.module, "function": self.qualname,
-                "params": [p.name for p in self.params], "required": [p.name for p in self.params if p.required],
-                "priority": self.priority, "description": self.description}
+        d = {"kind": "code", "name": self.name, "module": self.module, "function": self.qualname,
+             "params": [p.name for p in self.params], "required": [p.name for p in self.params if p.required],
+             "priority": self.priority, "description": self.description}
+        if self.max_active_runs is not None:  # limits: only when set (older workflows keep their digest)
+            d["max_active_runs"] = self.max_active_runs
+        if self.concurrency is not None:
+            d["concurrency"] = self.concurrency
+        return d
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()
@@ -124,7 +137,7 @@ def activity(
     fn: None = None, /, *, name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
     retry_backoff: float = 2.0, max_retry_delay: float = 3600.0, timeout: float | None = None,
     queue: str | None = None, priority: int | None = None, max_lost_attempts: int | None = None,
-    on_lost: Literal["retry", "fail"] = "retry",
+    on_lost: Literal["retry", "fail"] = "retry", pool: str | None = None, rate_limit: str | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -132,7 +145,7 @@ def activity(
     fn: Callable[..., Any] | None = None, /, *, name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
     retry_backoff: float = 2.0, max_retry_delay: float = 3600.0, timeout: float | None = None,
     queue: str | None = None, priority: int | None = None, max_lost_attempts: int | None = None,
-    on_lost: Literal["retry", "fail"] = "retry",
+    on_lost: Literal["retry", "fail"] = "retry", pool: str | None = None, rate_limit: str | None = None,
 ) -> Any:
     """Register a function as an activity: a workflow calls it with ``ctx.activity(fn, ...)``; a worker runs it as
     a task of the run (claim, lease, retries with back-off, lost-attempt budget, timeout, queue, priority), and
@@ -154,10 +167,15 @@ def activity(
             problems.append("max_lost_attempts must be >= 1")
         if on_lost not in ("retry", "fail"):
             problems.append("on_lost must be 'retry' or 'fail'")
+        if pool is not None and not re.match(POOL_RE, pool):
+            problems.append(f"pool {pool!r} is not a pool name ({POOL_RE})")
+        if rate_limit is not None and not re.match(RATE_RE, rate_limit):
+            problems.append(f"rate_limit {rate_limit!r} is not N/s, N/m or N/h")
         if problems:
             raise DefinitionError([f"activity '{name or f.__name__}': {p}" for p in problems])
         adef = ActivityDef(name or f.__name__, f, module, qualname, retries, float(retry_delay), float(retry_backoff),
-                           float(max_retry_delay), timeout, queue, priority, max_lost_attempts, on_lost)
+                           float(max_retry_delay), timeout, queue, priority, max_lost_attempts, on_lost, pool,
+                           rate_limit)
         _register(_activities, "activity", adef)
         f.__tideflow_activity__ = adef  # type: ignore[attr-defined]
         return f
@@ -171,12 +189,14 @@ def workflow(fn: F, /) -> F: ...
 def workflow(
     fn: None = None, /, *, name: str | None = None, priority: int = 5, description: str = "",
     schedule: Any = None,
+    max_active_runs: int | None = None, concurrency: dict[str, Any] | None = None,
 ) -> Callable[[F], F]: ...
 
 
 def workflow(
     fn: Callable[..., Any] | None = None, /, *, name: str | None = None, priority: int = 5, description: str = "",
     schedule: Any = None,
+    max_active_runs: int | None = None, concurrency: dict[str, Any] | None = None,
 ) -> Any:
     """Register ``fn(ctx, **params)`` as a code workflow named ``name`` (default: the function's name). The
     function must be deterministic: everything that talks to the world goes through ``ctx`` (README: code
@@ -206,8 +226,23 @@ def workflow(
             schedules = tuple(parse_schedules(schedule, wname))
         except ValueError as exc:
             raise DefinitionError([f"workflow '{wname}': {exc}"]) from None
+        if max_active_runs is not None and (type(max_active_runs) is not int or max_active_runs < 1):
+            raise DefinitionError([f"workflow '{wname}': max_active_runs must be an integer >= 1"])
+        spec = None
+        if concurrency is not None:
+            try:
+                spec = ConcurrencySpec.model_validate(concurrency).model_dump()
+            except ValidationError as exc:
+                raise DefinitionError([f"workflow '{wname}': concurrency: {e['msg']}"
+                                       for e in exc.errors()]) from None
+            unknown = [p for scope, path in templating.references(spec["key"])
+                       if scope != "params" or path[0] not in {d.name for d in declared} for p in [path[0]]]
+            if unknown:
+                raise DefinitionError([f"workflow '{wname}': concurrency.key may name only its "
+                                       f"parameters, not {unknown}"])
         wdef = WorkflowDef(wname, f, module, qualname, tuple(declared), priority, description,
-                           inspect.iscoroutinefunction(f), schedules)
+                           inspect.iscoroutinefunction(f), schedules=schedules, max_active_runs=max_active_runs,
+                           concurrency=spec)
         for sp in schedules:
             wdef.check_params(dict(sp.params))  # a schedule's parameters must start a run
         _register(_workflows, "workflow", wdef)

@@ -66,7 +66,8 @@ def startable(name: str) -> registry.WorkflowDef:
 
 def insert_run(
     s: Session, row: WorkflowRecord, params: dict[str, Any], *, priority: int | None, actor: str, reason: str,
-    parent_task_run_id: int | None, key: str | None,
+    parent_task_run_id: int | None, key: str | None, state: RunState = RunState.RUNNING,
+    concurrency_key: str | None = None,
 ) -> RunRecord:
     wdef = startable(row.name)
     d = row.definition
@@ -76,7 +77,7 @@ def insert_run(
         raise DefinitionError([f"priority must be between 0 and 9, not {prio}"])
     return repo.insert_run(s, workflow_row=row, params=checked, priority=prio, on_failure="stop",
                            parent_task_run_id=parent_task_run_id, actor=actor, reason=reason, kind=RunKind.CODE,
-                           key=key)
+                           key=key, state=state, concurrency_key=concurrency_key)
 
 
 # -- steps -----------------------------------------------------------------------------------------------------
@@ -89,7 +90,8 @@ def _row(rt: Runtime, run: RunRecord, step: NewStep, now: datetime) -> dict[str,
         "run_id": run.id, "name": f"{step.name}#{step.seq}", "seq": step.seq, "type": step.kind,
         "state": step.state, "body": step.body, "queue": rt.settings.default_queue, "priority": run.priority,
         "max_lost_attempts": rt.settings.max_lost_attempts, "due_at": step.due_at, "timeout": None, "retries": 0,
-        "retry_delay": 0.0, "retry_backoff": 2.0, "max_retry_delay": 3600.0, "on_lost": "retry",
+        "retry_delay": 0.0, "retry_backoff": 2.0, "max_retry_delay": 3600.0, "on_lost": "retry", "pool": None,
+        "rate_limit": None, "rate_key": None,
         "result": step.result if done else None, "error": step.error if done else None,
         "finished_at": now if done else None, "started_at": now if step.state == TaskState.RUNNING else None,
     }
@@ -98,7 +100,8 @@ def _row(rt: Runtime, run: RunRecord, step: NewStep, now: datetime) -> dict[str,
         row.update(queue=a.queue or rt.settings.default_queue, priority=run.priority if a.priority is None else
                    a.priority, timeout=a.timeout, retries=a.retries, retry_delay=a.retry_delay,
                    retry_backoff=a.retry_backoff, max_retry_delay=a.max_retry_delay, on_lost=a.on_lost,
-                   max_lost_attempts=a.max_lost_attempts or rt.settings.max_lost_attempts)
+                   max_lost_attempts=a.max_lost_attempts or rt.settings.max_lost_attempts, pool=a.pool,
+                   rate_limit=a.rate_limit, rate_key=f"activity:{a.name}" if a.rate_limit else None)
     return row
 
 

@@ -6,10 +6,10 @@ whether it landed, and writes its event row in the same transaction when it did.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, exists, false, func, insert, literal_column, or_, select, update
+from sqlalchemy import Row, Table, and_, delete, exists, false, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +20,8 @@ from app.db.schema import (
     Backfill,
     Counter,
     Event,
+    Pool,
+    RateStart,
     Schedule,
     ScheduleFire,
     Signal,
@@ -47,6 +49,8 @@ A: Table = TaskAttempt.__table__  # type: ignore[assignment]
 E: Table = Event.__table__  # type: ignore[assignment]
 C: Table = Counter.__table__  # type: ignore[assignment]
 S: Table = Signal.__table__  # type: ignore[assignment]
+P: Table = Pool.__table__  # type: ignore[assignment]
+RS: Table = RateStart.__table__  # type: ignore[assignment]
 
 
 def _state_is(*states: str) -> Any:
@@ -63,6 +67,9 @@ _INSERT_ATTEMPT = insert(A)
 #: ``UPDATE task_runs ... RETURNING *``, built once: ``.returning(*T.c)`` coerces each of the ~40 columns again
 #: at every call (SQLAlchemy's ``coercions.expect``), about a tenth of the statement's client CPU
 _UPDATE_TASK_RETURNING = update(T).returning(*T.c)
+
+#: the states of a pool's tasks that count (``ix_task_runs_pool``)
+_POOL_LIVE = (TaskState.SUBMITTED, TaskState.RUNNING)
 
 UNHANDLED = T.c.handled == false()  # renders the literal, matching ix_task_runs_unhandled's predicate
 
@@ -114,18 +121,19 @@ def insert_workflow(s: Session, name: str, digest: str, definition: dict[str, An
 def insert_run(
     s: Session, *, workflow_row: WorkflowRecord, params: dict[str, Any], priority: int, on_failure: str,
     parent_task_run_id: int | None, actor: str, reason: str, kind: RunKind = RunKind.DAG, key: str | None = None,
+    state: RunState = RunState.RUNNING, concurrency_key: str | None = None,
 ) -> RunRecord:
     """The new run (its row as inserted: ``RETURNING``, no read after the insert). With a ``key`` an existing
     run holds, the unique index ``ix_workflow_runs_key`` raises ``IntegrityError`` (the caller's savepoint)."""
     now = utcnow()
     run = RunRecord.from_row(s.execute(
         insert(R).values(
-            workflow_id=workflow_row.id, workflow_name=workflow_row.name, state=RunState.RUNNING, kind=kind,
+            workflow_id=workflow_row.id, workflow_name=workflow_row.name, state=state, kind=kind,
             params=params, priority=priority, on_failure=on_failure, parent_task_run_id=parent_task_run_id,
-            key=key, created_at=now, updated_at=now,
+            key=key, concurrency_key=concurrency_key, created_at=now, updated_at=now,
         ).returning(*R.c)
     ).one())
-    add_event(s, run_id=run.id, from_state=None, to_state=RunState.RUNNING, actor=actor, reason=reason, now=now)
+    add_event(s, run_id=run.id, from_state=None, to_state=state, actor=actor, reason=reason, now=now)
     return run
 
 
@@ -406,13 +414,19 @@ _RUN_NOT_PAUSED = ~exists().where(R.c.id == T.c.run_id, R.c.state == literal_col
 
 
 def claim_task(
-    s: Session, task_run_id: int, attempt: int, *, actor: str, reason: str, now: datetime, **values: Any,
+    s: Session, task_run_id: int, attempt: int, *, actor: str, reason: str, now: datetime, unlimited: bool = False,
+    **values: Any,
 ) -> TaskRecord | None:
     """The worker's claim, ``submitted -> running`` for exactly ``attempt`` once its retry delay has passed
-    (no read before it). None when there was nothing to claim (missing row, other state or attempt, early)."""
+    (no read before it). None when there was nothing to claim (missing row, other state or attempt, early).
+    ``unlimited``: only a task under no limit (no pool), so a claim of one costs nothing more than before
+    limits existed; a limited task is claimed only after its admission (``app.services.limits``)."""
+    where = [or_(T.c.not_before.is_(None), T.c.not_before <= now)]
+    if unlimited:
+        where += [T.c.pool.is_(None), T.c.concurrency_key.is_(None), T.c.rate_key.is_(None)]
     return transition_by_id(
         s, task_run_id, TaskState.SUBMITTED, TaskState.RUNNING, attempt=attempt, actor=actor, reason=reason,
-        now=now, where=[or_(T.c.not_before.is_(None), T.c.not_before <= now), _RUN_NOT_PAUSED], **values,
+        now=now, where=[*where, _RUN_NOT_PAUSED], **values,
     )
 
 
@@ -786,3 +800,191 @@ def backfill_pending(s: Session, backfill_id: int, limit: int) -> list[Row[Any]]
 
 def set_backfill(s: Session, backfill_id: int, **values: Any) -> None:
     s.execute(update(BF).where(BF.c.id == backfill_id).values(updated_at=utcnow(), **values))
+
+
+# -- limits (app/services/limits.py: pools) ------------------------------------------------------------
+
+
+def set_pool(s: Session, name: str, slots: int, now: datetime, rate_limit: str | None = None) -> None:
+    """Create or resize a pool (an upsert: ``INSERT ... ON CONFLICT (name) DO UPDATE``)."""
+    ins = (pg_insert if _is_pg(s) else sqlite_insert)(P).values(name=name, slots=slots, rate_limit=rate_limit,
+                                                                updated_at=now)
+    s.execute(ins.on_conflict_do_update(index_elements=[P.c.name],
+                                        set_={"slots": slots, "rate_limit": rate_limit, "updated_at": now}))
+
+
+def lock_pool(s: Session, name: str, *, lock: bool = True) -> tuple[int, str | None] | None:
+    """The pool's slots and rate limit, its row locked for this transaction (``FOR UPDATE``; ``lock=False``: only read):
+    admissions into one pool are serialised, so two claims never both see its last free slot. None: no such
+    pool. (SQLite: the IMMEDIATE transaction already holds the database's write lock.)"""
+    q = select(P.c.slots, P.c.rate_limit).where(P.c.name == name)
+    if lock and _is_pg(s):
+        q = q.with_for_update()
+    row = s.execute(q).first()
+    return (int(row.slots), row.rate_limit) if row is not None else None
+
+
+def pools(s: Session) -> dict[str, int]:
+    """Every pool's slots, by name."""
+    return {str(n): int(v) for n, v in s.execute(select(P.c.name, P.c.slots).order_by(P.c.name))}
+
+
+def pool_rates(s: Session) -> dict[str, str]:
+    """The rate limits of the pools that have one, by name."""
+    q = select(P.c.name, P.c.rate_limit).where(P.c.rate_limit.is_not(None))
+    return {str(n): str(r) for n, r in s.execute(q)}
+
+
+def pool_usage(s: Session, names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+    """Per pool named by a live task: (running, waiting) - its tasks running (each holds a slot until its
+    attempt ends: it finishes, or the reconciler declares its lapsed lease lost) and submitted (waiting for a
+    slot or a worker). Index ``ix_task_runs_pool``."""
+    q = (select(T.c.pool, T.c.state, func.count()).where(T.c.pool.is_not(None), _state_is(*_POOL_LIVE))
+         .group_by(T.c.pool, T.c.state))
+    if names is not None:
+        wanted = list(names)
+        if not wanted:
+            return {}
+        q = q.where(T.c.pool.in_(wanted))
+    usage: dict[str, list[int]] = {}
+    for pool, state, n in s.execute(q):
+        usage.setdefault(str(pool), [0, 0])[0 if state == TaskState.RUNNING else 1] += int(n)
+    return {p: (u[0], u[1]) for p, u in usage.items()}
+
+
+def pool_running(s: Session, name: str) -> int:
+    """Slots of the pool in use now: its running tasks (read after :func:`lock_pool`)."""
+    q = select(func.count()).where(T.c.pool == name, _state_is(TaskState.RUNNING))
+    return int(s.execute(q).scalar_one())
+
+
+def pool_waiting(
+    s: Session, name: str, limit: int, *, now: datetime, published_before: datetime | None = None,
+) -> list[TaskRecord]:
+    """The pool's submitted tasks that may run now (retry delay over), next first: by priority (9 first), then by
+    how long they have been ready (first come). ``published_before``: only those not (re-)published since."""
+    q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
+         .where(T.c.pool == name, _state_is(TaskState.SUBMITTED),
+                or_(T.c.not_before.is_(None), T.c.not_before <= now))
+         .order_by(T.c.priority.desc(), T.c.ready_at, T.c.id).limit(limit))
+    if published_before is not None:
+        q = q.where(T.c.updated_at <= published_before)
+    return [TaskRecord.from_row(r) for r in s.execute(q)]
+
+
+# -- limits: max_active_runs (app/services/limits.py) ------------------------------------------------------
+
+
+def lock_workflow_name(s: Session, name: str) -> None:
+    """Serialise the admissions of one workflow's runs: its first version's row, locked for this transaction
+    (``FOR NO KEY UPDATE``: run inserts' foreign-key checks, ``KEY SHARE``, do not wait on it)."""
+    q = select(W.c.id).where(W.c.name == name).order_by(W.c.version).limit(1)
+    if _is_pg(s):
+        q = q.with_for_update(key_share=True)
+    s.execute(q).first()
+
+
+#: the run states that hold a slot of ``max_active_runs`` / a workflow concurrency key: a paused run keeps its slot
+#: (resuming it must not exceed the limit)
+_HOLDS_SLOT = (str(RunState.RUNNING), str(RunState.PAUSED))
+
+
+def count_runs_in(s: Session, workflow_name: str, state: RunState, *, concurrency_key: str | None = None) -> int:
+    """The workflow's runs in ``state`` (with ``concurrency_key``: only those with that key). ``running`` counts the
+    paused runs too: they hold their slot."""
+    states = _HOLDS_SLOT if state == RunState.RUNNING else (str(state),)
+    q = select(func.count()).where(R.c.workflow_name == workflow_name, R.c.state.in_(states))
+    if concurrency_key is not None:
+        q = q.where(R.c.concurrency_key == concurrency_key)
+    return int(s.execute(q).scalar_one())
+
+
+def running_run_keys(s: Session, workflow_name: str) -> dict[str, int]:
+    """The workflow's running (or paused: they hold their slot) runs per concurrency key."""
+    q = (select(R.c.concurrency_key, func.count()).where(R.c.workflow_name == workflow_name,
+                                                         R.c.state.in_(_HOLDS_SLOT),
+                                                         R.c.concurrency_key.is_not(None))
+         .group_by(R.c.concurrency_key))
+    return {str(k): int(n) for k, n in s.execute(q)}
+
+
+def queued_runs(s: Session, workflow_name: str, limit: int) -> list[RunRecord]:
+    """The workflow's queued runs, next first: by priority (9 first), then first come (index
+    ``ix_workflow_runs_queued``); each locked unless another transaction holds it (``SKIP LOCKED``)."""
+    q = (select(R).where(R.c.workflow_name == workflow_name, R.c.state == literal_column(f"'{RunState.QUEUED}'"))
+         .order_by(R.c.priority.desc(), R.c.id).limit(limit))
+    if _is_pg(s):
+        q = q.with_for_update(skip_locked=True, key_share=True)
+    return [RunRecord.from_row(r) for r in s.execute(q)]
+
+
+def workflows_with_queued_runs(s: Session) -> list[str]:
+    q = select(R.c.workflow_name).where(R.c.state == literal_column(f"'{RunState.QUEUED}'")).distinct()
+    return sorted(str(n) for (n,) in s.execute(q))
+
+
+
+# -- limits: concurrency keys of tasks ----------------------------------------------------------------------
+
+
+def lock_concurrency_key(s: Session, key: str) -> None:
+    """Serialise the admissions of one task concurrency key: a transaction-scoped advisory lock on PostgreSQL
+    (``pg_advisory_xact_lock``, released at commit; there is no row per key to lock). SQLite: the IMMEDIATE
+    transaction already holds the database's write lock."""
+    if _is_pg(s):
+        s.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(f"tideflow.concurrency:{key}", 0))))
+
+
+def key_running(s: Session, key: str) -> int:
+    q = select(func.count()).where(T.c.concurrency_key == key, _state_is(TaskState.RUNNING))
+    return int(s.execute(q).scalar_one())
+
+
+def key_usage(s: Session, keys: Iterable[str] | None = None) -> dict[str, tuple[int, int, int]]:
+    """Per task concurrency key with live tasks: (running, waiting, limit) - the limit is the largest its live
+    tasks carry. Index ``ix_task_runs_concurrency_key``."""
+    q = (select(T.c.concurrency_key, T.c.state, func.count(), func.max(T.c.concurrency_limit))
+         .where(T.c.concurrency_key.is_not(None), _state_is(*_POOL_LIVE)).group_by(T.c.concurrency_key, T.c.state))
+    if keys is not None:
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        q = q.where(T.c.concurrency_key.in_(wanted))
+    usage: dict[str, list[int]] = {}
+    for key, state, n, limit in s.execute(q):
+        u = usage.setdefault(str(key), [0, 0, 0])
+        u[0 if state == TaskState.RUNNING else 1] += int(n)
+        u[2] = max(u[2], int(limit or 0))
+    return {k: (u[0], u[1], u[2]) for k, u in usage.items()}
+
+
+def key_waiting(s: Session, key: str, limit: int, *, now: datetime,
+                published_before: datetime | None = None) -> list[TaskRecord]:
+    """:func:`pool_waiting` for a task concurrency key."""
+    q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
+         .where(T.c.concurrency_key == key, _state_is(TaskState.SUBMITTED),
+                or_(T.c.not_before.is_(None), T.c.not_before <= now))
+         .order_by(T.c.priority.desc(), T.c.ready_at, T.c.id).limit(limit))
+    if published_before is not None:
+        q = q.where(T.c.updated_at <= published_before)
+    return [TaskRecord.from_row(r) for r in s.execute(q)]
+
+
+
+# -- limits: rate limits (a sliding log of starts per rate key) -----------------------------------------------
+
+
+def rate_window(s: Session, key: str, since: datetime) -> tuple[int, datetime | None]:
+    """Starts of ``key`` after ``since``, and the oldest of them (index ``ix_rate_starts_rate_key_started_at``)."""
+    row = s.execute(select(func.count(), func.min(RS.c.started_at))
+                    .where(RS.c.rate_key == key, RS.c.started_at > since)).one()
+    oldest = row[1]
+    if oldest is not None and oldest.tzinfo is None:  # an aggregate is not typed: SQLite gives naive UTC text
+        oldest = (datetime.fromisoformat(oldest) if isinstance(oldest, str) else oldest).replace(tzinfo=UTC)
+    return int(row[0]), oldest
+
+
+def record_start(s: Session, key: str, now: datetime, *, forget_before: datetime) -> None:
+    """Count one start against ``key``, and forget its starts that left the window."""
+    s.execute(delete(RS).where(RS.c.rate_key == key, RS.c.started_at <= forget_before))
+    s.execute(insert(RS).values(rate_key=key, started_at=now))

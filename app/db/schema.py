@@ -88,6 +88,9 @@ class WorkflowRun(Base):
         Index("ix_workflow_runs_workflow_name_id", "workflow_name", "id"),
         # idempotent starts: one run per key, whoever races (NULLs are distinct: runs without a key)
         Index("ix_workflow_runs_key", "key", unique=True),
+        # limits: a workflow's queued runs (max_active_runs), next first
+        Index("ix_workflow_runs_queued", "workflow_name", "priority", "id", postgresql_where=text("state = 'queued'"),
+              sqlite_where=text("state = 'queued'")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -113,6 +116,8 @@ class WorkflowRun(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     #: ``ctx.continue_as_new``: the run that continues this one
     continued_run_id: Mapped[int | None] = mapped_column(Id, nullable=True)
+    #: limits: its rendered workflow concurrency key (``concurrency: {key, limit}``; app/services/limits.py)
+    concurrency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -154,6 +159,13 @@ class TaskRun(Base):
         Index("ix_task_runs_due", "due_at",
               postgresql_where=text("state = 'running' AND due_at IS NOT NULL"),
               sqlite_where=text("state = 'running' AND due_at IS NOT NULL")),
+        # limits (app/services/limits.py): a pool's running and waiting tasks
+        Index("ix_task_runs_pool", "pool", "state",
+              postgresql_where=text("pool IS NOT NULL AND state IN ('submitted', 'running')"),
+              sqlite_where=text("pool IS NOT NULL AND state IN ('submitted', 'running')")),
+        Index("ix_task_runs_concurrency_key", "concurrency_key", "state",
+              postgresql_where=text("concurrency_key IS NOT NULL AND state IN ('submitted', 'running')"),
+              sqlite_where=text("concurrency_key IS NOT NULL AND state IN ('submitted', 'running')")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -196,6 +208,16 @@ class TaskRun(Base):
     seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: a code run's timer: when it fires; a signal wait: when it times out (fired by the reconciler)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # -- limits (app/services/limits.py) --
+    #: the pool whose slot the task's attempt takes (``pool: NAME``): claimed only while one is free
+    pool: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: its rendered concurrency key and limit (``concurrency: {key, limit}``): at most that many running per key
+    concurrency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: its rate limit (``rate_limit: "10/m"``) and the scope it counts in (``task:WORKFLOW.TASK``,
+    #: ``activity:NAME``): at most that many attempts of the scope start per window (``rate_starts``)
+    rate_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    rate_limit: Mapped[str | None] = mapped_column(String(20), nullable=True)
     result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -367,6 +389,33 @@ class Backfill(Base):
     actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Pool(Base):
+    """A pool of slots (``tideflow pool set NAME SLOTS``): at most ``slots`` tasks naming it run at once,
+    cluster-wide. Slots in use are counted from the live ``task_runs`` rows (no counter to drift); this row is
+    locked by every admission into the pool, so two claims never take its last slot twice."""
+
+    __tablename__ = "pools"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer)
+    #: ``tideflow pool set NAME SLOTS --rate-limit 10/m``: at most that many of its tasks start per window
+    rate_limit: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RateStart(Base):
+    """One attempt's start, counted against a rate limit (``rate_key``: ``task:WF.TASK``, ``activity:NAME``,
+    ``pool:NAME``): an admission counts the starts of its key in the last window (a sliding log, exact; rows older
+    than the window are deleted by the admissions of their key). Inserted in the claim's transaction."""
+
+    __tablename__ = "rate_starts"
+    __table_args__ = (Index("ix_rate_starts_rate_key_started_at", "rate_key", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    rate_key: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 metadata = Base.metadata

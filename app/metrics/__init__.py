@@ -37,6 +37,9 @@ metric                                        type       source
                                                          time it was blocked)
 ``tideflow_queue_depth{queue}``               gauge      messages waiting in the master, the default and every
                                                          queue named by a registered workflow's task
+``tideflow_pool_slots{pool}``                 gauge      limits: each pool's slots (``tideflow pool set``)
+``tideflow_pool_slots_in_use{pool}``          gauge      its tasks running now (each holds a slot)
+``tideflow_pool_waiting_tasks{pool}``         gauge      its tasks submitted, waiting for a slot or a worker
 ``tideflow_database_up``                      gauge      1 if this scrape read the database
 ``tideflow_broker_up``                        gauge      1 if this scrape read the queue depths
 ============================================  =========  ==========================================================
@@ -81,6 +84,7 @@ from app.db import repository as repo
 from app.metrics import queries
 from app.metrics.queries import EventKind
 from app.runtime import Runtime
+from app.services import limits
 from app.states import RunKind, RunState, TaskState
 
 log = logging.getLogger(__name__)
@@ -173,6 +177,8 @@ class DbCounts:
     advance_counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS) + 1)
     advance_sum: float = 0.0
     steps_cursor: IdCursor = IdCursor()
+    #: limits: {pool: (slots, running, waiting)} (``app.services.limits.pool_rows``)
+    pools: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def dispatches(self) -> dict[str, int]:
         e = self.events
@@ -270,6 +276,8 @@ def read_counts(s: Session, prev: DbCounts, now: float, gap_timeout: float = GAP
         timers_overdue_seconds=overdue, signals_received=received, signals_delivered=delivered,
         timer_delay_counts=tuple(delay_counts), timer_delay_sum=delay_sum, advance_counts=advance_counts,
         advance_sum=advance_sum, steps_cursor=steps_cursor,
+        pools={str(p["name"]): (int(p["slots"]), int(p["running"]), int(p["waiting"]))
+               for p in limits.pool_rows(s)},
     )
 
 
@@ -338,6 +346,18 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     step.add_metric(["timer"], _cumulative(db.timer_delay_counts), sum_value=db.timer_delay_sum)
     step.add_metric(["advance"], _cumulative(db.advance_counts), sum_value=db.advance_sum)
     yield step
+    size = GaugeMetricFamily("tideflow_pool_slots", "Slots of each pool (tideflow pool set).", labels=["pool"])
+    in_use = GaugeMetricFamily("tideflow_pool_slots_in_use", "Slots of each pool in use: its tasks running.",
+                               labels=["pool"])
+    waiting = GaugeMetricFamily("tideflow_pool_waiting_tasks", "Tasks of each pool submitted, waiting for a slot "
+                                "or a worker.", labels=["pool"])
+    for pool, (slots, running, queued) in sorted(db.pools.items()):
+        size.add_metric([pool], slots)
+        in_use.add_metric([pool], running)
+        waiting.add_metric([pool], queued)
+    yield size
+    yield in_use
+    yield waiting
     if snap.depths is not None:
         depth = GaugeMetricFamily("tideflow_queue_depth", "Messages waiting in a broker queue.", labels=["queue"])
         for queue, n in sorted(snap.depths.items()):

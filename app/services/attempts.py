@@ -28,6 +28,7 @@ from app.dispatch import ExecuteMessage
 from app.records import TaskRecord
 from app.runtime import Runtime
 from app.scheduling import republish_delay
+from app.services import limits
 from app.states import AttemptOutcome, OnLost, TaskKind, TaskState
 
 #: the kinds a worker runs (a subworkflow, timer, signal or marker step is never claimed by a worker)
@@ -55,7 +56,7 @@ class EagerSlot:
 
     def takes(self, task: TaskRecord) -> bool:
         return self.claimed is None and task.run_id == self.run_id and task.queue == self.queue \
-            and task.kind in WORKER_KINDS
+            and task.kind in WORKER_KINDS and not limits.is_limited(task)  # admitted at its own claim
 
 
 def _message(task: TaskRecord, attempt: int, label: str, countdown: float = 0.0) -> ExecuteMessage:
@@ -105,12 +106,27 @@ def claim(
     s: Session, rt: Runtime, task_run_id: int, attempt: int, *, now: datetime, token: str, reason: str | None = None,
 ) -> TaskRecord | None:
     """``submitted -> running`` for exactly ``attempt``, holding a lease ``token``; None when there was nothing
-    to claim (a duplicate, late or early message, or a row not visible yet)."""
+    to claim (a duplicate, late or early message, or a row not visible yet) or when a limit keeps the task
+    waiting (:mod:`app.services.limits`: it stays submitted, and is re-published when a slot frees)."""
+    why = reason or f"claimed by {rt.worker_id}"
     task = repo.claim_task(
-        s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=reason or f"claimed by {rt.worker_id}",
+        s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=why, unlimited=True,
         worker=rt.worker_id, lease_token=token, lease_expires_at=after(rt.settings.lease_seconds, now),
         started_at=now,
     )
+    if task is None:
+        # not claimable, or under a limit: admitted (or not) holding the limit's row lock
+        waiting = repo.get_task(s, task_run_id)
+        if waiting is None or not limits.is_limited(waiting) or waiting.state != TaskState.SUBMITTED \
+                or waiting.attempt != attempt or (waiting.not_before is not None and waiting.not_before > now):
+            return None
+        refused, now = limits.admit(s, waiting)  # ``now``: read after the limits' locks
+        if refused is not None:
+            return None
+        task = repo.claim_task(
+            s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=why, worker=rt.worker_id,
+            lease_token=token, lease_expires_at=after(rt.settings.lease_seconds, now), started_at=now,
+        )
     if task is not None:
         repo.insert_attempt(s, task, attempt=attempt, worker=rt.worker_id, pid=os.getpid(), now=now)
     return task
@@ -141,6 +157,7 @@ def succeed(
     if task is not None:
         repo.finish_attempt(s, task_run_id, attempt, outcome=AttemptOutcome.SUCCEEDED, log=log, now=now,
                             started_at=started_at)
+        limits.release(s, rt, task, now)
     return task
 
 
@@ -198,6 +215,7 @@ def fail(
         return None, None
     repo.finish_attempt(s, task.id, task.attempt, outcome=outcome, error=error, log=log, now=now,
                         started_at=started_at)
+    limits.release(s, rt, task, now)
     return to, message
 
 

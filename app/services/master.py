@@ -35,7 +35,7 @@ from app.errors import DefinitionError, NotFound, TideflowError
 from app.params import Parameter, dag_parameters
 from app.records import RunRecord, TaskRecord
 from app.runtime import Runtime
-from app.services import attempts
+from app.services import attempts, limits
 from app.services.deciders import Plan, decider_for
 from app.states import RUN_TERMINAL, TASK_TERMINAL, RunKind, RunState, TaskKind, TaskState
 
@@ -89,23 +89,29 @@ def create_run(
         raise NotFound(f"workflow '{workflow_name}'" + (f" version {version}" if version else "")
                        + " is not registered")
     reason = "started" if parent_task is None else f"started as child of task run {parent_task.id}"
-    if code_runs.is_code(wf_row):
+    code = code_runs.is_code(wf_row)
+    wf = None if code else rt.workflow(s, wf_row.id)
+    merged = dict(params or {}) if wf is None else check_run_params(wf.spec, dict(params or {}))
+    concurrency_key = limits.run_key(wf_row.definition, merged)
+    queued = limits.admit_run(s, wf_row, concurrency_key)
+    state = RunState.QUEUED if queued is not None else RunState.RUNNING
+    if queued is not None:
+        reason = f"{reason}; queued: {queued}"
+    if wf is None:
         return code_runs.insert_run(s, wf_row, params or {}, priority=priority, actor=actor, reason=reason,
                                     parent_task_run_id=parent_task.id if parent_task is not None else None,
-                                    key=key)
-    wf = rt.workflow(s, wf_row.id)
-    merged = check_run_params(wf.spec, dict(params or {}))
+                                    key=key, state=state, concurrency_key=concurrency_key)
     if priority is not None and not 0 <= priority <= 9:
         raise DefinitionError([f"priority must be between 0 and 9, not {priority}"])
     prio = wf.spec.priority if priority is None else priority
     run = repo.insert_run(
         s, workflow_row=wf_row, params=merged, priority=prio, on_failure=wf.spec.on_failure,
         parent_task_run_id=parent_task.id if parent_task is not None else None, actor=actor, reason=reason,
-        key=key,
+        key=key, state=state, concurrency_key=concurrency_key,
     )
     repo.insert_tasks(s, run.id, [
         {**row, "queue": t.queue or rt.settings.default_queue,
-         "priority": t.priority if t.priority is not None else prio}
+         "priority": t.priority if t.priority is not None else prio, **limits.task_key(t.concurrency, merged)}
         for t, row in zip(wf.spec.tasks, wf.task_rows(rt.settings.max_lost_attempts), strict=True)
     ])
     return run
@@ -294,6 +300,8 @@ def finish_run(
     values = {"result": result} if run.kind == RunKind.CODE and outcome == RunState.SUCCEEDED else {}
     if not repo.transition_run(s, run, outcome, actor=actor, reason=reason, error=error, **values):
         return False
+    if run.state == RunState.RUNNING:  # it held a place of its workflow's max_active_runs: the next queued starts
+        limits.promote_runs(s, rt, run.workflow_name, actor=actor)
     if run.parent_task_run_id is not None and outcome in RUN_TERMINAL:
         parent_task = repo.get_task(s, run.parent_task_run_id)
         if parent_task is not None and parent_task.state == TaskState.RUNNING and parent_task.child_run_id == run.id:
@@ -314,8 +322,11 @@ def stop_task(
 ) -> bool:
     """Cancel/skip a live task. A running attempt loses its lease by this (its heartbeat sees it and stops the
     body); a running subworkflow task cancels its child run."""
-    if not attempts.stop(s, task, to, actor=actor, reason=reason, now=utcnow(), **values):
+    now = utcnow()
+    if not attempts.stop(s, task, to, actor=actor, reason=reason, now=now, **values):
         return False
+    if task.state == TaskState.RUNNING:
+        limits.release(s, rt, task, now)
     if task.state == TaskState.RUNNING and task.child_run_id is not None:
         child = repo.lock_run(s, task.child_run_id)
         if child is not None and child.state in (RunState.RUNNING, RunState.BLOCKED, RunState.PAUSED):

@@ -3,7 +3,8 @@ workers or masters are lost. One pass (``reconcile_once``; also ``tideflow recon
 
 1. orphans: submitted tasks not claimed by their ``next_publish_at`` are published again, with
    exponential back-off per attempt (``app.scheduling.republish_delay``) so a queue backlog does not
-   multiply messages;
+   multiply messages; a pool with a free slot gets its next waiting tasks re-published
+   (``app.services.limits.fill_free_slots``);
 2. expired leases: a running task whose lease lapsed is a lost attempt (worker died, or was partitioned
    away): retried on its lost-attempt budget, or failed (``app.services.attempts.fail``). The old attempt
    can no longer finish (its token is fenced);
@@ -26,7 +27,7 @@ from app.code.runs import fire_due
 from app.db import repository as repo
 from app.dispatch import publish_after_commit
 from app.runtime import Runtime
-from app.services import attempts
+from app.services import attempts, limits
 from app.services.master import advance_run
 from app.states import AttemptOutcome, TaskState
 
@@ -51,7 +52,7 @@ def reconcile_once(rt: Runtime) -> Report:
     report.republished = _republish_orphans(rt)
     report.lost_attempts = _expire_leases(rt)
     report.fired_timers = fire_due(rt, ACTOR)
-    report.advanced_runs = _advance_unhandled(rt)
+    report.advanced_runs = _advance_unhandled(rt) + limits.promote_all(rt, actor=ACTOR)
     if report.republished or report.lost_attempts or report.fired_timers or report.advanced_runs:
         log.info("reconcile: %s", report)
     else:
@@ -65,7 +66,8 @@ def _republish_orphans(rt: Runtime) -> int:
         messages = [m for task in repo.due_orphans(s, now, rt.settings.reconcile_batch_size)
                     if (m := attempts.republish(s, rt, task, actor=ACTOR, now=now)) is not None]
         publish_after_commit(s, rt.dispatcher, execute=messages)
-    return len(messages)
+        # pools with a free slot and a task waiting for it unpublished for orphan_timeout (app/services/limits.py)
+        return len(messages) + limits.fill_free_slots(s, rt, now)
 
 
 def _expire_leases(rt: Runtime) -> int:

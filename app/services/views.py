@@ -13,6 +13,7 @@ from app.db import repository as repo
 from app.errors import NotFound
 from app.graph import layout
 from app.records import RunRecord, TaskRecord
+from app.services import limits
 from app.states import TASK_LIVE, RunKind, RunState, TaskKind, TaskState
 
 
@@ -133,14 +134,16 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
         })
     code = run.kind == RunKind.CODE
     steps = sorted((t for t in tasks if t.seq is not None), key=lambda t: t.seq or 0) if code else []
+    waits = limits.waiting_for(s, tasks)
     return {
         **run_summary(run),
         "workflow_version": wf.version if wf else None,
+        "waiting_for": limits.run_waiting_for(s, run),
         "steps": [{
             "seq": t.seq, "kind": t.type, "name": step_name(t.name), "state": t.state, "task_run_id": t.id,
             "attempt": t.attempt, "attempts": by_task.get(t.id, []), "due_at": _ts(t.due_at),
             "child_run_id": t.child_run_id, "result": t.result, "error": t.error, "created_at": _ts(t.created_at),
-            "started_at": _ts(t.started_at), "finished_at": _ts(t.finished_at),
+            "started_at": _ts(t.started_at), "finished_at": _ts(t.finished_at), "waiting_for": waits.get(t.id),
         } for t in steps],
         "waiting": _waiting(run, steps),
         "blocked": _blocked(run),
@@ -162,6 +165,7 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
             "trigger_rule": defs.get(t.name, {}).get("trigger_rule", "all_success") if t.seq is None else None,
             "when": defs.get(t.name, {}).get("when"),
             "skip_reason": skipped.get(t.id) if t.state == TaskState.SKIPPED else None,
+            "pool": t.pool, "waiting_for": waits.get(t.id),
         } for t in tasks],
     }
 

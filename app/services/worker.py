@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from app.clock import utcnow
 from app.db import repository as repo
@@ -28,7 +29,7 @@ from app.executors import ExecutionContext, executor_for
 from app.executors.logbuffer import LogBuffer
 from app.records import TaskRecord
 from app.runtime import RunInfo, Runtime
-from app.services import attempts
+from app.services import attempts, limits
 from app.services.master import advance_locked
 from app.states import AttemptOutcome, TaskKind, TaskState
 
@@ -39,6 +40,8 @@ class Outcome(StrEnum):
     MISSING_ROW = "missing_row"  # the row is not visible (yet): retry the message later
     TOO_EARLY = "too_early"  # a retry delay has not passed: retry the message later
     IGNORED = "ignored"  # duplicate / stale message: nothing to claim
+    #: a limit is full (app/services/limits.py): the task stays submitted, re-published when a slot frees
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     RETRYING = "retrying"
@@ -80,7 +83,7 @@ def execute(rt: Runtime, task_run_id: int, attempt: int, *, hard_kill: bool = Fa
         if task is None:
             missed = repo.get_task(s, task_run_id)
             paused = missed is not None and repo.run_is_paused(s, missed.run_id)
-            return _not_claimed(missed, task_run_id, attempt, now, paused)
+            return _not_claimed(missed, task_run_id, attempt, now, s, paused)
         run = rt.run_info(s, task.run_id)
         upstream = repo.task_results(s, task.run_id, task.body.inputs)
     settings = rt.settings
@@ -142,10 +145,10 @@ def run_claimed(
 
 
 def _not_claimed(
-    task: TaskRecord | None, task_run_id: int, attempt: int, now: datetime, paused: bool = False,
+    task: TaskRecord | None, task_run_id: int, attempt: int, now: datetime, s: Session, paused: bool = False,
 ) -> Result:
-    """Why a claim did not land: the row is not visible (yet), the message is stale, it came early, or its run is
-    ``paused``."""
+    """Why a claim did not land: the row is not visible (yet), the message is stale, it came early, its run is
+    ``paused``, or a limit holds it back."""
     if task is None:
         return Result(Outcome.MISSING_ROW, detail=f"task run {task_run_id} is not visible")
     if task.attempt != attempt or task.state != TaskState.SUBMITTED:
@@ -156,6 +159,13 @@ def _not_claimed(
     if paused:
         return Result(Outcome.IGNORED, detail=f"run {task.run_id} is paused: task run {task_run_id} attempt {attempt} "
                                               "not started ('run resume' re-publishes it)")
+    if limits.is_limited(task):
+        wait = limits.rate_wait(s, task, now)
+        if wait is not None:  # a rate limit: the message comes back when the window lets one more start
+            return Result(Outcome.TOO_EARLY, delay=wait, detail=f"task run {task_run_id}: rate limit reached")
+        return Result(Outcome.WAITING, detail=f"task run {task_run_id} attempt {attempt} waits for a limit "
+                                              f"(pool {task.pool}, concurrency key {task.concurrency_key}); "
+                                              "re-published when there is room")
     return Result(Outcome.IGNORED, detail=f"task run {task_run_id} attempt {attempt} was claimed elsewhere")
 
 

@@ -283,7 +283,8 @@ def test_errors_are_one_line(cluster, tmp_path):
     usage = {
         ("run", "start", "hello", "-p", "novalue"): "error: Invalid value for -p: 'novalue' is not key=value",
         ("run", "list", "--state", "bogus"): "error: Invalid value for '--state': 'bogus' is not one of "
-                                             "'running', 'succeeded', 'failed', 'cancelled', 'blocked', 'paused'.",
+                                             "'running', 'succeeded', 'failed', 'cancelled', 'blocked', 'paused', "
+                                             "'queued'.",
     }
     results = _cli_all(cluster, *usage)
     assert all(r.returncode == 2 and r.stderr.count("\n") == 1 for r in results), results

@@ -304,6 +304,7 @@ class Campaign:
         self.tf = Tideflow(runtime)
         for definition in cfg.workload.definitions():
             self.tf.register(definition)
+        self.tf.set_pool(cfg.workload.pool, cfg.workload.pool_slots)
         wait_until(self.supervisor.all_ready, timeout=120, interval=0.1, message="processes did not start")
         self.log(f"[{cfg.name}] {len(self._procs)} processes ready in {self.workdir}")
 
@@ -527,7 +528,8 @@ class Campaign:
                                r.key or (r.params or {}).get("key"), _ts(r.created_at) or 0, _ts(r.finished_at),
                                str(r.kind), r.params, r.result) for r in conn.execute(select(repo.R))]
             tasks = [inv.TaskRow(t.id, t.run_id, t.name, t.state, t.attempt, t.type, t.child_run_id, t.publish_count,
-                                 t.seq, _ts(t.due_at)) for t in conn.execute(select(repo.T))]
+                                 t.seq, _ts(t.due_at), t.pool) for t in conn.execute(select(repo.T))]
+            pools = {str(p.name): int(p.slots) for p in conn.execute(select(repo.P))}
             attempts = [inv.AttemptRow(a.task_run_id, a.attempt, a.outcome, a.pid, _ts(a.started_at) or 0,
                                        _ts(a.finished_at)) for a in conn.execute(select(repo.A))]
             events = [inv.EventRow(e.id, e.run_id, e.to_state, e.from_state, e.task_run_id, e.attempt,
@@ -538,7 +540,7 @@ class Campaign:
             if r.kind == "pause":
                 resumed[int(r.data["pid"])] = max(resumed.get(int(r.data["pid"]), 0.0), r.ended)
         return inv.Snapshot(runs, tasks, attempts, events, read_ledger(self.ledger), list(self.started.values()),
-                            dict(self.watch.first_dead), resumed)
+                            dict(self.watch.first_dead), resumed, pools)
 
     def _check(self, t0: float) -> CampaignResult:
         s = self.settings

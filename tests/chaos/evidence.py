@@ -84,4 +84,7 @@ def collect_evidence(records: Sequence[FaultRecord], snap: inv.Snapshot, checked
         "fenced_results": _log_count(procs, "worker", FENCED_LOG),
         "start_errors": sum(s.errors for s in snap.started),
         "legal_overlaps": checked.legal_overlaps,
+        # limits: the most attempts of each pool open at once (never above its slots: invariant "limit")
+        "pool_peaks": inv.pool_peaks(snap.tasks, snap.attempts),
+        "pool_slots": dict(snap.pools),
     }

@@ -56,6 +56,7 @@ class TaskRow:
     publish_count: int = 0
     seq: int | None = None  # a code run's step: its position (a step row is born with an event from nothing)
     due_at: float | None = None  # a timer's (or a signal wait's timeout)
+    pool: str | None = None  # limits: the pool whose slot its attempts take
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class Snapshot:
     #: pid -> first seen dead (a list: every process that had the pid, as pids are reused in a long campaign)
     first_dead: Deaths = field(default_factory=dict)
     resumed: dict[int, float] = field(default_factory=dict)  # pid -> last SIGCONT after a pause
+    pools: dict[str, int] = field(default_factory=dict)  # limits: each pool's slots
 
 
 # -- ledger -> executions -------------------------------------------------------------------------------
@@ -488,6 +490,33 @@ def timer_lateness(tasks: Sequence[TaskRow], events: Sequence[EventRow]) -> list
     return [fired[t.id] - t.due_at for t in tasks if t.type == "timer" and t.due_at is not None and t.id in fired]
 
 
+def pool_peaks(tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow]) -> dict[str, int]:
+    """Per pool, the most attempts of its tasks open at one instant, from the attempts ledger (each attempt's
+    ``[started_at, finished_at)``; an attempt never ended is open to the end)."""
+    pool_of = {t.id: t.pool for t in tasks if t.pool is not None}
+    points: dict[str, list[tuple[float, int]]] = {}
+    for a in attempts:
+        pool = pool_of.get(a.task_run_id)
+        if pool is not None:
+            points.setdefault(pool, []).append((a.started_at, 1))
+            if a.finished_at is not None:
+                points[pool].append((a.finished_at, -1))
+    peaks = {}
+    for pool, pts in points.items():
+        current = peak = 0
+        for _, step in sorted(pts):  # at one instant an end (-1) sorts before a start: [start, end)
+            current += step
+            peak = max(peak, current)
+        peaks[pool] = peak
+    return peaks
+
+
+def check_limits(tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow], pools: dict[str, int]) -> list[Violation]:
+    """A pool's slots are never exceeded: at no instant more of its tasks' attempts open than it has slots."""
+    return [Violation("limit", f"pool {pool}: {peak} attempts open at once, {pools.get(pool, 0)} slots")
+            for pool, peak in sorted(pool_peaks(tasks, attempts).items()) if peak > pools.get(pool, 0)]
+
+
 def check_unended(execs: Sequence[Execution]) -> list[Violation]:
     return [Violation("unended", f"{x.task} attempt {x.attempt} (pid {x.pid}) is still running", x.run, x.task_run)
             for x in execs if x.status == "open"]
@@ -513,7 +542,8 @@ def check_all(snap: Snapshot, timing: Timing) -> Checked:
                   + check_lost(snap.started, snap.runs, snap.tasks, snap.attempts, execs) + check_unended(execs)
                   + check_cannot_start(snap.runs, snap.tasks) + check_code_results(snap.runs)
                   + check_timers(snap.tasks, snap.events)
-                  + check_orphans(execs, snap.attempts, snap.first_dead, timing))
+                  + check_orphans(execs, snap.attempts, snap.first_dead, timing)
+                  + check_limits(snap.tasks, snap.attempts, snap.pools))
     return Checked(violations, execs, legal)
 
 

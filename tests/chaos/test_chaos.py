@@ -47,7 +47,7 @@ def ci_config(name: str, faults: tuple[str, ...], runs: int, seed: int) -> Campa
 def check_invariants(r: CampaignResult) -> None:
     report = "\n".join(details(r))
     for kind in ("lost", "stuck", "terminal", "double-completion", "double-execution", "overlap", "orphan",
-                 "history", "ledger", "unended", "cannot-start", "code-result", "timer"):
+                 "history", "ledger", "unended", "cannot-start", "code-result", "timer", "limit"):
         assert r.count(kind) == 0, f"{kind} violations in campaign {r.name}:\n{report}"
     assert not r.checked.violations, report
     assert r.drain_seconds is not None and r.drain_seconds <= r.bound.total, report

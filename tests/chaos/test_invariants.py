@@ -371,3 +371,17 @@ def test_a_succeeded_code_run_may_hold_cancelled_steps_but_no_live_ones() -> Non
     snap.tasks[-1] = inv.TaskRow(25, 2, "scale#5", "running", 0, "activity", seq=5)
     snap.events[-1] = ev(23, 25, None, "running", 0, 6.6, run=2)
     assert "history" in kinds(snap) and "stuck" in kinds(snap)
+
+
+def test_a_pool_whose_slots_were_exceeded_is_reported() -> None:
+    tasks = [inv.TaskRow(i, 1, f"p{i}", "succeeded", 1, pool="db") for i in (1, 2, 3)]
+    # [1, 3) and [3, 5) touch (one ends as the other starts) and [2, 4) overlaps both: 2 at once at most
+    attempts = [inv.AttemptRow(1, 1, "succeeded", 1, 1.0, 3.0), inv.AttemptRow(2, 1, "succeeded", 2, 2.0, 4.0),
+                inv.AttemptRow(3, 1, "succeeded", 3, 3.0, 5.0)]
+    assert inv.pool_peaks(tasks, attempts) == {"db": 2}
+    assert inv.check_limits(tasks, attempts, {"db": 2}) == []
+    (violation,) = inv.check_limits(tasks, attempts, {"db": 1})
+    assert violation.kind == "limit" and "2 attempts open at once, 1 slots" in violation.detail
+    # an attempt never ended (its worker died and nobody declared it lost) holds its slot to the end
+    attempts.append(inv.AttemptRow(1, 2, "running", 4, 4.5, None))
+    assert inv.pool_peaks(tasks, attempts) == {"db": 2}

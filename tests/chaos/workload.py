@@ -161,6 +161,10 @@ class Workload:
     #: start a ``chaos-code`` run (``tests.chaos.codeflows``) beside each mixed run, and send its ``approve``
     #: signal right away (before its wait), while it sleeps, or while it waits (by its parameter ``n % 3``)
     code: bool = True
+    #: limits: the fan-out tasks take a slot of this pool (``pool_slots`` slots, set by the campaign), so the
+    #: runs' fan-outs contend for it under every fault (invariant ``limit``: never more running than slots)
+    pool: str = "chaos-pool"
+    pool_slots: int = 2
 
     def _task(self, name: str, fn: str = "step", seconds: float | None = None, deps: list[str] | None = None,
               ) -> dict[str, Any]:
@@ -176,7 +180,7 @@ class Workload:
         fans = [f"fan{i}" for i in range(self.fan_out)]
         mixed = {"name": MIXED, "params": {"key": ""}, "on_failure": "stop", "tasks": [
             self._task("start"),
-            *[self._task(f, seconds=0.1, deps=["start"]) for f in fans],
+            *[{**self._task(f, seconds=0.1, deps=["start"]), "pool": self.pool} for f in fans],
             self._task("slow", seconds=self.slow_seconds, deps=["start"]),
             self._task("flaky", fn="flaky", deps=["start"]),
             {"name": "shell", "type": "shell", "command": shell_command(self.shell_seconds), "depends_on": ["start"],

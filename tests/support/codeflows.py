@@ -255,3 +255,18 @@ def pay(order_id: int) -> str:
 @tideflow.workflow(name="payer")
 def payer(ctx: tideflow.Context, order_id: int) -> str:
     return str(ctx.activity(pay, order_id))
+
+
+# -- limits (tests/integration/test_limits.py) ---------------------------------------------------------------
+
+
+@tideflow.activity(pool="codepool")
+def pooled_add(a: int, b: int) -> int:
+    CALLS.append(("pooled_add", (a, b)))
+    return a + b
+
+
+@tideflow.workflow(name="one_at_a_time", max_active_runs=1)
+def one_at_a_time(ctx: tideflow.Context, x: int) -> int:
+    ctx.wait_signal("go")
+    return int(ctx.activity(pooled_add, x, 1))

@@ -56,3 +56,24 @@ def live_tasks(tf: Tideflow) -> dict[str, int]:
     with tf.runtime.db.read() as s:
         counts = repo.count_tasks_by_state(s)
     return {k: v for k, v in counts.items() if k in ("pending", "submitted", "running")}
+
+
+def max_overlap(intervals: list[tuple[Any, Any]]) -> int:
+    """The most of these ``[start, end)`` intervals open at any instant (``end`` None: still open)."""
+    points = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals if end is not None],
+                    key=lambda p: (p[0], p[1]))  # at the same instant an end comes before a start: [start, end)
+    most = current = 0
+    for _, step in points:
+        current += step
+        most = max(most, current)
+    return most
+
+
+def pool_attempts(tf: Tideflow, pool: str) -> list[tuple[Any, Any]]:
+    """The attempts ledger of a pool's tasks: each attempt's ``[started_at, finished_at)``."""
+    from sqlalchemy import select
+
+    with tf.runtime.db.read() as s:
+        rows = s.execute(select(repo.A.c.started_at, repo.A.c.finished_at)
+                         .join(repo.T, repo.T.c.id == repo.A.c.task_run_id).where(repo.T.c.pool == pool)).all()
+    return [(r.started_at, r.finished_at) for r in rows]

@@ -45,6 +45,8 @@
       ['Duration', duration],
       ['Tasks', counts(run.tasks), 'wide'],
     ];
+    // limits: a queued run says why it has not started (max_active_runs)
+    if (run.waiting_for) items.push(['Queued', h('span', { id: 'run-waiting-for' }, `waiting for ${run.waiting_for}`), 'wide']);
     if (run.parent_task_run_id) {
       items.push(['Parent run', parent ? h('span', {}, runLink(parent.run_id), ` (task ${parent.name})`)
         : `task run ${run.parent_task_run_id}`]);
@@ -63,7 +65,7 @@
   function renderControls(polling) {
     const code = run.kind === 'code';  // a blocked code run can be cancelled; a code run is not retried
     $('cancel-btn').disabled = acting
-      || !(run.state === 'running' || run.state === 'paused' || (code && run.state === 'blocked'));
+      || !(run.state === 'running' || run.state === 'paused' || run.state === 'queued' || (code && run.state === 'blocked'));
     $('retry-btn').hidden = code;
     $('retry-btn').disabled = acting || !['failed', 'cancelled'].includes(run.state);
     // run pause / resume (a blocked code run is resumed from its divergence box)
@@ -96,7 +98,8 @@
     },
     h('td', {}, h('strong', {}, t.name)),
     h('td', {}, t.type),
-    h('td', t.skip_reason ? { title: t.skip_reason } : {}, badge(t.state)),
+    h('td', t.skip_reason ? { title: t.skip_reason } : {}, badge(t.state), t.waiting_for  // limits: a task a full pool holds back says so
+      ? h('div', { class: 'muted waiting-for' }, `waiting for ${t.waiting_for}`) : null),
     h('td', { class: 'num' }, t.attempt),
     h('td', {}, t.worker || '—'),
     h('td', { class: 'time' }, fmtTime(t.started_at)),
