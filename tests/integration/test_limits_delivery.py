@@ -94,3 +94,103 @@ def test_rate_limit_max_active_runs_and_concurrency_keys_hold_with_real_workers(
         assert max_overlap([spans[r] for r, k in zip(serial, customers, strict=True) if k == c]) == 1
     assert any(ev[0].to_state == "queued" for ev in runs.values())
     tf.close()
+
+
+def _kill_workers_running(workers: dict, tasks: list[dict]) -> list[str]:
+    """SIGKILL every worker (of ``workers``, name -> Proc) whose pool process runs one of ``tasks`` (run view rows,
+    ``worker`` = "host:pid"); returns their names (each is dropped from ``workers``)."""
+    pids = {int(t["worker"].rsplit(":", 1)[1]) for t in tasks}
+    victims = [n for n, w in workers.items() if pids & set(w.children())]
+    assert victims, f"no live worker runs {sorted(pids)}"
+    for name in victims:
+        workers.pop(name).kill()
+    return victims
+
+
+@pytest.mark.slow
+def test_task_concurrency_key_and_rate_limit_hold_while_workers_die_and_messages_are_lost(cluster, broker):
+    """A worker holding a place of a task concurrency key and one holding a rate-limited start are SIGKILLed and
+    every message is lost: the killed attempts keep their places until the reconciler declares their leases lost
+    and retries them; the attempts ledger never shows more than 2 overlapping attempts of the key, nor more than
+    2 starts of the rate-limited task in any second, and every task ends."""
+    tf = client_for(cluster)
+    tf.register({"name": "keyed", "tasks": [
+        {"name": f"k{i}", "type": "python", "function": "tests.support.jobs:sleep", "args": {"seconds": 1.5},
+         "concurrency": {"key": "api", "limit": 2}} for i in range(6)]})
+    # a task's rate limit is per task (its scope: task:rated.call), shared by every run of the workflow
+    tf.register({"name": "rated", "tasks": [
+        {"name": "call", "type": "python", "function": "tests.support.jobs:sleep", "args": {"seconds": 1.0},
+         "rate_limit": "2/s"}]})
+    cluster.start_beat()
+    workers = {n: cluster.start_worker(n, concurrency=3) for n in ("w1", "w2")}  # 6 processes: both limits bind
+    run_id = tf.start_run("keyed")
+    rated_runs = [tf.start_run("rated") for _ in range(8)]
+
+    def both_running() -> list[dict] | None:
+        keyed = [t for t in tf.run(run_id)["tasks"] if t["state"] == "running"]
+        rated = [t for r in rated_runs for t in tf.run(r)["tasks"] if t["state"] == "running"]
+        return [keyed[0], rated[0]] if keyed and rated else None
+
+    holding = wait_until(both_running, timeout=60, message="a keyed and a rate-limited task should run")
+    _kill_workers_running(workers, holding)
+    broker.delete_queues()  # and every message in the broker is lost
+    workers.update({n: cluster.start_worker(n, concurrency=3) for n in ("w3", "w4")})
+
+    views = [wait_run(tf, r, "succeeded", timeout=120) for r in (run_id, *rated_runs)]
+    outcomes = {t["id"]: [a["outcome"] for a in t["attempts"]] for v in views for t in v["tasks"]}
+    assert all(o[-1] == "succeeded" for o in outcomes.values()), outcomes
+    for killed in holding:  # the killed attempts were declared lost and retried
+        assert "lost" in outcomes[killed["id"]], outcomes
+    with tf.runtime.db.read() as s:
+        tasks = [t for r in (run_id, *rated_runs) for t in repo.run_tasks(s, r)]
+        ledger = {t.id: [(a.started_at, a.finished_at) for a in repo.attempts(s, [t.id])] for t in tasks}
+        keyed = [span for t in tasks if t.concurrency_key == "api" for span in ledger[t.id]]
+        rated = [span[0] for t in tasks if t.rate_key == "task:rated.call" for span in ledger[t.id]]
+        assert repo.key_usage(s) == {}
+    assert len(keyed) > 6 and all(end is not None for _, end in keyed)
+    assert max_overlap(keyed) == 2  # used both places of the key, never more (a lost attempt held its place)
+    assert len(rated) > 8 and _starts_in_any_window(rated, 1.0) == 2  # at most 2 starts in any second
+    tf.close()
+
+
+@pytest.mark.slow
+def test_max_active_runs_and_workflow_key_hold_while_workers_die_and_messages_are_lost(cluster, broker):
+    """Workers holding the tasks of running runs under ``max_active_runs: 2`` and a workflow concurrency key are
+    SIGKILLed and every message is lost: the runs stay running (their places held) until the reconciler retries
+    the lost attempts; the runs' running intervals (run events) never overlap more than 2, nor more than 1 per
+    key, and every run ends."""
+    tf = client_for(cluster)
+    tf.register({"name": "serial", "params": {"customer": ""}, "max_active_runs": 2,
+                 "concurrency": {"key": "{{ params.customer }}", "limit": 1}, "tasks": [
+                     {"name": "work", "type": "python", "function": "tests.support.jobs:sleep",
+                      "args": {"seconds": 1.5}}]})
+    cluster.start_beat()
+    workers = {n: cluster.start_worker(n, concurrency=2) for n in ("w1", "w2")}
+    customers = ["a", "a", "b", "c", "c", "a"]
+    serial = [tf.start_run("serial", {"customer": c}) for c in customers]
+
+    def two_running() -> list[dict] | None:
+        views = [tf.run(r) for r in serial]
+        tasks = [t for v in views if v["state"] == "running" for t in v["tasks"] if t["state"] == "running"]
+        return tasks if len(tasks) == 2 else None
+
+    holding = wait_until(two_running, timeout=60, message="two runs' tasks should run")
+    _kill_workers_running(workers, holding)
+    broker.delete_queues()  # and every message in the broker is lost
+    workers.update({n: cluster.start_worker(n, concurrency=2) for n in ("w3", "w4")})
+
+    for r in serial:
+        wait_run(tf, r, "succeeded", timeout=120)
+    with tf.runtime.db.read() as s:
+        runs = {r: [e for e in repo.run_events(s, r) if e.task_run_id is None] for r in serial}
+        outcomes = {r: [a.outcome for a in repo.attempts(s, [t.id for t in repo.run_tasks(s, r)])] for r in serial}
+    # the killed attempts were declared lost and retried; their runs stayed running (holding their places)
+    assert sum(o.count("lost") for o in outcomes.values()) >= len(holding), outcomes
+    assert all(o[-1] == "succeeded" for o in outcomes.values()), outcomes
+    spans = {r: (next(e.created_at for e in ev if e.to_state == "running"),
+                 next(e.created_at for e in ev if e.to_state == "succeeded")) for r, ev in runs.items()}
+    assert max_overlap(list(spans.values())) == 2  # max_active_runs: both places used, never more
+    for c in "abc":
+        assert max_overlap([spans[r] for r, k in zip(serial, customers, strict=True) if k == c]) == 1
+    assert sum(ev[0].to_state == "queued" for ev in runs.values()) >= 3  # the limits did hold runs back
+    tf.close()
