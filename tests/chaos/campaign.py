@@ -224,7 +224,7 @@ class CampaignResult:
         scheduled = [r for r in self.runs if r.schedule_name is not None]
         late = [r.created_at - r.schedule_time for r in scheduled if r.schedule_time is not None]
         return {
-            "fire_times_expected": sum(len(inv.expected_fire_times(w)) for w in self.schedules),
+            "fire_times_in_window": sum(len(inv.expected_fire_times(w)) for w in self.schedules),
             "fires": dict(Counter(f.outcome for f in self.fires)),
             "scheduled_runs": len(scheduled),
             "scheduled_runs_by_state": dict(Counter(r.state for r in scheduled)),

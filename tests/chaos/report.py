@@ -14,7 +14,8 @@ from tests.chaos.campaign import CampaignResult
 from tests.chaos.workload import Workload
 
 COLUMNS = ["campaign", "runs", "ok/failed", "code ok/runs", "tasks", "faults", "lost", "stuck", "double", "overlap",
-           "orphan", "history", "ledger", "code result", "limit", "recover p50/p99/max s (ref)", "drain s (bound)",
+           "orphan", "history", "ledger", "code result", "limit",
+           "sched runs/dup/missed", "recover p50/p99/max s (ref)", "drain s (bound)",
            "violations", "wall s"]
 
 
@@ -43,6 +44,8 @@ def row(r: CampaignResult) -> dict[str, str]:
         "ledger": str(r.count("ledger") + r.count("unended")),
         "code result": str(r.count("code-result") + r.count("timer")),
         "limit": str(r.count("limit")),
+        "sched runs/dup/missed": f"{r.schedule_checks['scheduled_runs']}/{r.count('schedule-duplicate')}/"
+                                 f"{r.count('schedule-missed')}",
         "recover p50/p99/max s (ref)": "/".join(_s(inv.percentile(rec, q)) for q in (50, 99, 100))
         + f" ({recovery_reference(r):.0f})",
         "drain s (bound)": f"{_s(r.drain_seconds)} ({r.bound.total:.0f})",
