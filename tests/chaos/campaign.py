@@ -35,7 +35,7 @@ from tests.chaos import invariants as inv
 from tests.chaos.evidence import collect_evidence
 from tests.chaos.faults import EXTRA_INTERVALS, FAULT_KINDS, FAULTS, FULL_INTERVALS, FaultContext, FaultRecord, Injector
 from tests.chaos.procs import REPO_ROOT, ManagedProcess, PidWatch, Supervisor, build_processes
-from tests.chaos.workload import FRAGILE, LEDGER_ENV, MIXED, NOSTART, Workload, read_ledger
+from tests.chaos.workload import FRAGILE, LEDGER_ENV, MIXED, NOSTART, SCHEDULED, Workload, read_ledger
 from tests.support.cluster import TEST_TIMINGS
 from tests.support.postgres import PostgresServer, create_database
 from tests.support.procs import free_port
@@ -43,7 +43,9 @@ from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_until
 
 #: the test suite's fast timings; re-publish back-off capped at 10 s so a campaign drains in seconds
-CHAOS_TIMINGS = {**TEST_TIMINGS, "TIDEFLOW_ORPHAN_MAX_BACKOFF_SECONDS": "10"}
+#: beat's scheduler pass every 0.5 s, so the seconds-level schedule of chaos-scheduled fires on time
+CHAOS_TIMINGS = {**TEST_TIMINGS, "TIDEFLOW_ORPHAN_MAX_BACKOFF_SECONDS": "10",
+                 "TIDEFLOW_SCHEDULE_INTERVAL_SECONDS": "0.5"}
 CRASH_ENV = "TIDEFLOW_FAULT_CRASH_BEFORE_PUBLISH"
 #: faults during which no transaction on the task table can commit
 BLOCKS_COMMITS = frozenset({"table-lock", "pg-restart"})
@@ -118,6 +120,8 @@ class CampaignResult:
     evidence: dict[str, Any]
     wall_seconds: float
     signal_errors: dict[str, int] = field(default_factory=dict)  # code run key -> failed signal calls (retried)
+    fires: list[inv.FireRow] = field(default_factory=list)  # schedules: the schedule_fires rows
+    schedules: list[inv.ScheduleWindow] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -214,6 +218,22 @@ class CampaignResult:
         }
 
     @property
+    def schedule_checks(self) -> dict[str, Any]:
+        """The scheduled workflow's evidence: fire times expected in the window, fire rows by outcome, runs and
+        how they ended, duplicates and missed fire times (invariants schedule-duplicate, schedule-missed)."""
+        scheduled = [r for r in self.runs if r.schedule_name is not None]
+        late = [r.created_at - r.schedule_time for r in scheduled if r.schedule_time is not None]
+        return {
+            "fire_times_in_window": sum(len(inv.expected_fire_times(w)) for w in self.schedules),
+            "fires": dict(Counter(f.outcome for f in self.fires)),
+            "scheduled_runs": len(scheduled),
+            "scheduled_runs_by_state": dict(Counter(r.state for r in scheduled)),
+            "fired_late_max_s": round(max(late, default=0.0), 1),
+            "duplicates": self.count("schedule-duplicate"),
+            "missed": self.count("schedule-missed"),
+        }
+
+    @property
     def outcomes(self) -> Counter[str]:
         return Counter(r.state for r in self.top_runs)
 
@@ -304,6 +324,7 @@ class Campaign:
         self.tf = Tideflow(runtime)
         for definition in cfg.workload.definitions():
             self.tf.register(definition)
+        self.t_registered = time.time()  # the schedule's cursor starts at its registration: its times after this
         self.tf.set_pool(cfg.workload.pool, cfg.workload.pool_slots)
         wait_until(self.supervisor.all_ready, timeout=120, interval=0.1, message="processes did not start")
         self.log(f"[{cfg.name}] {len(self._procs)} processes ready in {self.workdir}")
@@ -448,9 +469,40 @@ class Campaign:
                    message="start_run calls did not return")
         assert self.supervisor is not None
         wait_until(self.supervisor.all_ready, timeout=120, interval=0.1, message="processes did not come back")
+        self._stop_schedule()
         self.t_quiet = time.time()
         self.log(f"[{cfg.name}] faults stopped after {self.t_faults_end - self.t_window:.1f}s: "
                  f"{dict(Counter(r.kind for i in self._injectors for r in i.records))}")
+
+    def _stop_schedule(self) -> None:
+        """Let beat (restarted after its kills) catch up with every fire time of the fault window, then pause the
+        schedule so the runs can drain. The invariants then want a fire row for each of those times."""
+        self.t_schedule_until = self.t_faults_end
+        w = self.cfg.workload
+        if not w.schedule_seconds:
+            return
+        assert self.engine is not None and self.tf is not None
+        window = self._schedule_windows()[0]
+        last = max(inv.expected_fire_times(window), default=None)
+
+        def caught_up() -> bool:
+            assert self.engine is not None
+            with self.engine.connect() as conn:
+                got = conn.execute(select(repo.SF.c.fire_time).where(repo.SF.c.schedule_name == SCHEDULED)
+                                   .order_by(repo.SF.c.fire_time.desc()).limit(1)).scalar()
+            return last is None or (got is not None and got.timestamp() >= last)
+
+        with contextlib.suppress(AssertionError):  # if not, the invariant schedule-missed says what is missing
+            wait_until(caught_up, timeout=60, interval=0.2)
+        tf = self.tf
+        self._retry(lambda: tf.pause_schedule(SCHEDULED, actor="chaos campaign"), [0])
+
+    def _schedule_windows(self) -> list[inv.ScheduleWindow]:
+        w = self.cfg.workload
+        if not w.schedule_seconds:
+            return []
+        return [inv.ScheduleWindow(SCHEDULED, w.schedule_cron, "UTC", self.t_registered,
+                                   getattr(self, "t_schedule_until", self.t_registered))]
 
     def _disarm(self) -> None:
         """Crash-before-publish is a fault too: at the end of the window, restart the armed processes without
@@ -526,7 +578,10 @@ class Campaign:
         with self.engine.connect() as conn:
             runs = [inv.RunRow(r.id, r.workflow_name, r.state, r.parent_task_run_id,
                                r.key or (r.params or {}).get("key"), _ts(r.created_at) or 0, _ts(r.finished_at),
-                               str(r.kind), r.params, r.result) for r in conn.execute(select(repo.R))]
+                               str(r.kind), r.params, r.result, r.schedule_name, _ts(r.schedule_time))
+                    for r in conn.execute(select(repo.R))]
+            fires = [inv.FireRow(f.schedule_name, _ts(f.fire_time) or 0, f.outcome, f.run_id, f.reason)
+                     for f in conn.execute(select(repo.SF))]
             tasks = [inv.TaskRow(t.id, t.run_id, t.name, t.state, t.attempt, t.type, t.child_run_id, t.publish_count,
                                  t.seq, _ts(t.due_at), t.pool) for t in conn.execute(select(repo.T))]
             pools = {str(p.name): int(p.slots) for p in conn.execute(select(repo.P))}
@@ -540,7 +595,7 @@ class Campaign:
             if r.kind == "pause":
                 resumed[int(r.data["pid"])] = max(resumed.get(int(r.data["pid"]), 0.0), r.ended)
         return inv.Snapshot(runs, tasks, attempts, events, read_ledger(self.ledger), list(self.started.values()),
-                            dict(self.watch.first_dead), resumed, pools)
+                            dict(self.watch.first_dead), resumed, pools, fires, self._schedule_windows())
 
     def _check(self, t0: float) -> CampaignResult:
         s = self.settings
@@ -558,7 +613,8 @@ class Campaign:
         return CampaignResult(
             self.cfg, s, self.workdir, snap.started, snap.runs, snap.tasks, snap.attempts, snap.events, checked,
             self.records, [e for i in self._injectors for e in i.errors], recovery, self.bound,
-            self.drain_seconds, list(self.supervisor.restarts), evidence, time.time() - t0, dict(self.signal_errors))
+            self.drain_seconds, list(self.supervisor.restarts), evidence, time.time() - t0, dict(self.signal_errors),
+            snap.fires, snap.schedules)
 
     # -- teardown ---------------------------------------------------------------------------------------
     def teardown(self, keep: bool) -> None:

@@ -52,6 +52,7 @@ def collect_evidence(records: Sequence[FaultRecord], snap: inv.Snapshot, checked
         "killed_worker_pids": sum(len(r.data["pids"]) for r in of("worker-kill")),
         "killed_busy_worker_pids": sum(len(r.data.get("busy", [])) for r in of("worker-kill")),
         "killed_master_pids": sum(len(r.data["pids"]) for r in of("master-kill")),
+        "killed_beat_pids": sum(len(r.data.get("beat", [])) for r in of("master-kill")),
         "crash_before_publish": crashes,
         "crash_before_publish_by_role": {role: _log_count(procs, role, CRASH_LOG) for role in ("master", "worker")},
         "lost_attempts": sum(a.outcome == "lost" for a in snap.attempts),

@@ -174,6 +174,19 @@ class MasterKill(_KillFault):
 
     kind = "master-kill"
     role = "master"
+    _kills = 0
+
+    def inject(self) -> FaultRecord | None:
+        """Every other kill also SIGKILLs beat (the scheduler's clock: its ``tideflow.schedule`` passes stop until
+        the supervisor restarts it, and the fire times of the outage must be caught up, none twice)."""
+        record = super().inject()
+        if record is None:
+            return None
+        self._kills += 1
+        if self._kills % 2 == 1:
+            beats = [m for p in self.ctx.role("beat") if (m := p.main()) is not None]
+            record.data["beat"] = [m.pid for m in beats if sigkill(m)]
+        return record
 
 
 def queued_messages(client: redis.Redis) -> dict[str, int]:

@@ -42,6 +42,8 @@ class RunRow:
     kind: str = "dag"  # dag | code
     params: dict[str, Any] | None = None
     result: Any = None  # a code run's return value
+    schedule_name: str | None = None  # schedules: the schedule that started it and its fire time
+    schedule_time: float | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,30 @@ class EventRow:
     at: float = 0.0
     actor: str = ""
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class FireRow:
+    """A ``schedule_fires`` row: one fire time of one schedule and what came of it."""
+
+    schedule_name: str
+    fire_time: float
+    outcome: str  # started | skipped | buffered | pending
+    run_id: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ScheduleWindow:
+    """A schedule the campaign declared, and the window in which every one of its fire times must have a fire row:
+    the cron's times after ``since`` (its registration) up to ``until`` (the end of the fault window; the campaign
+    waits for beat to catch up to it before pausing the schedule)."""
+
+    name: str
+    cron: str
+    timezone: str
+    since: float
+    until: float
 
 
 @dataclass(frozen=True)
@@ -157,6 +183,8 @@ class Snapshot:
     first_dead: Deaths = field(default_factory=dict)
     resumed: dict[int, float] = field(default_factory=dict)  # pid -> last SIGCONT after a pause
     pools: dict[str, int] = field(default_factory=dict)  # limits: each pool's slots
+    fires: list[FireRow] = field(default_factory=list)  # schedules: the schedule_fires rows
+    schedules: list[ScheduleWindow] = field(default_factory=list)
 
 
 # -- ledger -> executions -------------------------------------------------------------------------------
@@ -517,6 +545,81 @@ def check_limits(tasks: Sequence[TaskRow], attempts: Sequence[AttemptRow], pools
             for pool, peak in sorted(pool_peaks(tasks, attempts).items()) if peak > pools.get(pool, 0)]
 
 
+def check_schedule_duplicates(runs: Sequence[RunRow], fires: Sequence[FireRow]) -> list[Violation]:
+    """Each (schedule, fire time) has at most one run (the runs table) and at most one fire row; a ``started`` fire
+    row names its run, that run carries the same schedule and fire time, and every scheduled run has its row."""
+    out: list[Violation] = []
+    by_time: dict[tuple[str, float], list[RunRow]] = defaultdict(list)
+    for r in runs:
+        if r.schedule_name is not None and r.schedule_time is not None:
+            by_time[(r.schedule_name, round(r.schedule_time, 3))].append(r)
+    for (name, t), rs in sorted(by_time.items()):
+        if len(rs) > 1:
+            out.append(Violation("schedule-duplicate", f"schedule {name} fire time {t}: {len(rs)} runs "
+                                 f"{sorted(r.id for r in rs)}", rs[1].id))
+    rows: dict[tuple[str, float], list[FireRow]] = defaultdict(list)
+    for f in fires:
+        rows[(f.schedule_name, round(f.fire_time, 3))].append(f)
+    for (name, t), fs in sorted(rows.items()):
+        if len(fs) > 1:
+            out.append(Violation("schedule-duplicate", f"schedule {name} fire time {t}: {len(fs)} fire rows "
+                                 f"{[f.outcome for f in fs]}"))
+    runs_by_id = {r.id: r for r in runs}
+    fired = {f.run_id for f in fires if f.outcome == "started"}
+    for f in fires:
+        if f.outcome != "started":
+            continue
+        run = runs_by_id.get(f.run_id) if f.run_id is not None else None
+        if run is None or run.schedule_name != f.schedule_name or run.schedule_time is None \
+                or round(run.schedule_time, 3) != round(f.fire_time, 3):
+            out.append(Violation("schedule-duplicate", f"schedule {f.schedule_name} fire time {f.fire_time}: started "
+                                 f"but its run {f.run_id} is {'missing' if run is None else 'another fire time'}",
+                                 f.run_id))
+    for r in runs:
+        if r.schedule_name is not None and r.id not in fired:
+            out.append(Violation("schedule-duplicate", f"scheduled run of {r.schedule_name} at {r.schedule_time} has "
+                                 "no started fire row", r.id))
+    return out
+
+
+def expected_fire_times(window: ScheduleWindow) -> list[float]:
+    """The cron's fire times after ``since`` up to ``until`` (POSIX seconds)."""
+    from datetime import UTC, datetime
+
+    from app.scheduling import fire_times
+
+    out = []
+    for t in fire_times(window.cron, window.timezone, datetime.fromtimestamp(window.since, UTC)):
+        if t.timestamp() > window.until:
+            break
+        out.append(t.timestamp())
+    return out
+
+
+def check_schedule_missed(fires: Sequence[FireRow], schedules: Sequence[ScheduleWindow]) -> list[Violation]:
+    """No fire time missed: every fire time of the window has a fire row that ended started or skipped (a skip
+    with its reason), none left buffered or pending; and a row for every time between the first and the last one
+    recorded (``catchup: all`` within its window fires the times of an outage late, never drops them)."""
+    out: list[Violation] = []
+    for w in schedules:
+        have = {round(f.fire_time, 3): f for f in fires if f.schedule_name == w.name}
+        expected = [round(t, 3) for t in expected_fire_times(w)]
+        if have:
+            first, last = min(have), max(have)
+            between = ScheduleWindow(w.name, w.cron, w.timezone, first - 0.001, last)
+            expected = sorted({*expected, *(round(t, 3) for t in expected_fire_times(between))})
+        missing = [t for t in expected if t not in have]
+        if missing:
+            out.append(Violation("schedule-missed", f"schedule {w.name}: {len(missing)} of {len(expected)} fire times "
+                                 f"have no fire row, first {missing[0]}"))
+        for t, f in sorted(have.items()):
+            if f.outcome not in ("started", "skipped"):
+                out.append(Violation("schedule-missed", f"schedule {w.name} fire time {t} left {f.outcome}"))
+            elif f.outcome == "skipped" and not f.reason:
+                out.append(Violation("schedule-missed", f"schedule {w.name} fire time {t} skipped without a reason"))
+    return out
+
+
 def check_unended(execs: Sequence[Execution]) -> list[Violation]:
     return [Violation("unended", f"{x.task} attempt {x.attempt} (pid {x.pid}) is still running", x.run, x.task_run)
             for x in execs if x.status == "open"]
@@ -543,7 +646,9 @@ def check_all(snap: Snapshot, timing: Timing) -> Checked:
                   + check_cannot_start(snap.runs, snap.tasks) + check_code_results(snap.runs)
                   + check_timers(snap.tasks, snap.events)
                   + check_orphans(execs, snap.attempts, snap.first_dead, timing)
-                  + check_limits(snap.tasks, snap.attempts, snap.pools))
+                  + check_limits(snap.tasks, snap.attempts, snap.pools)
+                  + check_schedule_duplicates(snap.runs, snap.fires)
+                  + check_schedule_missed(snap.fires, snap.schedules))
     return Checked(violations, execs, legal)
 
 

@@ -14,7 +14,8 @@ from tests.chaos.campaign import CampaignResult
 from tests.chaos.workload import Workload
 
 COLUMNS = ["campaign", "runs", "ok/failed", "code ok/runs", "tasks", "faults", "lost", "stuck", "double", "overlap",
-           "orphan", "history", "ledger", "code result", "limit", "recover p50/p99/max s (ref)", "drain s (bound)",
+           "orphan", "history", "ledger", "code result", "limit",
+           "sched runs/dup/missed", "recover p50/p99/max s (ref)", "drain s (bound)",
            "violations", "wall s"]
 
 
@@ -43,6 +44,8 @@ def row(r: CampaignResult) -> dict[str, str]:
         "ledger": str(r.count("ledger") + r.count("unended")),
         "code result": str(r.count("code-result") + r.count("timer")),
         "limit": str(r.count("limit")),
+        "sched runs/dup/missed": f"{r.schedule_checks['scheduled_runs']}/{r.count('schedule-duplicate')}/"
+                                 f"{r.count('schedule-missed')}",
         "recover p50/p99/max s (ref)": "/".join(_s(inv.percentile(rec, q)) for q in (50, 99, 100))
         + f" ({recovery_reference(r):.0f})",
         "drain s (bound)": f"{_s(r.drain_seconds)} ({r.bound.total:.0f})",
@@ -101,7 +104,7 @@ def markdown(results: Sequence[CampaignResult]) -> str:
         out += ["", *[f"- {line}" for line in bounds_lines(results[0].settings, results[0].config.workload)]]
     for r in results:
         out += ["", f"**{r.name}**: faults {dict(r.fault_counts())}; drain bound {r.bound}; evidence {r.evidence}; "
-                f"workload {r.workload_checks}; code workflows {r.code_checks}"]
+                f"workload {r.workload_checks}; code workflows {r.code_checks}; schedules {r.schedule_checks}"]
         out += [f"- {v}" for v in r.checked.violations[:50]]
     return "\n".join(out) + "\n"
 
@@ -111,6 +114,7 @@ def as_json(results: Sequence[CampaignResult]) -> str:
         return {"summary": row(r), "faults": [vars(f) for f in r.faults], "fault_errors": r.fault_errors,
                 "violations": [vars(v) for v in r.checked.violations], "evidence": r.evidence,
                 "outcomes": dict(r.outcomes), "workload": r.workload_checks, "code": r.code_checks,
+                "schedules": r.schedule_checks,
                 "recovery": r.recovery,
                 "drain_seconds": r.drain_seconds,
                 "bound": vars(r.bound) | {"total": r.bound.total}, "restarts": r.restarts,
@@ -121,7 +125,8 @@ def as_json(results: Sequence[CampaignResult]) -> str:
 def details(r: CampaignResult, limit: int = 30) -> list[str]:
     lines = [f"{r.name}: faults {dict(r.fault_counts())}, restarts {len(r.restarts)}, outcomes "
              f"{dict(r.outcomes)}, drain bound {r.bound}", f"  evidence: {r.evidence}",
-             f"  workload: {r.workload_checks}", f"  code workflows: {r.code_checks}"]
+             f"  workload: {r.workload_checks}", f"  code workflows: {r.code_checks}",
+             f"  schedules: {r.schedule_checks}"]
     lines += [f"  fault error: {e}" for e in r.fault_errors[:10]]
     lines += [f"  VIOLATION {v}" for v in r.checked.violations[:limit]]
     if len(r.checked.violations) > limit:

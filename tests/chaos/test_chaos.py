@@ -47,7 +47,8 @@ def ci_config(name: str, faults: tuple[str, ...], runs: int, seed: int) -> Campa
 def check_invariants(r: CampaignResult) -> None:
     report = "\n".join(details(r))
     for kind in ("lost", "stuck", "terminal", "double-completion", "double-execution", "overlap", "orphan",
-                 "history", "ledger", "unended", "cannot-start", "code-result", "timer", "limit"):
+                 "history", "ledger", "unended", "cannot-start", "code-result", "timer", "limit",
+                 "schedule-duplicate", "schedule-missed"):
         assert r.count(kind) == 0, f"{kind} violations in campaign {r.name}:\n{report}"
     assert not r.checked.violations, report
     assert r.drain_seconds is not None and r.drain_seconds <= r.bound.total, report
@@ -59,6 +60,10 @@ def check_invariants(r: CampaignResult) -> None:
     c = r.code_checks
     assert c["code_runs"] == len(r.top_runs) == c["code_child_runs"] == c["code_results_ok"], (c, report)
     assert c["timers"] == c["code_runs"] and c["timer_late_max"] >= 0, c
+    # the scheduled workflow fired (beat's pass) through the fault window, each fire time one run, none missed
+    s = r.schedule_checks
+    assert s["fire_times_in_window"] >= 3 and s["scheduled_runs"] >= 3, (s, report)
+    assert s["scheduled_runs"] == s["fires"].get("started", 0) and s["duplicates"] == s["missed"] == 0, (s, report)
 
 
 def _killed_workers(e: dict, r: CampaignResult) -> None:
@@ -68,6 +73,7 @@ def _killed_workers(e: dict, r: CampaignResult) -> None:
 
 def _killed_masters(e: dict, r: CampaignResult) -> None:
     assert e["killed_master_pids"] >= 1
+    assert e["killed_beat_pids"] >= 1, "the first master kill also kills beat (the scheduler's clock)"
     assert e["crash_before_publish"] >= 1, "no process crashed between a commit and its publish"
     assert e["republished"] >= 1, "the messages of a crashed publish must be re-published by the reconciler"
 

@@ -385,3 +385,67 @@ def test_a_pool_whose_slots_were_exceeded_is_reported() -> None:
     # an attempt never ended (its worker died and nobody declared it lost) holds its slot to the end
     attempts.append(inv.AttemptRow(1, 2, "running", 4, 4.5, None))
     assert inv.pool_peaks(tasks, attempts) == {"db": 2}
+
+
+# -- schedules: a fire time starts one run, none is missed ----------------------------------------------------
+
+EVERY2 = inv.ScheduleWindow("s", "*/2 * * * * *", "UTC", since=1_000.5, until=1_008.0)  # fire times 1002..1008
+
+
+def scheduled(ids_times: list[tuple[int, float]]) -> tuple[list[inv.RunRow], list[inv.FireRow]]:
+    runs = [inv.RunRow(i, "wf", "succeeded", schedule_name="s", schedule_time=t) for i, t in ids_times]
+    return runs, [inv.FireRow("s", t, "started", i) for i, t in ids_times]
+
+
+def test_a_clean_schedule_history_has_no_violations() -> None:
+    assert inv.expected_fire_times(EVERY2) == [1002.0, 1004.0, 1006.0, 1008.0]
+    runs, fires = scheduled([(1, 1002.0), (2, 1004.0), (3, 1006.0)])
+    fires.append(inv.FireRow("s", 1008.0, "skipped", None, "missed by 2h, outside catchup_window (1h)"))
+    assert inv.check_schedule_duplicates(runs, fires) == []
+    assert inv.check_schedule_missed(fires, [EVERY2]) == []
+    snap = clean()
+    snap.runs += runs
+    snap.fires, snap.schedules = fires, [EVERY2]
+    assert [v for v in inv.check_all(snap, TIMING).violations if v.kind.startswith("schedule")] == []
+
+
+def test_two_runs_for_one_fire_time_are_reported() -> None:
+    runs, fires = scheduled([(1, 1002.0), (2, 1004.0)])
+    runs.append(inv.RunRow(3, "wf", "succeeded", schedule_name="s", schedule_time=1004.0))  # no fire row of its own
+    found = inv.check_schedule_duplicates(runs, fires)
+    assert {v.kind for v in found} == {"schedule-duplicate"}
+    assert any("2 runs [2, 3]" in v.detail for v in found) and any(v.run_id == 3 and "no started fire row" in v.detail
+                                                                    for v in found)
+    # two fire rows for one time (the unique constraint gone), and a started row whose run is another time's
+    _, fires = scheduled([(1, 1002.0), (2, 1004.0)])
+    fires += [inv.FireRow("s", 1002.0, "skipped", None, "why"), inv.FireRow("s", 1006.0, "started", 1)]
+    details = [v.detail for v in inv.check_schedule_duplicates(runs[:2], fires)]
+    assert any("2 fire rows" in d for d in details) and any("run 1 is another fire time" in d for d in details)
+
+
+def test_a_missed_fire_time_is_reported() -> None:
+    _, fires = scheduled([(1, 1002.0), (3, 1006.0), (4, 1008.0)])  # 1004 has no row
+    (v,) = inv.check_schedule_missed(fires, [EVERY2])
+    assert v.kind == "schedule-missed" and "1 of 4 fire times" in v.detail and "1004.0" in v.detail
+    # the window's last fire times never dealt with (beat never caught up after an outage)
+    _, fires = scheduled([(1, 1002.0), (2, 1004.0)])
+    (v,) = inv.check_schedule_missed(fires, [EVERY2])
+    assert "2 of 4" in v.detail and "1006.0" in v.detail
+    # a gap between recorded fire times outside the window counts too
+    _, fires = scheduled([(1, 1002.0), (2, 1004.0), (3, 1006.0), (4, 1008.0), (6, 1012.0)])
+    (v,) = inv.check_schedule_missed(fires, [EVERY2])
+    assert "1010.0" in v.detail
+
+
+def test_a_fire_time_left_buffered_or_skipped_without_why_is_reported() -> None:
+    _, fires = scheduled([(1, 1002.0), (2, 1004.0)])
+    fires += [inv.FireRow("s", 1006.0, "buffered", None, "overlap"), inv.FireRow("s", 1008.0, "skipped", None, "")]
+    details = sorted(v.detail for v in inv.check_schedule_missed(fires, [EVERY2]))
+    assert details == ["schedule s fire time 1006.0 left buffered",
+                       "schedule s fire time 1008.0 skipped without a reason"]
+
+
+def test_a_scheduled_run_left_running_is_reported() -> None:
+    runs = [inv.RunRow(1, "wf", "running", schedule_name="s", schedule_time=1002.0)]
+    (v,) = inv.check_terminal(runs)
+    assert v.kind == "terminal" and v.run_id == 1

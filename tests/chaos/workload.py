@@ -27,6 +27,9 @@ NOSTART = "chaos-nostart"
 #: the MIXED task with ``retries: 0``: a worker killed under it must not fail it (lost attempts have their own
 #: budget), it succeeds on a later attempt
 FRAGILE = "fragile"
+#: a DAG with a seconds-level cron schedule, fired by beat's ``tideflow.schedule`` job under every fault
+#: (invariants ``schedule-duplicate`` and ``schedule-missed``)
+SCHEDULED = "chaos-scheduled"
 _MODULE = "tests.chaos.workload"
 
 
@@ -165,6 +168,15 @@ class Workload:
     #: runs' fan-outs contend for it under every fault (invariant ``limit``: never more running than slots)
     pool: str = "chaos-pool"
     pool_slots: int = 2
+    #: schedules: chaos-scheduled (two short tasks) fires every ``schedule_seconds`` (a seconds-level cron, as in
+    #: tests/integration/test_schedules_cluster.py), ``catchup: all`` within ``schedule_catchup_window`` so a
+    #: beat or database outage is caught up; 0: no scheduled workflow
+    schedule_seconds: int = 2
+    schedule_catchup_window: float = 3600.0
+
+    @property
+    def schedule_cron(self) -> str:
+        return f"*/{self.schedule_seconds} * * * * *"
 
     def _task(self, name: str, fn: str = "step", seconds: float | None = None, deps: list[str] | None = None,
               ) -> dict[str, Any]:
@@ -199,16 +211,21 @@ class Workload:
             self._task("after", deps=["nochild"]),
             self._task("side", deps=["start"]),
         ]}
-        return [child, mixed, nostart]
+        out = [child, mixed, nostart]
+        if self.schedule_seconds:
+            out.append({"name": SCHEDULED, "schedule": {
+                "cron": self.schedule_cron, "catchup": "all", "catchup_window": self.schedule_catchup_window,
+                "overlap": "allow"}, "tasks": [self._task("s1"), self._task("s2", deps=["s1"])]})
+        return out
 
     @property
     def tasks_per_run(self) -> int:
-        return sum(len(d["tasks"]) for d in self.definitions() if d["name"] != NOSTART)
+        return sum(len(d["tasks"]) for d in self.definitions() if d["name"] not in (NOSTART, SCHEDULED))
 
     def task_seconds(self) -> dict[str, float]:
         """How long each task's body takes (subworkflow tasks have none)."""
         out = {t["name"]: t["args"]["seconds"] for d in self.definitions() for t in d["tasks"]
-               if "args" in t and d["name"] != NOSTART}
+               if "args" in t and d["name"] not in (NOSTART, SCHEDULED)}
         return {**out, "shell": self.shell_seconds}
 
     @property
