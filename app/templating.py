@@ -1,4 +1,5 @@
-"""``{{ params.x }}`` / ``{{ upstream.task.key }}`` / ``{{ run.id }}`` / ``{{ schedule.time }}`` substitution.
+"""``{{ params.x }}`` / ``{{ upstream.task.key }}`` / ``{{ run.id }}`` / ``{{ schedule.time }}`` substitution (and
+``{{ args.x }}`` in an activity's concurrency key: the scopes a caller allows are its ``scopes``).
 
 Deliberately not Jinja: a placeholder is a dotted lookup and nothing else, so parameters can only ever be
 data. In shell commands every substituted value is ``shlex.quote``-d (do not quote placeholders yourself).
@@ -14,8 +15,13 @@ from datetime import datetime
 from typing import Any
 
 _ANY = re.compile(r"\{\{(.*?)\}\}", re.S)
-#: the scopes a placeholder may name (``schedule``: the run's logical time, :func:`schedule_scope`)
-_REF = re.compile(r"^\s*(params|upstream|run|schedule)((?:\.[A-Za-z0-9_\-]+)+)\s*$")
+#: the scopes a DAG's placeholder may name (``schedule``: the run's logical time, :func:`schedule_scope`)
+DAG_SCOPES = ("params", "upstream", "run", "schedule")
+#: an activity's concurrency key (``@tideflow.activity(concurrency=...)``): its bound arguments and the run's params
+ACTIVITY_KEY_SCOPES = ("args", "params")
+_REF_ANY = re.compile(r"^\s*([a-z]+)((?:\.[A-Za-z0-9_\-]+)+)\s*$")
+_HINTS = {"params": "{{ params.NAME }}", "upstream": "{{ upstream.TASK }}", "run": "{{ run.id }}",
+          "schedule": "{{ schedule.time }}", "args": "{{ args.NAME }}"}
 
 _MISSING = object()
 
@@ -24,17 +30,23 @@ class TemplateError(ValueError):
     pass
 
 
-def references(value: Any) -> list[tuple[str, tuple[str, ...]]]:
-    """Every placeholder in ``value`` (strings, lists and dicts, recursively) as (scope, path)."""
+def _ref(text: str, scopes: tuple[str, ...]) -> re.Match[str] | None:
+    """The placeholder ``{{ text }}`` as (scope, path) groups, if it is a dotted lookup in one of ``scopes``."""
+    ref = _REF_ANY.match(text)
+    return ref if ref is not None and ref.group(1) in scopes else None
+
+
+def references(value: Any, scopes: tuple[str, ...] = DAG_SCOPES) -> list[tuple[str, tuple[str, ...]]]:
+    """Every placeholder in ``value`` (strings, lists and dicts, recursively) as (scope, path); a placeholder that
+    is not a dotted lookup in one of ``scopes`` is a :class:`TemplateError`."""
     found: list[tuple[str, tuple[str, ...]]] = []
     for text in _strings(value):
         for m in _ANY.finditer(text):
-            ref = _REF.match(m.group(1))
+            ref = _ref(m.group(1), scopes)
             if ref is None:
-                raise TemplateError(
-                    f"unsupported placeholder '{{{{{m.group(1)}}}}}': use {{{{ params.NAME }}}}, "
-                    "{{ upstream.TASK }}, {{ run.id }} or {{ schedule.time }}"
-                )
+                hints = [_HINTS[s] for s in scopes]
+                use = hints[0] if len(hints) == 1 else ", ".join(hints[:-1]) + " or " + hints[-1]
+                raise TemplateError(f"unsupported placeholder '{{{{{m.group(1)}}}}}': use {use}")
             found.append((ref.group(1), tuple(ref.group(2)[1:].split("."))))
     return found
 
@@ -65,22 +77,25 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def render(value: Any, context: Mapping[str, Any], quote: Callable[[str], str] | None = None) -> Any:
+def render(
+    value: Any, context: Mapping[str, Any], quote: Callable[[str], str] | None = None,
+    scopes: tuple[str, ...] = DAG_SCOPES,
+) -> Any:
     """Substitute placeholders in ``value``. A string that is a single placeholder keeps the JSON type."""
     if isinstance(value, Mapping):
-        return {k: render(v, context, quote) for k, v in value.items()}
+        return {k: render(v, context, quote, scopes) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [render(v, context, quote) for v in value]
+        return [render(v, context, quote, scopes) for v in value]
     if not isinstance(value, str):
         return value
     whole = _ANY.fullmatch(value)
     if whole and quote is None:
-        ref = _REF.match(whole.group(1))
+        ref = _ref(whole.group(1), scopes)
         if ref:
             return _lookup(context, ref.group(1), tuple(ref.group(2)[1:].split(".")))
 
     def sub(m: re.Match[str]) -> str:
-        ref = _REF.match(m.group(1))
+        ref = _ref(m.group(1), scopes)
         if ref is None:
             raise TemplateError(f"unsupported placeholder '{m.group(0)}'")
         text = _as_text(_lookup(context, ref.group(1), tuple(ref.group(2)[1:].split("."))))

@@ -31,7 +31,9 @@ from typing import Any, NoReturn
 
 from app.code.registry import ActivityDef, WorkflowDef, activity_def, workflow_name
 from app.errors import TideflowError
+from app.services.limits import activity_key
 from app.states import TaskKind, TaskState
+from app.templating import TemplateError
 
 
 class WorkflowError(TideflowError):
@@ -158,6 +160,10 @@ class NewStep:
     signal_id: int | None = None  # the stored signal this wait consumed
     activity: ActivityDef | None = None
     reason: str = ""
+    #: an activity's rendered concurrency key (``@tideflow.activity(concurrency=...)``)
+    concurrency_key: str | None = None
+    #: why a step born failed failed (an activity whose concurrency key does not render)
+    failure: str | None = None
 
     @property
     def done(self) -> bool:
@@ -165,6 +171,8 @@ class NewStep:
 
     @property
     def error(self) -> str | None:
+        if self.state == TaskState.FAILED:
+            return self.failure or "failed"
         return "cancelled" if self.state == TaskState.CANCELLED else None
 
 
@@ -267,6 +275,9 @@ class Context:
         self._cancel_pending = cancel_requested and not any(
             st.state == TaskState.CANCELLED for st in history)
         self.state_values: dict[str, Any] = dict(state_values or {})
+        #: ``{{ params.NAME }}`` of activities' concurrency keys: the run's parameters, the function's defaults
+        #: under them (:func:`run_pass` sets them)
+        self._key_params: dict[str, Any] = dict(params)
 
     # -- what the engine reads back -----------------------------------------------------------------------------
 
@@ -345,8 +356,17 @@ class Context:
             kw = to_json(dict(kwargs), f"the arguments of activity '{adef.name}'")
         seq, step = self._next(TaskKind.ACTIVITY, adef.name)
         if step is None:
-            self._record(NewStep(seq, TaskKind.ACTIVITY, adef.name, self._born(TaskState.PENDING),
-                                 body={"activity": adef.name, "argv": argv, "args": kw}, activity=adef))
+            new = NewStep(seq, TaskKind.ACTIVITY, adef.name, self._born(TaskState.PENDING),
+                          body={"activity": adef.name, "argv": argv, "args": kw}, activity=adef)
+            if adef.concurrency is not None and new.state == TaskState.PENDING:
+                try:  # rendered once, now: the step row carries it (replay never renders it again)
+                    new.concurrency_key = activity_key(adef.concurrency, adef.fn, argv, kw, self._key_params)
+                except TemplateError as exc:  # this call's activity fails without running (recorded: replays)
+                    new.state = TaskState.FAILED
+                    new.failure = (f"TemplateError: concurrency key {adef.concurrency.key!r} of activity "
+                                   f"'{adef.name}' does not render: {exc}")
+                    new.reason = f"position {seq}: activity '{adef.name}' failed without running: {new.failure}"
+            self._record(new)
         return Handle(self, seq, f"activity '{adef.name}'")
 
     def activity(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -523,6 +543,8 @@ def run_pass(
 
     def result(outcome: PassOutcome, **kw: Any) -> PassResult:
         return PassResult(outcome, ctx.new_steps, ctx.state_values, ctx._pos, **kw)
+
+    ctx._key_params = {**{p.name: p.default for p in wf.params if not p.required}, **params}
 
     try:
         value = _run_coroutine(wf.fn(ctx, **params)) if wf.is_async else wf.fn(ctx, **params)

@@ -57,6 +57,9 @@ class ActivityDef:
     on_lost: Literal["retry", "fail"] = "retry"
     pool: str | None = None
     rate_limit: str | None = None
+    #: ``{"key": ..., "limit": N}``: at most N running activities per rendered key (``{{ args.NAME }}``,
+    #: ``{{ params.NAME }}``), cluster-wide, DAG tasks' keys included (app/services/limits.py)
+    concurrency: ConcurrencySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ def activity(
     retry_backoff: float = 2.0, max_retry_delay: float = 3600.0, timeout: float | None = None,
     queue: str | None = None, priority: int | None = None, max_lost_attempts: int | None = None,
     on_lost: Literal["retry", "fail"] = "retry", pool: str | None = None, rate_limit: str | None = None,
+    concurrency: dict[str, Any] | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -146,10 +150,21 @@ def activity(
     retry_backoff: float = 2.0, max_retry_delay: float = 3600.0, timeout: float | None = None,
     queue: str | None = None, priority: int | None = None, max_lost_attempts: int | None = None,
     on_lost: Literal["retry", "fail"] = "retry", pool: str | None = None, rate_limit: str | None = None,
+    concurrency: dict[str, Any] | None = None,
 ) -> Any:
     """Register a function as an activity: a workflow calls it with ``ctx.activity(fn, ...)``; a worker runs it as
     a task of the run (claim, lease, retries with back-off, lost-attempt budget, timeout, queue, priority), and
-    its JSON result is recorded. The function itself is returned unchanged (call it directly in unit tests)."""
+    its JSON result is recorded. The function itself is returned unchanged (call it directly in unit tests).
+
+    Limits (app/services/limits.py, enforced at the claim, cluster-wide): ``pool="db"`` (a slot of the pool,
+    ``tideflow pool set db 4``), ``rate_limit="10/m"`` (N/s, N/m or N/h starts of this activity), and
+    ``concurrency={"key": "customer-{{ args.customer_id }}", "limit": 1}``: at most ``limit`` running activities
+    per rendered key, which may name the call's arguments by parameter name (``{{ args.NAME }}``) and the run's
+    parameters (``{{ params.NAME }}``), or be a plain string. A malformed ``concurrency`` (not a dict, no key,
+    limit < 1, an unsupported placeholder, ``args.NAME`` naming no parameter of the function) is a
+    :class:`DefinitionError` here, at decoration; a key that does not render for one call (a ``params.NAME`` the
+    run does not have, a path into an argument that is not there) fails that call's activity without running it
+    (``tideflow.ActivityError`` with type ``TemplateError`` in the workflow)."""
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.iscoroutinefunction(f):
@@ -171,16 +186,46 @@ def activity(
             problems.append(f"pool {pool!r} is not a pool name ({POOL_RE})")
         if rate_limit is not None and not re.match(RATE_RE, rate_limit):
             problems.append(f"rate_limit {rate_limit!r} is not N/s, N/m or N/h")
+        spec, spec_problems = _activity_concurrency(f, concurrency)
+        problems += spec_problems
         if problems:
             raise DefinitionError([f"activity '{name or f.__name__}': {p}" for p in problems])
         adef = ActivityDef(name or f.__name__, f, module, qualname, retries, float(retry_delay), float(retry_backoff),
                            float(max_retry_delay), timeout, queue, priority, max_lost_attempts, on_lost, pool,
-                           rate_limit)
+                           rate_limit, spec)
         _register(_activities, "activity", adef)
         f.__tideflow_activity__ = adef  # type: ignore[attr-defined]
         return f
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _activity_concurrency(
+    f: Callable[..., Any], concurrency: Any,
+) -> tuple[ConcurrencySpec | None, list[str]]:
+    """``@tideflow.activity(concurrency=...)`` checked at decoration: (the spec, problems)."""
+    if concurrency is None:
+        return None, []
+    if isinstance(concurrency, ConcurrencySpec):
+        spec = concurrency
+    elif not isinstance(concurrency, dict):
+        return None, [f"concurrency must be a dict {{'key': ..., 'limit': N}}, not {type(concurrency).__name__}"]
+    else:
+        try:
+            spec = ConcurrencySpec.model_validate(concurrency, strict=True)
+        except ValidationError as exc:
+            return None, [f"concurrency.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" if e["loc"] else
+                          f"concurrency: {e['msg']}" for e in exc.errors()]
+    try:
+        refs = templating.references(spec.key, templating.ACTIVITY_KEY_SCOPES)
+    except templating.TemplateError as exc:
+        return None, [f"concurrency.key: {exc}"]
+    names = list(inspect.signature(f).parameters)
+    unknown = sorted({path[0] for scope, path in refs if scope == "args" and path[0] not in names})
+    if unknown:
+        return None, [f"concurrency.key: {', '.join(f'args.{n}' for n in unknown)} is not a parameter of "
+                      f"{f.__name__}({', '.join(names)})"]
+    return spec, []
 
 
 @overload

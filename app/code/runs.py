@@ -91,7 +91,7 @@ def _row(rt: Runtime, run: RunRecord, step: NewStep, now: datetime) -> dict[str,
         "state": step.state, "body": step.body, "queue": rt.settings.default_queue, "priority": run.priority,
         "max_lost_attempts": rt.settings.max_lost_attempts, "due_at": step.due_at, "timeout": None, "retries": 0,
         "retry_delay": 0.0, "retry_backoff": 2.0, "max_retry_delay": 3600.0, "on_lost": "retry", "pool": None,
-        "rate_limit": None, "rate_key": None,
+        "rate_limit": None, "rate_key": None, "concurrency_key": None, "concurrency_limit": None,
         "result": step.result if done else None, "error": step.error if done else None,
         "finished_at": now if done else None, "started_at": now if step.state == TaskState.RUNNING else None,
     }
@@ -102,6 +102,8 @@ def _row(rt: Runtime, run: RunRecord, step: NewStep, now: datetime) -> dict[str,
                    retry_backoff=a.retry_backoff, max_retry_delay=a.max_retry_delay, on_lost=a.on_lost,
                    max_lost_attempts=a.max_lost_attempts or rt.settings.max_lost_attempts, pool=a.pool,
                    rate_limit=a.rate_limit, rate_key=f"activity:{a.name}" if a.rate_limit else None)
+        if step.concurrency_key is not None and a.concurrency is not None:
+            row.update(concurrency_key=step.concurrency_key, concurrency_limit=a.concurrency.limit)
     return row
 
 

@@ -34,8 +34,9 @@ window lets one more start (the worker returns ``too_early`` with that delay: a 
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -306,8 +307,34 @@ def task_key(spec: ConcurrencySpec | None, params: dict[str, Any]) -> dict[str, 
     """A new task row's concurrency columns (every row has both keys: one multi-row insert)."""
     if spec is None:
         return {"concurrency_key": None, "concurrency_limit": None}
-    return {"concurrency_key": str(templating.render(spec.key, {"params": params}))[:200],
-            "concurrency_limit": spec.limit}
+    return {"concurrency_key": _key_text(spec.key, {"params": params}), "concurrency_limit": spec.limit}
+
+
+def _key_text(template: str, context: dict[str, Any], scopes: tuple[str, ...] = templating.DAG_SCOPES) -> str:
+    """A rendered concurrency key, as stored (keys are global: the same text in two workflows shares a limit)."""
+    return str(templating.render(template, context, scopes=scopes))[:200]
+
+
+def activity_key(
+    spec: ConcurrencySpec, fn: Callable[..., Any], argv: list[Any], kwargs: dict[str, Any],
+    params: Mapping[str, Any],
+) -> str:
+    """A new activity step's concurrency key (``@tideflow.activity(concurrency={"key": ..., "limit": N})``): the
+    template rendered against the call's arguments bound by name to ``fn``'s parameters, defaults applied
+    (``{{ args.customer_id }}``), and the run's parameters (``{{ params.x }}``); a plain string is the key itself.
+    Rendered once, when the workflow makes the call (:meth:`app.code.engine.Context.start_activity`); the step
+    row then carries it and is admitted like a DAG task with that key. A key that does not render raises
+    :class:`app.templating.TemplateError` (the call's activity then fails without running)."""
+    refs = templating.references(spec.key, templating.ACTIVITY_KEY_SCOPES)
+    bound: dict[str, Any] = {}
+    if any(scope == "args" for scope, _ in refs):
+        try:
+            call = inspect.signature(fn).bind(*argv, **kwargs)
+        except TypeError as exc:
+            raise templating.TemplateError(f"the arguments do not fit the activity's parameters: {exc}") from None
+        call.apply_defaults()
+        bound = dict(call.arguments)
+    return _key_text(spec.key, {"args": bound, "params": dict(params)}, templating.ACTIVITY_KEY_SCOPES)
 
 
 def _key_limit(definition: dict[str, Any]) -> int | None:

@@ -310,6 +310,63 @@ def test_a_concurrency_key_may_name_only_declared_params(db_url):
 
 
 
+def test_an_activity_concurrency_key_holds_back_calls_with_the_same_rendered_key_dag_tasks_included(db_url):
+    """``@tideflow.activity(concurrency={"key": "cust-{{ args.customer }}", "limit": 1})``: the key is rendered
+    from the call's arguments and the step row carries it, so it is admitted exactly as a DAG task's key (the
+    same claim, waiting_for, release and reconciler backstop), and a DAG task with the same rendered key shares
+    the limit (keys are global)."""
+    import tests.support.limitflows  # noqa: F401 - registers the workflows
+    from tests.integration.test_code_workflows import Code
+
+    c = Code(db_url)
+    a1 = c.tf.start_run("customer_naps", {"customer": "a"})
+    c.stub.drain(c.rt, crash=lambda label, attempt: True)  # a1's activity holds cust-a (its worker died)
+    held = c.run(a1)["steps"][0]
+    row = c.tf.read(lambda s: repo.get_task(s, held["task_run_id"]))
+    assert (held["state"], row.concurrency_key, row.concurrency_limit) == ("running", "cust-a", 1)
+    a2, b1 = c.tf.start_run("customer_naps", {"customer": "a"}), c.tf.start_run("customer_naps", {"customer": "b"})
+    c.tf.register({"name": "dag-cust", "params": {"c": ""}, "tasks": [
+        {"name": "t", "type": "python", "function": ECHO, "concurrency": {"key": "cust-{{ params.c }}", "limit": 1}}]})
+    dag = c.tf.start_run("dag-cust", {"c": "a"})
+    c.stub.drain(c.rt)
+    assert c.run(b1)["state"] == "succeeded"  # another key: not held back
+    step = c.run(a2)["steps"][0]
+    assert (step["state"], step["waiting_for"]) == ("submitted", "concurrency key cust-a: 1/1 running")
+    assert c.run(dag)["tasks"][0]["waiting_for"] == "concurrency key cust-a: 1/1 running"
+    # the held attempt's lease lapses: the reconciler declares it lost (freeing the key) and the next waits' turn
+    with c.rt.db.transaction() as s:
+        s.execute(update(TaskRun).where(TaskRun.id == held["task_run_id"]).values(lease_expires_at=utcnow()))
+    for _ in range(10):
+        reconcile_once(c.rt)
+        c.stub.drain(c.rt)
+        if all(c.run(r)["state"] == "succeeded" for r in (a1, a2, dag)):
+            break
+    assert [c.run(r)["state"] for r in (a1, a2, dag)] == ["succeeded"] * 3
+    with c.rt.db.read() as s:
+        rows = repo.attempts(s, [t.id for r in (a1, a2, dag) for t in repo.run_tasks(s, r)])
+    assert len(rows) == 4 and max_overlap([(a.started_at, a.finished_at) for a in rows]) == 1
+    c.rt.close()
+
+
+def test_an_activity_key_that_does_not_render_fails_that_activity_clearly(db_url):
+    import tests.support.limitflows  # noqa: F401
+    from tests.integration.test_code_workflows import Code
+
+    c = Code(db_url)
+    caught = c.start("unrenderable_key", {"catch": True})
+    run = c.run(caught)
+    assert run["state"] == "succeeded", run
+    message = ("concurrency key '{{ args.order.customer }}' of activity 'order_nap' does not render: "
+               "'args.order.customer' has no value")
+    assert run["result"] == {"type": "TemplateError", "message": message, "then": "c1"}
+    failed, then = run["steps"]
+    assert (failed["state"], failed["error"], failed["attempts"]) == ("failed", f"TemplateError: {message}", [])
+    assert then["state"] == "succeeded"
+    uncaught = c.run(c.start("unrenderable_key", {"catch": False}))
+    assert uncaught["state"] == "failed" and message in uncaught["error"], uncaught
+    c.rt.close()
+
+
 # -- rate limits ------------------------------------------------------------------------------------------
 
 

@@ -226,3 +226,106 @@ def test_activity_error_types_for_timeouts_and_lost_attempts() -> None:
     lost = tideflow.ActivityError("a", "attempt 3 lost: lease expired; 3 attempts lost (max_lost_attempts: 3)")
     assert lost.type == "LostAttempts"
     assert tideflow.ActivityError("a", "KeyError: 'x'").type == "KeyError"
+
+
+# -- an activity's concurrency key (@tideflow.activity(concurrency=...); app/services/limits.py) ----------------
+
+
+@tideflow.activity(name="unit_keyed", concurrency={"key": "cust-{{ args.customer_id }}-{{ params.region }}",
+                                                  "limit": 2})
+def unit_keyed(customer_id: int, amount: int = 0, region: str = "eu") -> int:
+    return amount
+
+
+@tideflow.activity(name="unit_plain_key", concurrency={"key": "the-api", "limit": 1})
+def unit_plain_key(x: int) -> int:
+    return x
+
+
+@tideflow.activity(name="unit_deep_key", concurrency={"key": "{{ args.order.customer }}", "limit": 1})
+def unit_deep_key(order: dict) -> int:
+    return 0
+
+
+@tideflow.workflow(name="unit_keys")
+def unit_keys(ctx: tideflow.Context, region: str = "us") -> Any:
+    a = ctx.start_activity(unit_keyed, 42, amount=5)
+    b = ctx.start_activity(unit_keyed, customer_id=7)
+    c = ctx.start_activity(unit_plain_key, 1)
+    return ctx.gather(a, b, c)
+
+
+def test_an_activity_concurrency_key_is_rendered_from_its_arguments_by_name_and_the_runs_params() -> None:
+    res = _pass(unit_keys, [], {"region": "ap"})
+    assert [(n.name, n.state, n.concurrency_key) for n in res.new_steps] == [
+        ("unit_keyed", TaskState.PENDING, "cust-42-ap"), ("unit_keyed", TaskState.PENDING, "cust-7-ap"),
+        ("unit_plain_key", TaskState.PENDING, "the-api")]
+    # the workflow's default fills a parameter the run was not given, as a DAG's declared default does
+    assert _pass(unit_keys, []).new_steps[0].concurrency_key == "cust-42-us"
+    # replay never renders again: a recorded step keeps the key its row carries
+    history = [Step(0, A, "unit_keyed", OK, 5), Step(1, A, "unit_keyed", OK, 0), Step(2, A, "unit_plain_key", OK, 1)]
+    assert _pass(unit_keys, history).value == [5, 0, 1]
+
+
+def test_an_activity_key_that_does_not_render_fails_that_activity_without_running_it() -> None:
+    @tideflow.workflow(name="unit_bad_key")
+    def unit_bad_key(ctx: tideflow.Context) -> Any:
+        try:
+            ctx.activity(unit_deep_key, {"id": 1})  # no 'customer' in the argument
+        except tideflow.ActivityError as exc:
+            ctx.set_state("caught", [exc.type, exc.message])
+        return ctx.activity(unit_deep_key, {"customer": "c9"})
+
+    res = _pass(unit_bad_key, [])
+    assert res.outcome == PassOutcome.SUSPENDED
+    first, second = res.new_steps
+    assert (first.state, first.concurrency_key) == (FAIL, None)
+    assert first.error == ("TemplateError: concurrency key '{{ args.order.customer }}' of activity 'unit_deep_key' "
+                           "does not render: 'args.order.customer' has no value")
+    assert "failed without running" in first.reason
+    assert (second.state, second.concurrency_key) == (TaskState.PENDING, "c9")
+    assert res.state_values["caught"][0] == "TemplateError"
+    # the failure is history: replayed, it raises the same error where it was caught
+    again = _pass(unit_bad_key, [Step(0, A, "unit_deep_key", FAIL, error=first.error),
+                                 Step(1, A, "unit_deep_key", OK, 0)])
+    assert again.outcome == PassOutcome.RETURNED and again.state_values["caught"][0] == "TemplateError"
+
+    @tideflow.workflow(name="unit_no_param")
+    def unit_no_param(ctx: tideflow.Context) -> Any:  # no 'region' parameter: params.region has no value
+        return ctx.activity(unit_keyed, 1)
+
+    (step,) = _pass(unit_no_param, []).new_steps
+    assert step.state == FAIL and "'params.region' has no value" in str(step.error)
+
+    @tideflow.workflow(name="unit_unbound")
+    def unit_unbound(ctx: tideflow.Context) -> Any:  # the arguments do not fit: no key can be rendered
+        return ctx.activity(unit_keyed, amount=1)
+
+    (step,) = _pass(unit_unbound, []).new_steps
+    assert step.state == FAIL and "do not fit the activity's parameters: missing a required argument" in str(step.error)
+
+
+@pytest.mark.parametrize(("concurrency", "message"), [
+    ({"limit": 1}, "activity 'bad': concurrency.key: Field required"),
+    ({"key": "k"}, "activity 'bad': concurrency.limit: Field required"),
+    ({"key": "k", "limit": 0}, "activity 'bad': concurrency.limit: Input should be greater than or equal to 1"),
+    ({"key": "k", "limit": "2"}, "activity 'bad': concurrency.limit: Input should be a valid integer"),
+    ({"key": "", "limit": 1}, "activity 'bad': concurrency.key: String should have at least 1 character"),
+    ({"key": "k", "limit": 1, "lmit": 2}, "activity 'bad': concurrency.lmit: Extra inputs are not permitted"),
+    ("k", "activity 'bad': concurrency must be a dict {'key': ..., 'limit': N}, not str"),
+    ({"key": "{{ run.id }}", "limit": 1}, "activity 'bad': concurrency.key: unsupported placeholder '{{ run.id }}': "
+                                          "use {{ args.NAME }} or {{ params.NAME }}"),
+    ({"key": "{{ args.nope }}-{{ args.x }}", "limit": 1},
+     "activity 'bad': concurrency.key: args.nope is not a parameter of bad(x, y)"),
+])
+def test_a_malformed_activity_concurrency_is_a_one_line_error_at_decoration(concurrency: Any, message: str) -> None:
+    from app.code.registry import get_activity
+    from app.errors import DefinitionError
+
+    def bad(x: int, y: int = 0) -> int:
+        return x
+
+    with pytest.raises(DefinitionError) as exc:
+        tideflow.activity(concurrency=concurrency)(bad)
+    assert str(exc.value) == message and "\n" not in str(exc.value)
+    assert get_activity("bad") is None  # nothing registered

@@ -139,3 +139,20 @@ def test_render_shell_quotes_json_values_too() -> None:
 
 def test_render_shell_without_placeholders_is_unchanged() -> None:
     assert render_shell("echo 'hi' && ls | wc -l", CTX) == "echo 'hi' && ls | wc -l"
+
+
+def test_args_is_a_scope_only_where_a_caller_allows_it() -> None:
+    """``{{ args.NAME }}`` (an activity's concurrency key) is not a DAG placeholder; its callers pass the scopes."""
+    from app.templating import ACTIVITY_KEY_SCOPES
+
+    with pytest.raises(TemplateError, match=r"unsupported placeholder '\{\{ args.x \}\}': use \{\{ params.NAME"):
+        references("{{ args.x }}")
+    with pytest.raises(TemplateError, match="unsupported placeholder"):
+        render("k-{{ args.x }}", {"args": {"x": 1}})
+    assert references("k-{{ args.x.y }}-{{ params.p }}", ACTIVITY_KEY_SCOPES) == [
+        ("args", ("x", "y")), ("params", ("p",))]
+    with pytest.raises(TemplateError, match=r"use \{\{ args.NAME \}\} or \{\{ params.NAME \}\}$"):
+        references("{{ run.id }}", ACTIVITY_KEY_SCOPES)
+    ctx = {"args": {"x": {"y": 42}}, "params": {"p": "eu"}}
+    assert render("k-{{ args.x.y }}-{{ params.p }}", ctx, scopes=ACTIVITY_KEY_SCOPES) == "k-42-eu"
+    assert render("{{ args.x.y }}", ctx, scopes=ACTIVITY_KEY_SCOPES) == 42
