@@ -26,10 +26,13 @@ between. ``run cancel`` cancels a queued run.
 
 **Concurrency keys** (Hatchet, DBOS partitioned queues): a workflow's ``concurrency: {key, limit}`` queues runs as
 ``max_active_runs`` does, per rendered key; a task's works like a pool per rendered key value (its admissions
-serialised by a transaction-scoped advisory lock on the key). **Rate limits** (``rate_limit: "10/m"`` on a task, an
-activity or a pool): a sliding log of starts per scope (``rate_starts``), checked and written by the admission
-under the scope's advisory lock: at most N starts in any window. A claim over a rate limit is retried when the
-window lets one more start (the worker returns ``too_early`` with that delay: a Celery countdown).
+serialised by a transaction-scoped advisory lock on the key), and so does a code activity's
+(``@tideflow.activity(concurrency=...)``: rendered from the call's arguments when the workflow makes it,
+:func:`activity_key`; its step row then carries the key like a DAG task's row). **Rate limits**
+(``rate_limit: "10/m"`` on a task, an activity or a pool): a sliding log of starts per scope (``rate_starts``),
+checked and written by the admission under the scope's advisory lock: at most N starts in any window. A claim over
+a rate limit is retried when the window lets one more start (the worker returns ``too_early`` with that delay: a
+Celery countdown).
 """
 
 from __future__ import annotations
