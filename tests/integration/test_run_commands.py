@@ -393,8 +393,10 @@ def test_api_commands_answer_404_and_409_and_change_nothing_when_refused(pg_url)
             f"/api/tasks/{a_id}/rerun": (
                 409, f"run {dag['id']} is running; a task can be rerun only in a finished run"),
             f"/api/tasks/{step}/force-success": (
-                409, f"task run {step} is a step of code run {code['id']}: a code run's history is replayed, so its "
-                     "steps cannot be forced (start the run again)"),
+                409, f"position 0 (a wait for signal 'approve', task run {step}) of code run {code['id']} is not an "
+                     "activity; only a failed activity step can be forced to success"),
+            f"/api/tasks/{step}/rerun": (
+                409, f"run {code['id']} is running; a step can be rerun only in a finished run"),
         }
         for path, (status, message) in refused.items():
             r = post(path)
