@@ -322,6 +322,9 @@ def _render_run(d: dict[str, Any]) -> None:
         click.echo(f"state_values: {json.dumps(d['state_values'], sort_keys=True)}")
     if d["continued_run_id"]:
         click.echo(f"continued as new: run {d['continued_run_id']}")
+    if d.get("superseded_steps"):
+        click.echo(f"{len(d['superseded_steps'])} step(s) superseded by resets (task rerun / force-success): kept, "
+                   "marked (superseded) above")
     if d["cancel_requested"] and d["state"] not in RUN_TERMINAL:
         click.echo("cancel requested")
 

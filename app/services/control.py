@@ -313,6 +313,8 @@ def _check_code_step(run: RunRecord, task: TaskRecord) -> None:
                            f"now at position {task.seq}")
     if run.parent_task_run_id is not None and run.state in RUN_TERMINAL:
         raise InvalidState(f"run {run.id} is a finished child run; act on its parent run instead")
+    if run.continued_run_id is not None:
+        raise InvalidState(f"run {run.id} continued as new (run {run.continued_run_id}): act on that run instead")
 
 
 def _reset_code_run(s: Session, rt: Runtime, run: RunRecord, from_seq: int, *, actor: str, why: str) -> int:

@@ -199,3 +199,33 @@ def test_cancelled_run_rerun_from_a_step_before_the_cancel(code: Code, tmp_path:
     run = code.run(run_id)
     assert run["state"] == "running" and not run["cancel_requested"]
     assert _steps(run) == [(0, "sleep", "running")]
+
+
+def test_force_success_is_refused_while_a_later_step_is_live(code: Code, tmp_path: Path) -> None:
+    path = tmp_path / "marks"
+    Path(f"{path}.fail").touch()
+    run_id = code.start("catch_then_sleep", {"path": str(path)})
+    run = code.run(run_id)
+    assert run["state"] == "running" and _steps(run) == [(0, "counted_gated", "failed"), (1, "sleep", "running")]
+    with pytest.raises(InvalidState, match=f"run {run_id} is running with steps after position 0 still live \\(from "
+                                           "position 1\\): forcing it would discard them"):
+        code.tf.force_success(run_id, "#0", result=1)
+    assert _steps(code.run(run_id))[0] == (0, "counted_gated", "failed")  # nothing changed
+    code.tf.cancel(run_id)
+    code.stub.drain(code.rt)
+    assert code.run(run_id)["state"] == "cancelled"
+    # once the run ended, the sleep is superseded and the replay takes the forced value
+    assert code.tf.force_success(run_id, "#0", result=1) == (run_id, "succeeded")
+    code.stub.drain(code.rt)
+    run = code.run(run_id)
+    assert run["result"] == 1 and not run["cancel_requested"]
+    assert [(st["seq"], st["name"], st["state"]) for st in run["superseded_steps"]] == [(1, "sleep", "cancelled")]
+
+
+def test_a_run_that_continued_as_new_is_not_reset(code: Code) -> None:
+    run_id = code.start("counter", {"n": 0, "until": 2})
+    run = code.run(run_id)
+    assert run["state"] == "succeeded" and run["continued_run_id"] is not None
+    with pytest.raises(InvalidState, match=f"run {run_id} continued as new \\(run {run['continued_run_id']}\\): act "
+                                           "on that run instead"):
+        code.tf.rerun(run_id, "#0")

@@ -433,7 +433,9 @@ def test_code_rerun_from_the_middle_of_a_succeeded_run(cluster, tmp_path):
     assert ("succeeded", "running", "cli") in _run_events(events)
     assert sorted(e["task"] for e in events if e["reason"] == "superseded: rerun from position 1") == [
         "counted#2", "counted_gated#1"]
-    # a rerun of a running run, or of a step that is not there: a one-line error, nothing changes
+    shown = cluster.run_cli("run", "show", str(run_id), check=True)
+    assert "2 step(s) superseded by resets (task rerun / force-success): kept" in shown.stdout
+    # a step that is not there: a one-line error, nothing changes
     assert tf.replay(run_id).ok
     missing = cluster.run_cli("task", "rerun", str(run_id), "#9")
     assert (missing.returncode, missing.stderr) == (1, f"error: run {run_id} has no step at position 9 (its history "

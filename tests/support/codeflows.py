@@ -328,3 +328,13 @@ def signalled(ctx: tideflow.Context, path: str) -> dict[str, Any]:
     child = ctx.child("adder", x=first, y=1)
     after = ctx.activity(counted, path, "after")
     return {"go": go, "uuid": str(stamp), "child": child["first"], "after": after}
+
+
+@tideflow.workflow(name="catch_then_sleep")
+def catch_then_sleep(ctx: tideflow.Context, path: str) -> Any:
+    """b's failure is caught; the run then sleeps an hour (a live step after the failed one)."""
+    try:
+        return ctx.activity(counted_gated, path, "b")
+    except tideflow.ActivityError:
+        ctx.sleep(3600)
+        return "slept"
