@@ -372,6 +372,9 @@ def _rerun_step(s: Session, rt: Runtime, run: RunRecord, task: TaskRecord, *, ac
     _check_code_step(run, task)
     if run.state not in RUN_TERMINAL:
         raise InvalidState(f"run {run.id} is {run.state}; a step can be rerun only in a finished run")
+    live = [t for t in repo.run_steps(s, run.id) if (t.seq or 0) >= (task.seq or 0) and t.state in TASK_LIVE]
+    if live:  # a finished run's steps all ended (its end stopped them): this is a guard, not a case
+        raise InvalidState(f"run {run.id} has a live step at position {live[0].seq}; try again when it has ended")
     why = f"rerun from position {task.seq}"
     reset = _reset_code_run(s, rt, run, task.seq or 0, actor=actor, why=why)
     return _continue(s, rt, run, actor=actor, reason=f"{why} ({reset} steps superseded)"), reset
