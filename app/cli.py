@@ -322,6 +322,9 @@ def _render_run(d: dict[str, Any]) -> None:
         click.echo(f"state_values: {json.dumps(d['state_values'], sort_keys=True)}")
     if d["continued_run_id"]:
         click.echo(f"continued as new: run {d['continued_run_id']}")
+    if d.get("superseded_steps"):
+        click.echo(f"{len(d['superseded_steps'])} step(s) superseded by resets (task rerun / force-success): kept, "
+                   "marked (superseded) above")
     if d["cancel_requested"] and d["state"] not in RUN_TERMINAL:
         click.echo("cancel requested")
 
@@ -472,13 +475,20 @@ def task_logs(ids: tuple[str, ...], as_json: bool) -> None:
 @task.command("force-success")
 @click.argument("run_id", metavar="RUN", type=int)
 @click.argument("task_ref", metavar="TASK")
+@click.option("--result", "result_json", default=None, metavar="JSON",
+              help="the task's result (JSON; default null): a code run's ctx.activity returns it")
 @click.option("--reason", default="by request", show_default=True, help="recorded in the run's history")
-def task_force_success(run_id: int, task_ref: str, reason: str) -> None:
-    """Mark run RUN's failed task TASK (its name, or its task run id) succeeded: its downstream tasks continue, and
-    a failed run is running again."""
+def task_force_success(run_id: int, task_ref: str, result_json: str | None, reason: str) -> None:
+    """Mark run RUN's failed task TASK succeeded (its name or task run id; a code run's step also by its position,
+    #N): a DAG's downstream tasks continue, a code run is replayed with RESULT at that step; a failed run is
+    running again."""
+    try:
+        result = json.loads(result_json) if result_json is not None else None
+    except ValueError as exc:
+        raise click.UsageError(f"--result must be JSON: {exc}") from None
     tf = _client()
     task_run_id = tf.task_id(run_id, task_ref)
-    _, state = tf.force_success(task_run_id, actor="cli", reason=reason)
+    _, state = tf.force_success(task_run_id, actor="cli", reason=reason, result=result)
     click.echo(f"task {task_ref} (task run {task_run_id}) of run {run_id} forced to success (run now {state})")
 
 
@@ -486,12 +496,14 @@ def task_force_success(run_id: int, task_ref: str, reason: str) -> None:
 @click.argument("run_id", metavar="RUN", type=int)
 @click.argument("task_ref", metavar="TASK")
 def task_rerun(run_id: int, task_ref: str) -> None:
-    """Run finished run RUN again from its task TASK (its name, or its task run id): that task and everything
-    downstream of it run as new attempts (earlier attempts stay in the history)."""
+    """Run finished run RUN again from its task TASK (its name or task run id; a code run's step also by its
+    position, #N): a DAG's task and everything downstream of it run as new attempts; a code run is reset to that
+    step: it and every later step are superseded (kept) and run anew. Earlier attempts stay in the history."""
     tf = _client()
     task_run_id = tf.task_id(run_id, task_ref)
     _, state, reset = tf.rerun(task_run_id, actor="cli")
-    click.echo(f"rerunning run {run_id} from task {task_ref} ({reset} task(s) reset; run now {state})")
+    what = "step(s) superseded" if tf.run(run_id)["kind"] == "code" else "task(s) reset"
+    click.echo(f"rerunning run {run_id} from task {task_ref} ({reset} {what}; run now {state})")
 
 
 # -- tokens -----------------------------------------------------------------------------------------

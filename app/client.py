@@ -147,14 +147,23 @@ class Tideflow:
         """The task run id of a run's task given by name or task run id (as ``tideflow task logs RUN TASK``)."""
         return self.read(views.run_task_id, run_id, str(task))
 
-    def force_success(self, task_run_id: int, *, actor: str = "api", reason: str = "by request") -> tuple[int, str]:
-        """Mark a failed DAG task succeeded: its downstream continues (a failed run is running again). Returns the
-        run's id and state after."""
-        return control.force_success_task(self.runtime, task_run_id, actor=actor, reason=reason)
+    def force_success(
+        self, run_or_task_run_id: int, step: str | int | None = None, *, result: Any = None, actor: str = "api",
+        reason: str = "by request",
+    ) -> tuple[int, str]:
+        """Mark a failed task succeeded with ``result`` (JSON; default None): ``tf.force_success(run, step)`` (a
+        task name, a task run id, or a code run's step position ``"#3"``: as ``tideflow task force-success RUN
+        STEP``), or ``tf.force_success(task_run_id)``. A DAG run's downstream continues; a code run is replayed and
+        ``ctx.activity`` returns ``result`` at that position. Returns the run's id and state after."""
+        task_run_id = run_or_task_run_id if step is None else self.task_id(run_or_task_run_id, step)
+        return control.force_success_task(self.runtime, task_run_id, actor=actor, reason=reason, result=result)
 
-    def rerun(self, task_run_id: int, *, actor: str = "api") -> tuple[int, str, int]:
-        """Run a task of a finished DAG run again, and everything downstream of it. Returns the run's id, its
-        state after and how many tasks were reset."""
+    def rerun(self, run_or_task_run_id: int, step: str | int | None = None, *, actor: str = "api",
+              ) -> tuple[int, str, int]:
+        """Run a finished run again from a task (``tf.rerun(run, step)`` or ``tf.rerun(task_run_id)``): a DAG's
+        task and everything downstream of it; a code run reset to the step's position (it and every later step
+        superseded and run anew). Returns the run's id, its state after and how many tasks were reset."""
+        task_run_id = run_or_task_run_id if step is None else self.task_id(run_or_task_run_id, step)
         return control.rerun_task(self.runtime, task_run_id, actor=actor)
 
     def replay(self, run_id: int) -> Any:

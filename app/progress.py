@@ -43,7 +43,8 @@ def tasks_table(data: dict[str, Any]) -> Table:
               title=f"run {data['id']} · {data['workflow']} · {styled(data['state'])}")
     for task in data["tasks"]:
         dur = f"{task['duration']:.2f}s" if task["duration"] is not None else ""
-        t.add_row(str(task["id"]), task["name"], styled(task["state"]), str(task["attempt"]), dur,
+        name = task["name"] + (" (superseded)" if task.get("superseded_at") else "")  # by a code run's reset
+        t.add_row(str(task["id"]), name, styled(task["state"]), str(task["attempt"]), dur,
                   task["worker"] or "", escape(task["error"] or task.get("skip_reason") or ""))
     return t
 

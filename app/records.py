@@ -96,6 +96,8 @@ class TaskRecord:
     concurrency_limit: int | None = None
     rate_key: str | None = None
     rate_limit: str | None = None
+    #: a code run's step discarded by a reset (``task rerun`` / ``force-success``): kept, out of the history
+    superseded_at: datetime | None = None
     #: the run's workflow name, when the query joined it (message labels)
     workflow_name: str | None = field(default=None, compare=False)
 
@@ -125,7 +127,7 @@ class TaskRecord:
             result=m["result"], error=m["error"], created_at=m["created_at"], updated_at=m["updated_at"],
             started_at=m["started_at"], finished_at=m["finished_at"], seq=m["seq"], due_at=m["due_at"],
             pool=m["pool"], concurrency_key=m["concurrency_key"], concurrency_limit=m["concurrency_limit"],
-            rate_key=m["rate_key"], rate_limit=m["rate_limit"],
+            rate_key=m["rate_key"], rate_limit=m["rate_limit"], superseded_at=m["superseded_at"],
             # ``in``, not ``m.get``: a missing key costs RowMapping a raised and caught KeyError
             workflow_name=m["workflow_name"] if "workflow_name" in m else None,  # noqa: SIM401
         )

@@ -14,6 +14,7 @@ from app.api.schemas import (
     BackfillStarted,
     Error,
     EventView,
+    ForceSuccess,
     Health,
     PoolView,
     Registered,
@@ -254,18 +255,22 @@ TaskRunId = Annotated[int, Path(ge=1, le=MAX_ID, description="task run id")]
 
 @api.post("/tasks/{task_run_id}/force-success", response_model=RunDetail, tags=["tasks"],
           responses={**_NOT_FOUND, **_CONFLICT})
-def force_success(task_run_id: TaskRunId, tf: TF, request: Request) -> Any:
-    """Mark a failed task of a DAG run succeeded: its downstream continues, a failed run is running again (409 for
-    a task that is not failed, or a code run's step). Returns the task's run."""
-    run_id, _ = tf.force_success(task_run_id, actor=_actor(request))
+def force_success(task_run_id: TaskRunId, tf: TF, request: Request, body: ForceSuccess | None = None) -> Any:
+    """Mark a failed task succeeded, with ``result`` (JSON, default null). A DAG run's task: its downstream
+    continues, a failed run is running again. A code run's failed activity step: the run is replayed and
+    ``ctx.activity`` returns ``result`` there (positions recorded after it are superseded and replayed anew; 409
+    while one of them is live). 409 for a task that is not failed. Returns the task's run."""
+    run_id, _ = tf.force_success(task_run_id, result=body.result if body else None,
+                                 reason=body.reason if body else "by request", actor=_actor(request))
     return tf.run(run_id)
 
 
 @api.post("/tasks/{task_run_id}/rerun", response_model=RunDetail, tags=["tasks"],
           responses={**_NOT_FOUND, **_CONFLICT})
 def rerun_task(task_run_id: TaskRunId, tf: TF, request: Request) -> Any:
-    """Run a task of a finished DAG run again with everything downstream of it, as new attempts (409 while the run
-    is not finished). Returns the task's run."""
+    """Run a task of a finished DAG run again with everything downstream of it, as new attempts; in a finished
+    code run, reset it to the step's position: that step and every later one are superseded (kept) and run anew,
+    earlier ones replay their recorded results (409 while the run is not finished). Returns the task's run."""
     run_id, _, _ = tf.rerun(task_run_id, actor=_actor(request))
     return tf.run(run_id)
 

@@ -37,6 +37,12 @@ class SendSignal(_Strict):
                             description="idempotency key: the same key twice is one signal (delivered once)")
 
 
+class ForceSuccess(_Strict):
+    result: Any = Field(None, description="the task's result (any JSON; default null): a code run's ctx.activity "
+                                          "returns it at the step's position, a DAG task's downstream reads it")
+    reason: str = Field("by request", max_length=500, description="recorded in the run's history")
+
+
 class SignalSent(_Strict):
     id: int = Field(description="the signal's id (with a key sent before: the first signal's)")
     run_id: int
@@ -179,6 +185,8 @@ class TaskView(_Strict):
     pool: str | None = Field(description="the pool whose slot its attempts take")
     waiting_for: str | None = Field(description="a submitted task a limit holds back: why, e.g. 'pool db: 4/4 in "
                                                 "use'")
+    superseded_at: str | None = Field(description="a code run's step a reset (task rerun, force-success) "
+                                                  "superseded: when (kept; no longer in the history replay reads)")
 
 
 class StepView(_Strict):
@@ -197,6 +205,7 @@ class StepView(_Strict):
     started_at: str | None
     finished_at: str | None
     waiting_for: str | None = Field(description="an activity a limit holds back: why, e.g. 'pool db: 4/4 in use'")
+    superseded_at: str | None = Field(description="a step a reset superseded (superseded_steps): when")
 
 
 class Waiting(_Strict):
@@ -233,6 +242,9 @@ class RunDetail(RunSummary):
     waiting_for: str | None = Field(description="a queued run: why it has not started, e.g. 'max_active_runs of "
                                                 "etl: 2/2 running'")
     steps: list[StepView] = Field(description="a code run's steps in position order (empty for a DAG run)")
+    superseded_steps: list[StepView] = Field(
+        default_factory=list, description="a code run's steps superseded by resets (task rerun, force-success of an "
+        "earlier step): kept as they were, oldest reset first; the step now at each position is in steps")
     waiting: Waiting | None = Field(description="a running code run: what it waits for now")
     blocked: Blocked | None = Field(description="a blocked code run: its divergence")
     result: Any = Field(description="a code run's return value")

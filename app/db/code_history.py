@@ -21,6 +21,10 @@ T: Table = TaskRun.__table__  # type: ignore[assignment]
 HistoryRow = tuple[int, str, str, str, Any, str | None, int, int | None, Any]
 
 _TERMINAL = sorted(str(s) for s in TASK_TERMINAL)
+#: the history is the steps no reset superseded (``repository.supersede_steps``); a superseded step never changes
+#: again, and a reset changes the count of the terminal prefix (or its latest ``updated_at``), so a cached prefix
+#: read before a reset no longer matches its stamp
+_LIVE_ROW = T.c.superseded_at.is_(None)
 
 
 _COLUMNS = (T.c.seq, T.c.type, T.c.name, T.c.state, T.c.result, T.c.error, T.c.id, T.c.child_run_id, T.c.updated_at)
@@ -32,7 +36,8 @@ def _row(r: Any) -> HistoryRow:
 
 def history_from(s: Session, run_id: int, from_seq: int = 0) -> list[HistoryRow]:
     """A code run's steps at positions ``>= from_seq``, by position, with each one's ``updated_at`` last."""
-    q = select(*_COLUMNS).where(T.c.run_id == run_id, T.c.seq.is_not(None), T.c.seq >= from_seq).order_by(T.c.seq)
+    q = (select(*_COLUMNS).where(T.c.run_id == run_id, T.c.seq.is_not(None), T.c.seq >= from_seq, _LIVE_ROW)
+         .order_by(T.c.seq))
     return [_row(r) for r in s.execute(q)]
 
 
@@ -46,9 +51,9 @@ def history_since(s: Session, run_id: int, from_seq: int) -> tuple[PrefixStamp, 
     """In one query: the stamp of the run's terminal steps at positions ``< from_seq`` (compared with a cached
     prefix's), and the steps at positions ``>= from_seq`` (as :func:`history_from`)."""
     agg = select(func.count().label("n"), func.max(T.c.id).label("top"), func.max(T.c.updated_at).label("upd")).where(
-        T.c.run_id == run_id, T.c.seq.is_not(None), T.c.seq < from_seq, T.c.state.in_(_TERMINAL)).subquery()
+        T.c.run_id == run_id, T.c.seq.is_not(None), T.c.seq < from_seq, T.c.state.in_(_TERMINAL), _LIVE_ROW).subquery()
     q = (select(agg.c.n, agg.c.top, agg.c.upd, *_COLUMNS)
-         .select_from(agg.outerjoin(T, and_(T.c.run_id == run_id, T.c.seq >= from_seq)))
+         .select_from(agg.outerjoin(T, and_(T.c.run_id == run_id, T.c.seq >= from_seq, _LIVE_ROW)))
          .order_by(T.c.seq))
     stamp: PrefixStamp = (0, None, None)
     rows: list[HistoryRow] = []

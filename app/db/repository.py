@@ -217,7 +217,8 @@ def grid_tasks(s: Session, run_ids: Iterable[int]) -> Sequence[Any]:
     ids = list(run_ids)
     if not ids:
         return []
-    q = (select(T.c.run_id, T.c.id, T.c.name, T.c.state, T.c.attempt).where(T.c.run_id.in_(ids))
+    q = (select(T.c.run_id, T.c.id, T.c.name, T.c.state, T.c.attempt)
+         .where(T.c.run_id.in_(ids), T.c.superseded_at.is_(None))
          .order_by(T.c.run_id.desc(), T.c.seq, T.c.id))
     return s.execute(q).all()
 
@@ -275,9 +276,30 @@ def insert_steps(s: Session, rows: list[dict[str, Any]]) -> list[TaskRecord]:
 
 
 def run_steps(s: Session, run_id: int) -> list[TaskRecord]:
-    """A code run's history: its steps by position."""
+    """A code run's history: its steps by position (not the ones a reset superseded)."""
     return [TaskRecord.from_row(r) for r in s.execute(
-        select(T).where(T.c.run_id == run_id, T.c.seq.is_not(None)).order_by(T.c.seq))]
+        select(T).where(T.c.run_id == run_id, T.c.seq.is_not(None), T.c.superseded_at.is_(None)).order_by(T.c.seq))]
+
+
+def supersede_steps(
+    s: Session, run_id: int, from_seq: int, *, actor: str, reason: str, now: datetime,
+) -> list[TaskRecord]:
+    """A reset of a code run (``task rerun``, ``task force-success``; the caller holds the run's lock and has
+    checked none of them is live): its steps at positions ``>= from_seq`` leave the history replay reads. Their rows
+    are kept as they were (state, result, attempts: the history is append-only), marked ``superseded_at``, each with
+    an event; a signal one of them consumed is pending again (the replay delivers it anew, in arrival order).
+    Returns them, by position."""
+    rows = s.execute(update(T).where(T.c.run_id == run_id, T.c.seq.is_not(None), T.c.seq >= from_seq,
+                                     T.c.superseded_at.is_(None))
+                     .values(superseded_at=now, updated_at=now, handled=True).returning(*T.c)).all()
+    steps = sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: t.seq or 0)
+    for t in steps:
+        add_event(s, run_id=run_id, task_run_id=t.id, task_name=t.name, attempt=t.attempt, from_state=t.state,
+                  to_state=t.state, actor=actor, reason=f"superseded: {reason}", now=now)
+    if steps:
+        s.execute(update(S).where(S.c.run_id == run_id, S.c.task_run_id.in_([t.id for t in steps]))
+                  .values(task_run_id=None))
+    return steps
 
 
 def live_steps(s: Session, run_id: int) -> list[TaskRecord]:
@@ -297,7 +319,8 @@ def tasks_named(s: Session, run_id: int, names: Iterable[str]) -> list[TaskRecor
     wanted = list(names)
     if not wanted:
         return []
-    return [TaskRecord.from_row(r) for r in s.execute(select(T).where(T.c.run_id == run_id, T.c.name.in_(wanted)))]
+    return [TaskRecord.from_row(r) for r in s.execute(
+        select(T).where(T.c.run_id == run_id, T.c.name.in_(wanted), T.c.superseded_at.is_(None)))]
 
 
 def unhandled_tasks(s: Session, run_id: int) -> list[TaskRecord]:

@@ -137,7 +137,10 @@ class TaskRun(Base):
 
     __tablename__ = "task_runs"
     __table_args__ = (
-        UniqueConstraint("run_id", "name"),
+        # a task's name is unique in its run among the rows not superseded (a code run's step reset by ``task rerun``
+        # or ``task force-success`` keeps its row, superseded, next to the step that replaces it at its position)
+        Index("ux_task_runs_run_id_name", "run_id", "name", unique=True,
+              postgresql_where=text("superseded_at IS NULL"), sqlite_where=text("superseded_at IS NULL")),
         # reconciler: orphaned submitted tasks, by when they are due for a re-publish
         Index("ix_task_runs_submitted", "next_publish_at",
               postgresql_where=text("state = 'submitted'"), sqlite_where=text("state = 'submitted'")),
@@ -208,6 +211,9 @@ class TaskRun(Base):
     seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: a code run's timer: when it fires; a signal wait: when it times out (fired by the reconciler)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: a code run's step discarded by a reset (``task rerun``, or ``task force-success`` of an earlier step): kept
+    #: as it was (the history is append-only) but no longer part of the history replay reads; NULL: a live row
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # -- limits (app/services/limits.py) --
     #: the pool whose slot the task's attempt takes (``pool: NAME``): claimed only while one is free
     pool: Mapped[str | None] = mapped_column(String(100), nullable=True)

@@ -21,7 +21,7 @@ from app.records import RunRecord, TaskRecord, WorkflowRecord
 from app.runtime import Runtime
 from app.services import attempts
 from app.services.master import advance_locked, cancel_locked
-from app.states import RUN_TERMINAL, RunKind, RunState, TaskState
+from app.states import RUN_TERMINAL, TASK_LIVE, RunKind, RunState, TaskKind, TaskState
 
 
 def check_definition(
@@ -241,17 +241,14 @@ def resume_run(rt: Runtime, run_id: int, *, actor: str = "api") -> tuple[RunStat
         return RunState.PAUSED, str(after.state if after is not None else RunState.RUNNING)
 
 
-def _task_of(s: Session, task_run_id: int, command: str) -> tuple[RunRecord, TaskRecord]:
-    """The task run and its run (locked; the task read again under that lock) for a task command on a DAG run."""
+def _task_of(s: Session, task_run_id: int) -> tuple[RunRecord, TaskRecord]:
+    """The task run and its run (locked; the task read again under that lock) for a task command."""
     found = repo.get_task(s, task_run_id)
     if found is None:
         raise NotFound(f"task run {task_run_id} does not exist")
     run = _locked_run(s, found.run_id)
     task = repo.get_task(s, task_run_id)
     assert task is not None
-    if run.kind == RunKind.CODE:
-        raise InvalidState(f"task run {task_run_id} is a step of code run {run.id}: a code run's history is replayed, "
-                           f"so its steps cannot be {command} (start the run again)")
     return run, task
 
 
@@ -268,13 +265,19 @@ def _descendants(rt: Runtime, s: Session, run: RunRecord, name: str) -> set[str]
 
 
 def force_success_task(
-    rt: Runtime, task_run_id: int, *, actor: str = "api", reason: str = "by request",
+    rt: Runtime, task_run_id: int, *, actor: str = "api", reason: str = "by request", result: Any = None,
 ) -> tuple[int, str]:
-    """``failed -> succeeded`` by an operator (result null): its downstream tasks that were skipped (or, in a failed
-    run, every task the failure skipped or cancelled) go back to ``pending`` and the run continues: a failed run is
-    running again; a paused run continues when resumed. Returns the run's id and its state after."""
+    """``failed -> succeeded`` by an operator, with ``result`` (JSON; default null). A DAG run: its downstream
+    tasks that were skipped (or, in a failed run, every task the failure skipped or cancelled) go back to
+    ``pending`` and the run continues: a failed run is running again; a paused run continues when resumed. A code
+    run: :func:`_force_success_step`. Returns the run's id and its state after."""
+    from app.code.engine import to_json
+
+    result = to_json(result, "the forced result")
     with rt.db.transaction() as s:
-        run, task = _task_of(s, task_run_id, "forced")
+        run, task = _task_of(s, task_run_id)
+        if run.kind == RunKind.CODE:
+            return run.id, _force_success_step(s, rt, run, task, actor=actor, reason=reason, result=result)
         if task.state != TaskState.FAILED:
             raise InvalidState(f"task '{task.name}' (task run {task.id}) of run {run.id} is {task.state}; only a "
                                "failed task can be forced to success")
@@ -284,7 +287,7 @@ def force_success_task(
             raise InvalidState(f"run {run.id} is a failed child run; act on its parent run instead")
         now = utcnow()
         if not repo.transition_task(s, task, TaskState.SUCCEEDED, actor=actor, now=now, finished_at=now,
-                                    handled=True, result=None, error=None,
+                                    handled=True, result=result, error=None,
                                     reason=f"forced to success by {actor}: {reason}"):
             raise InvalidState(f"task run {task.id} changed meanwhile; try again")
         downstream = _descendants(rt, s, run, task.name)
@@ -295,12 +298,98 @@ def force_success_task(
         return run.id, _continue(s, rt, run, actor=actor, reason=f"task '{task.name}' forced to success")
 
 
+# -- a code run's steps: force-success and rerun are resets of its history (Temporal's reset) -------------------
+
+
+def _step_label(task: TaskRecord) -> str:
+    from app.code.engine import describe, step_name
+
+    return f"position {task.seq} ({describe(task.kind, step_name(task.name))}, task run {task.id})"
+
+
+def _check_code_step(run: RunRecord, task: TaskRecord) -> None:
+    if task.superseded_at is not None:
+        raise InvalidState(f"task run {task.id} of code run {run.id} was superseded by a reset: act on the step "
+                           f"now at position {task.seq}")
+    if run.parent_task_run_id is not None and run.state in RUN_TERMINAL:
+        raise InvalidState(f"run {run.id} is a finished child run; act on its parent run instead")
+    if run.continued_run_id is not None:
+        raise InvalidState(f"run {run.id} continued as new (run {run.continued_run_id}): act on that run instead")
+
+
+def _reset_code_run(s: Session, rt: Runtime, run: RunRecord, from_seq: int, *, actor: str, why: str) -> int:
+    """Supersede the run's steps at positions ``>= from_seq`` (kept, out of the history; the signals they consumed
+    are pending again) and clear what the run's end left behind (its cancel request, result, published state: the
+    replay rebuilds them). Returns how many steps were superseded."""
+    now = utcnow()
+    gone = repo.supersede_steps(s, run.id, from_seq, actor=actor, reason=why, now=now)
+    if run.state in RUN_TERMINAL:
+        repo.set_run_values(s, run.id, cancel_requested=False, result=None, state_values={})
+    return len(gone)
+
+
+def _force_success_step(
+    s: Session, rt: Runtime, run: RunRecord, task: TaskRecord, *, actor: str, reason: str, result: Any,
+) -> str:
+    """A code run's failed activity step becomes succeeded with ``result`` (its failed attempts stay), so the
+    replay's ``ctx.activity`` returns ``result`` at its position. The positions recorded after it were recorded by
+    a function that saw the failure: they are superseded as by :func:`_rerun_step` (and replayed anew), which is
+    refused while one of them is still live. A finished run is running again and replayed; a paused one waits for
+    resume."""
+    _check_code_step(run, task)
+    if task.kind != TaskKind.ACTIVITY:
+        raise InvalidState(f"{_step_label(task)} of code run {run.id} is not an activity; only a failed activity "
+                           "step can be forced to success")
+    if task.state != TaskState.FAILED:
+        raise InvalidState(f"{_step_label(task)} of code run {run.id} is {task.state}; only a failed activity step "
+                           "can be forced to success")
+    if run.state not in RUN_TERMINAL | {RunState.RUNNING, RunState.PAUSED}:
+        raise InvalidState(f"run {run.id} is {run.state}; resume it first")
+    later = [t for t in repo.run_steps(s, run.id) if (t.seq or 0) > (task.seq or 0)]
+    live = [t for t in later if t.state in TASK_LIVE]
+    if live:
+        raise InvalidState(f"run {run.id} is {run.state} with steps after position {task.seq} still live (from "
+                           f"position {live[0].seq}): forcing it would discard them; wait until they end, or cancel "
+                           "the run, then force it")
+    now = utcnow()
+    if not repo.transition_task(s, task, TaskState.SUCCEEDED, actor=actor, now=now, finished_at=now, handled=True,
+                                result=result, error=None,
+                                reason=f"forced to success by {actor} with result {json.dumps(result)[:200]}: "
+                                       f"{reason}"):
+        raise InvalidState(f"task run {task.id} changed meanwhile; try again")
+    why = f"position {task.seq} forced to success"
+    if later:
+        _reset_code_run(s, rt, run, (task.seq or 0) + 1, actor=actor, why=why)
+    elif run.state in RUN_TERMINAL:
+        repo.set_run_values(s, run.id, cancel_requested=False, result=None, state_values={})
+    return _continue(s, rt, run, actor=actor, reason=f"{_step_label(task)} forced to success")
+
+
+def _rerun_step(s: Session, rt: Runtime, run: RunRecord, task: TaskRecord, *, actor: str) -> tuple[str, int]:
+    """Temporal's reset: in a finished code run, the step at ``task``'s position and every one after it are
+    superseded (kept, out of the history) and the run is replayed: earlier positions return their recorded
+    results, this one and the rest run anew."""
+    _check_code_step(run, task)
+    if run.state not in RUN_TERMINAL:
+        raise InvalidState(f"run {run.id} is {run.state}; a step can be rerun only in a finished run")
+    live = [t for t in repo.run_steps(s, run.id) if (t.seq or 0) >= (task.seq or 0) and t.state in TASK_LIVE]
+    if live:  # a finished run's steps all ended (its end stopped them): this is a guard, not a case
+        raise InvalidState(f"run {run.id} has a live step at position {live[0].seq}; try again when it has ended")
+    why = f"rerun from position {task.seq}"
+    reset = _reset_code_run(s, rt, run, task.seq or 0, actor=actor, why=why)
+    return _continue(s, rt, run, actor=actor, reason=f"{why} ({reset} steps superseded)"), reset
+
+
 def rerun_task(rt: Runtime, task_run_id: int, *, actor: str = "api") -> tuple[int, str, int]:
     """"Start from this node": in a finished DAG run, the task and every task downstream of it go back to
-    ``pending`` (new attempts; earlier ones stay in the history) and the run is running again. Returns the run's
-    id, its state after and how many tasks were reset."""
+    ``pending`` (new attempts; earlier ones stay in the history) and the run is running again; in a finished code
+    run, a reset to the step's position (:func:`_rerun_step`). Returns the run's id, its state after and how many
+    tasks were reset (a code run: steps superseded)."""
     with rt.db.transaction() as s:
-        run, task = _task_of(s, task_run_id, "rerun")
+        run, task = _task_of(s, task_run_id)
+        if run.kind == RunKind.CODE:
+            state, reset = _rerun_step(s, rt, run, task, actor=actor)
+            return run.id, state, reset
         if run.state not in RUN_TERMINAL:
             raise InvalidState(f"run {run.id} is {run.state}; a task can be rerun only in a finished run")
         if run.parent_task_run_id is not None:

@@ -133,18 +133,28 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
             "started_at": _ts(a.started_at), "finished_at": _ts(a.finished_at), "duration": a.duration,
         })
     code = run.kind == RunKind.CODE
-    steps = sorted((t for t in tasks if t.seq is not None), key=lambda t: t.seq or 0) if code else []
+    steps = sorted((t for t in tasks if t.seq is not None and t.superseded_at is None),
+                   key=lambda t: t.seq or 0) if code else []
+    # the steps a reset (task rerun / force-success) superseded: kept, shown apart, oldest reset first
+    superseded = sorted((t for t in tasks if t.seq is not None and t.superseded_at is not None),
+                        key=lambda t: (t.superseded_at, t.seq or 0)) if code else []
     waits = limits.waiting_for(s, tasks)
-    return {
-        **run_summary(run),
-        "workflow_version": wf.version if wf else None,
-        "waiting_for": limits.run_waiting_for(s, run),
-        "steps": [{
+
+    def step(t: TaskRecord) -> dict[str, Any]:
+        return {
             "seq": t.seq, "kind": t.type, "name": step_name(t.name), "state": t.state, "task_run_id": t.id,
             "attempt": t.attempt, "attempts": by_task.get(t.id, []), "due_at": _ts(t.due_at),
             "child_run_id": t.child_run_id, "result": t.result, "error": t.error, "created_at": _ts(t.created_at),
             "started_at": _ts(t.started_at), "finished_at": _ts(t.finished_at), "waiting_for": waits.get(t.id),
-        } for t in steps],
+            "superseded_at": _ts(t.superseded_at),
+        }
+
+    return {
+        **run_summary(run),
+        "workflow_version": wf.version if wf else None,
+        "waiting_for": limits.run_waiting_for(s, run),
+        "steps": [step(t) for t in steps],
+        "superseded_steps": [step(t) for t in superseded],
         "waiting": _waiting(run, steps),
         "blocked": _blocked(run),
         "result": run.result if run.kind == "code" else None,
@@ -165,7 +175,7 @@ def show_run(s: Session, run_id: int) -> dict[str, Any]:
             "trigger_rule": defs.get(t.name, {}).get("trigger_rule", "all_success") if t.seq is None else None,
             "when": defs.get(t.name, {}).get("when"),
             "skip_reason": skipped.get(t.id) if t.state == TaskState.SKIPPED else None,
-            "pool": t.pool, "waiting_for": waits.get(t.id),
+            "pool": t.pool, "waiting_for": waits.get(t.id), "superseded_at": _ts(t.superseded_at),
         } for t in tasks],
     }
 
@@ -244,14 +254,31 @@ def run_task_logs(s: Session, run_id: int, task: str) -> dict[str, Any]:
 
 def run_task_id(s: Session, run_id: int, task: str) -> int:
     """The task run id of run ``run_id``'s task ``task``: its name, or its task run id (``tideflow task logs|
-    force-success|rerun RUN TASK``). A name a code run holds several steps of is an error naming their ids."""
-    if repo.get_run(s, run_id) is None:
+    force-success|rerun RUN TASK``). A code run's step is also named by its position (``#3``, or ``3`` when 3 is not
+    one of the run's task run ids), its row name (``charge#3``) or its name alone when one step of the history has
+    it. A name a run holds several steps of is an error naming them."""
+    run = repo.get_run(s, run_id)
+    if run is None:
         raise NotFound(f"run {run_id} does not exist")
     if task.isdigit():
         found = repo.get_task(s, int(task))
         if found is not None and found.run_id == run_id:
             return found.id
     named = repo.tasks_named(s, run_id, [task])
+    if not named and run.kind == RunKind.CODE:
+        steps = repo.run_steps(s, run_id)
+        position = task[1:] if task.startswith("#") else task
+        if position.isdigit():
+            named = [t for t in steps if t.seq == int(position)]
+            if not named:
+                raise NotFound(f"run {run_id} has no step at position {position} (its history has {len(steps)})")
+        else:
+            named = [t for t in steps if step_name(t.name) == task]
+            if len(named) > 1:
+                where = ", ".join(f"{t.name} (task run {t.id})" for t in named[:10]) + (", ..." if len(named) > 10
+                                                                                         else "")
+                raise NotFound(f"run {run_id} has {len(named)} steps named '{task}': {where}: give a position (#N) "
+                               "or a task run id")
     if not named:
         raise NotFound(f"run {run_id} has no task '{task}'")
     if len(named) > 1:

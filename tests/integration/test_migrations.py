@@ -27,7 +27,7 @@ def test_migrations_match_models(db_url):
 
 def test_upgrade_is_idempotent_and_recorded(db_url):
     upgrade(db_url)
-    assert current(db_url) == "0008"
+    assert current(db_url) == "0009"
 
 
 def test_downgrade_and_upgrade_round_trip(db_url):
@@ -53,7 +53,7 @@ def test_downgrade_and_upgrade_round_trip(db_url):
     command.downgrade(alembic_config(db_url), "base")
     assert current(db_url) is None
     upgrade(db_url)
-    assert current(db_url) == "0008"
+    assert current(db_url) == "0009"
 
 
 def test_upgrade_snapshots_existing_tasks_definitions_into_their_rows(db_url):

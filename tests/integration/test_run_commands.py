@@ -362,6 +362,174 @@ def test_pause_a_code_run_nothing_is_replayed_until_resume(cluster):
     tf.close()
 
 
+# -- code runs: force-success and rerun are resets of the history (Temporal's reset) -------------------------
+
+
+def _marks(path: Path, name: str) -> int:
+    """How many executions of ``name`` the activities recorded in ``path`` (tests.support.codeflows._mark)."""
+    return sum(1 for line in path.read_text().splitlines() if line.split(" ", 1)[0] == name) if path.exists() else 0
+
+
+@pytest.mark.cluster_env(TIDEFLOW_WORKFLOW_MODULES="tests.support.codeflows")
+def test_code_force_success_of_the_activity_that_failed_the_run(cluster, tmp_path):
+    """A code run failed by an activity's ActivityError: forced to success with a result, the run is running again,
+    is replayed, ``ctx.activity`` returns the forced value there and the function goes on (real workers)."""
+    cluster.start_worker("w1", concurrency=2)
+    tf = client_for(cluster, workflow_modules="tests.support.codeflows")
+    path = tmp_path / "marks"
+    Path(f"{path}.fail").touch()
+    run_id = tf.start_run("resettable", {"path": str(path)})
+    run = wait_run(tf, run_id, "failed", timeout=60)
+    assert "counted_gated" in run["error"] and run["steps"][1]["state"] == "failed"
+
+    refused = cluster.run_cli("task", "force-success", str(run_id), "#0")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("error: position 0 (activity 'counted', task run ")
+    assert refused.stderr.endswith(f"of code run {run_id} is succeeded; only a failed activity step can be forced "
+                                   "to success\n")
+    bad = cluster.run_cli("task", "force-success", str(run_id), "#1", "--result", "{nope")
+    assert bad.returncode == 2 and "--result must be JSON" in bad.stderr
+
+    out = cluster.run_cli("task", "force-success", str(run_id), "counted_gated", "--result", '{"v": 7}',
+                          "--reason", "paid by phone", check=True)
+    b_id = run["steps"][1]["task_run_id"]
+    assert out.stdout.strip() == (f"task counted_gated (task run {b_id}) of run {run_id} forced to success "
+                                  "(run now running)")
+    run = wait_run(tf, run_id, "succeeded", timeout=60)
+    assert run["result"] == {"a": 1, "b": {"v": 7}, "c": 1}
+    assert (_marks(path, "a"), _marks(path, "b"), _marks(path, "c")) == (1, 1, 1)  # b is not run again
+    assert [(a["attempt"], a["outcome"]) for a in run["steps"][1]["attempts"]] == [(1, "failed")]
+    events = history(tf, run_id)
+    forced = [e for e in events if e["task"] == "counted_gated#1" and (e["from"], e["to"]) == ("failed", "succeeded")]
+    assert len(forced) == 1 and forced[0]["actor"] == "cli"
+    assert forced[0]["reason"] == 'forced to success by cli with result {"v": 7}: paid by phone'
+    assert ("failed", "running", "cli") in _run_events(events)
+    tf.close()
+
+
+@pytest.mark.cluster_env(TIDEFLOW_WORKFLOW_MODULES="tests.support.codeflows")
+def test_code_rerun_from_the_middle_of_a_succeeded_run(cluster, tmp_path):
+    """Reset a succeeded code run to position 1: position 0 replays its recorded result (its activity is not run
+    again), positions 1 and 2 run anew; their first steps are kept, superseded (real workers)."""
+    cluster.start_worker("w1", concurrency=2)
+    tf = client_for(cluster, workflow_modules="tests.support.codeflows")
+    path = tmp_path / "marks"
+    run_id = tf.start_run("resettable", {"path": str(path)})
+    run = wait_run(tf, run_id, "succeeded", timeout=60)
+    assert run["result"] == {"a": 1, "b": 1, "c": 1}
+    first = [st["task_run_id"] for st in run["steps"]]
+    before = history(tf, run_id)
+
+    out = cluster.run_cli("task", "rerun", str(run_id), "#1", check=True)
+    assert out.stdout.strip() == f"rerunning run {run_id} from task #1 (2 step(s) superseded; run now running)"
+    run = wait_run(tf, run_id, "succeeded", timeout=60)
+    assert run["result"] == {"a": 1, "b": 2, "c": 2}
+    assert (_marks(path, "a"), _marks(path, "b"), _marks(path, "c")) == (1, 2, 2)
+    assert run["steps"][0]["task_run_id"] == first[0]
+    assert [st["task_run_id"] for st in run["superseded_steps"]] == first[1:]
+    assert [st["state"] for st in run["superseded_steps"]] == ["succeeded", "succeeded"]
+    events = history(tf, run_id)
+    assert events[:len(before)] == before  # the history is appended to
+    assert ("succeeded", "running", "cli") in _run_events(events)
+    assert sorted(e["task"] for e in events if e["reason"] == "superseded: rerun from position 1") == [
+        "counted#2", "counted_gated#1"]
+    shown = cluster.run_cli("run", "show", str(run_id), check=True)
+    assert "2 step(s) superseded by resets (task rerun / force-success): kept" in shown.stdout
+    # a step that is not there: a one-line error, nothing changes
+    assert tf.replay(run_id).ok
+    missing = cluster.run_cli("task", "rerun", str(run_id), "#9")
+    assert (missing.returncode, missing.stderr) == (1, f"error: run {run_id} has no step at position 9 (its history "
+                                                       "has 3)\n")
+    tf.close()
+
+
+@pytest.mark.cluster_env(TIDEFLOW_WORKFLOW_MODULES="tests.support.codeflows")
+def test_code_force_success_racing_the_worker_that_fails_the_step(cluster, tmp_path):
+    """Two operators press force-success on a code run's activity step while the worker is failing it: 409 while it
+    runs, then exactly one request lands and the other gets a 409; the run goes on with the forced result once."""
+    cluster.start_worker("w1", concurrency=2)
+    _web, base = cluster.start_web()
+    tf = client_for(cluster, workflow_modules="tests.support.codeflows")
+    path = tmp_path / "marks"
+    Path(f"{path}.fail").touch()
+    run_id = tf.start_run("resettable", {"path": str(path), "wait": 60.0})
+    step = wait_until(lambda: next((st for st in tf.run(run_id)["steps"] if st["seq"] == 1
+                                    and st["state"] == "running"), None), timeout=30, message="b never started")
+    b_id = step["task_run_id"]
+    statuses: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    landed = threading.Event()
+
+    def press() -> None:
+        with httpx.Client(base_url=base, headers=TOKEN, timeout=30) as http:
+            while not landed.is_set():
+                r = http.post(f"/api/tasks/{b_id}/force-success", json={"result": "forced", "reason": "race"})
+                with lock:
+                    statuses.append((r.status_code, r.json()["message"] if r.status_code != 200 else ""))
+                if r.status_code == 200:
+                    landed.set()
+                elif "is running" not in statuses[-1][1]:
+                    return  # refused because another request landed first
+    threads = [threading.Thread(target=press) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    Path(f"{path}.gate").touch()
+    for t in threads:
+        t.join(timeout=60)
+    assert [s for s, _ in statuses].count(200) == 1, statuses
+    assert {s for s, _ in statuses} <= {200, 409}, statuses
+    assert all("is running" in m or "is succeeded" in m for s, m in statuses if s == 409), statuses
+    run = wait_run(tf, run_id, "succeeded", timeout=60)
+    assert run["result"] == {"a": 1, "b": "forced", "c": 1}
+    assert (_marks(path, "b"), _marks(path, "c")) == (1, 1)
+    moves = [(e["from"], e["to"]) for e in history(tf, run_id) if e["task"] == "counted_gated#1"]
+    assert moves[-2:] == [("running", "failed"), ("failed", "succeeded")]
+    tf.close()
+
+
+@pytest.mark.cluster_env(TIDEFLOW_WORKFLOW_MODULES="tests.support.codeflows")
+def test_code_rerun_racing_the_worker_that_finishes_the_run(cluster, tmp_path):
+    """Rerun pressed (twice, concurrently) while the worker finishes a code run's step: 409 while the run is
+    running, then exactly one lands (the loser gets a 409), and the reset runs once."""
+    cluster.start_worker("w1", concurrency=2)
+    _web, base = cluster.start_web()
+    tf = client_for(cluster, workflow_modules="tests.support.codeflows")
+    path = tmp_path / "marks"
+    run_id = tf.start_run("resettable", {"path": str(path), "wait": 60.0})
+    wait_until(lambda: _marks(path, "a") == 1 and len(tf.run(run_id)["steps"]) == 2, timeout=30,
+               message="b never started")
+    a_id = tf.run(run_id)["steps"][0]["task_run_id"]
+    with httpx.Client(base_url=base, headers=TOKEN, timeout=30) as http:
+        r = http.post(f"/api/tasks/{a_id}/rerun")
+        assert (r.status_code, r.json()["message"]) == (
+            409, f"run {run_id} is running; a step can be rerun only in a finished run")
+    statuses: list[int] = []
+    landed = threading.Event()
+
+    def press() -> None:
+        with httpx.Client(base_url=base, headers=TOKEN, timeout=30) as http:
+            while not landed.is_set():
+                r = http.post(f"/api/tasks/{a_id}/rerun")
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    landed.set()
+    threads = [threading.Thread(target=press) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    Path(f"{path}.gate").touch()
+    for t in threads:
+        t.join(timeout=60)
+    assert statuses.count(200) == 1 and set(statuses) == {200, 409}, statuses
+    run = wait_run(tf, run_id, "succeeded", timeout=60)
+    assert run["result"] == {"a": 2, "b": 2, "c": 2}
+    assert (_marks(path, "a"), _marks(path, "b"), _marks(path, "c")) == (2, 2, 2)
+    assert len(run["superseded_steps"]) == 3
+    assert len([e for e in _run_events(history(tf, run_id)) if e[:2] == ("succeeded", "running")]) == 1
+    tf.close()
+
+
 # -- the API's answers (in process: no delivery involved) ----------------------------------------------------
 
 
@@ -393,8 +561,10 @@ def test_api_commands_answer_404_and_409_and_change_nothing_when_refused(pg_url)
             f"/api/tasks/{a_id}/rerun": (
                 409, f"run {dag['id']} is running; a task can be rerun only in a finished run"),
             f"/api/tasks/{step}/force-success": (
-                409, f"task run {step} is a step of code run {code['id']}: a code run's history is replayed, so its "
-                     "steps cannot be forced (start the run again)"),
+                409, f"position 0 (a wait for signal 'approve', task run {step}) of code run {code['id']} is not an "
+                     "activity; only a failed activity step can be forced to success"),
+            f"/api/tasks/{step}/rerun": (
+                409, f"run {code['id']} is running; a step can be rerun only in a finished run"),
         }
         for path, (status, message) in refused.items():
             r = post(path)

@@ -270,3 +270,71 @@ def pooled_add(a: int, b: int) -> int:
 def one_at_a_time(ctx: tideflow.Context, x: int) -> int:
     ctx.wait_signal("go")
     return int(ctx.activity(pooled_add, x, 1))
+
+
+# -- run control of code runs (force-success and rerun: resets of the history) ---------------------------------
+# The activities count their executions in a marker file (``_mark``), so in-process and real-worker tests alike
+# can tell which positions ran again.
+
+
+@tideflow.activity
+def counted(path: str, name: str) -> int:
+    """Which execution of ``name`` this is (1, 2, ...)."""
+    return _mark(path, name)
+
+
+@tideflow.activity
+def counted_gated(path: str, name: str, wait: float = 0.0) -> int:
+    """As :func:`counted`, but fails while ``<path>.fail`` exists; waits up to ``wait`` seconds for
+    ``<path>.gate`` first (to race it)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + wait
+    while wait and not os.path.exists(f"{path}.gate") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    n = _mark(path, name)
+    if os.path.exists(f"{path}.fail"):
+        raise RuntimeError(f"{name} failed (execution {n})")
+    return n
+
+
+@tideflow.workflow(name="resettable")
+def resettable(ctx: tideflow.Context, path: str, wait: float = 0.0) -> dict[str, Any]:
+    """a, then b (fails while ``<path>.fail`` exists), then c: each returns which execution it is."""
+    a = ctx.activity(counted, path, "a")
+    ctx.set_state("stage", "a")
+    b = ctx.activity(counted_gated, path, "b", wait)
+    ctx.set_state("stage", "b")
+    c = ctx.activity(counted, path, "c")
+    return {"a": a, "b": b, "c": c}
+
+
+@tideflow.workflow(name="catcher")
+def catcher(ctx: tideflow.Context, path: str) -> dict[str, Any]:
+    """b's failure is caught and compensated: forcing b changes what the function saw."""
+    try:
+        b = ctx.activity(counted_gated, path, "b")
+    except tideflow.ActivityError:
+        return {"b": None, "compensated": ctx.activity(counted, path, "comp")}
+    return {"b": b, "compensated": None}
+
+
+@tideflow.workflow(name="signalled")
+def signalled(ctx: tideflow.Context, path: str) -> dict[str, Any]:
+    first = ctx.activity(counted, path, "a")
+    go = ctx.wait_signal("go")
+    stamp = ctx.uuid4()
+    child = ctx.child("adder", x=first, y=1)
+    after = ctx.activity(counted, path, "after")
+    return {"go": go, "uuid": str(stamp), "child": child["first"], "after": after}
+
+
+@tideflow.workflow(name="catch_then_sleep")
+def catch_then_sleep(ctx: tideflow.Context, path: str) -> Any:
+    """b's failure is caught; the run then sleeps an hour (a live step after the failed one)."""
+    try:
+        return ctx.activity(counted_gated, path, "b")
+    except tideflow.ActivityError:
+        ctx.sleep(3600)
+        return "slept"

@@ -127,3 +127,61 @@ def test_a_blocked_code_run_shows_its_divergence_and_resumes(deployed: Any) -> N
               message="after resume the run should sleep (its next step)")
     assert not page.css("#code-blocked").is_displayed()
     assert [k for _, k, _ in steps(page)] == ["activity", "timer"]
+
+
+def test_force_success_with_a_result_and_rerun_from_a_step_of_a_code_run(page: Page, system: System,
+                                                                         tmp_path: Path) -> None:
+    """Select a step in the timeline: a failed activity step of a failed run offers "Mark succeeded" with a result
+    (JSON) and "Rerun from here"; the run is replayed with the result; rerun resets the finished run to a step,
+    whose superseded steps stay on the page, greyed, below the history."""
+    path = tmp_path / "marks"
+    Path(f"{path}.fail").touch()
+    run_id = system.start("resettable", {"path": str(path)})
+    system.wait_run(run_id, "failed")
+    page.login(f"/runs/{run_id}")
+    page.wait(lambda: steps(page) == [("0", "activity", "succeeded"), ("1", "activity", "failed")],
+              message="the failed run's steps")
+    assert not page.css("#task-actions").is_displayed()
+
+    page.css('#code-timeline .step-row[data-seq="0"] .gantt-label').click()  # succeeded: only rerun
+    page.wait(lambda: page.css("#rerun-btn").is_displayed() and not page.css("#force-success-btn").is_displayed(),
+              message="a succeeded step of a finished run offers only rerun")
+    page.css('#code-timeline .step-row[data-seq="1"] .gantt-label').click()
+    page.wait(lambda: page.css("#force-success-btn").is_displayed() and page.css("#force-result").is_displayed(),
+              message="a failed activity step offers force-success with a result")
+    field = page.css("#force-result")
+    field.send_keys("{nope")
+    page.css("#force-success-btn").click()
+    page.wait(lambda: "The result is not JSON" in page.text("#task-action-msg"))
+    assert system.run(run_id)["state"] == "failed"  # nothing was sent
+    field.clear()
+    field.send_keys('{"v": 5}')
+    page.css("#force-success-btn").click()
+    page.wait(lambda: page.text("dialog#confirm-dialog[open] #confirm-title") == "Mark step counted_gated#1 succeeded?",
+              message="force-success should ask first")
+    assert 'with the result {"v": 5}' in page.text("dialog#confirm-dialog[open]")
+    page.css("#confirm-yes").click()
+    system.wait_run(run_id, "succeeded", timeout=60)
+    page.wait(lambda: run_state(page) == "succeeded" and page.text("#code-result") != "null",
+              message="the page did not follow the replayed run to its end")
+    assert json.loads(page.text("#code-result")) == {"a": 1, "b": {"v": 5}, "c": 1}
+    assert page.text("#task-action-msg").startswith("Task counted_gated#1 marked succeeded")
+
+    Path(f"{path}.fail").unlink()
+    page.css('#code-timeline .step-row[data-seq="1"] .gantt-label').click()
+    page.wait(lambda: page.css("#rerun-btn").is_displayed() and not page.css("#force-success-btn").is_displayed())
+    page.css("#rerun-btn").click()
+    page.wait(lambda: page.text("dialog#confirm-dialog[open] #confirm-title")
+              == f"Reset run #{run_id} resettable to step counted_gated#1?", message="rerun should ask first")
+    page.css("#confirm-yes").click()
+    system.wait_run(run_id, "succeeded", timeout=60)
+    page.wait(lambda: json.loads(page.text("#code-result") or "null") == {"a": 1, "b": 2, "c": 2},
+              message="the rerun's result")
+    page.wait(lambda: [(r.get_attribute("data-seq"), r.get_attribute("data-state"))
+                       for r in page.all("#code-timeline .superseded-row")] == [("1", "succeeded"), ("2", "succeeded")],
+              message="the superseded steps should stay on the page")
+    assert "Superseded by a reset (2)" in page.text(".superseded-head")
+    assert steps(page) == [(str(i), "activity", "succeeded") for i in range(3)]
+    # a superseded step offers no command
+    page.css('#code-timeline .superseded-row[data-seq="2"] .gantt-label').click()
+    page.wait(lambda: not page.css("#task-actions").is_displayed(), message="a superseded step offers no command")

@@ -1,7 +1,9 @@
 // The code run part of the run page (run.js calls it when run.kind is "code"): the current wait in words, a
 // blocked run's divergence and Resume, the published state and result, the "send signal" form, and a timeline
 // of the steps in position order: activities with one bar per attempt, timers as spans to their due time,
-// signal waits as spans (to their timeout, if any), children as spans linking to their run page.
+// signal waits as spans (to their timeout, if any), children as spans linking to their run page; below them, the
+// steps a reset (task rerun, force-success) superseded, greyed. Selecting a step opens the task panel, whose
+// buttons force a failed activity step to success (with a result) and rerun a finished run from a step.
 'use strict';
 
 const TFCode = (() => {
@@ -24,7 +26,7 @@ const TFCode = (() => {
   function range(run) {
     const starts = [time(run.created_at)];
     const ends = [run.finished_at ? time(run.finished_at) : now()];
-    for (const st of run.steps) {
+    for (const st of run.steps.concat(run.superseded_steps || [])) {
       starts.push(time(st.started_at), time(st.created_at));
       ends.push(time(st.finished_at), time(st.due_at));
       for (const a of st.attempts) ends.push(a.finished_at ? time(a.finished_at) : now());
@@ -95,7 +97,18 @@ const TFCode = (() => {
       h('div', { class: 'gantt-track' }, lanes(st, r, select)));
     });
     const empty = run.steps.length ? [] : [h('p', { class: 'muted' }, 'No step yet.')];
-    $('code-timeline').replaceChildren(...TFGantt.axis(r), ...rows, ...empty);
+    // the steps resets superseded (task rerun, force-success): kept as they were, below the history they left
+    const gone = (run.superseded_steps || []).map((st) => h('div', {
+      class: `gantt-row superseded-row${st.task_run_id === selectedId ? ' selected' : ''}`,
+      'data-seq': st.seq, 'data-kind': st.kind, 'data-state': st.state, 'data-task-id': st.task_run_id,
+    },
+    h('div', { class: 'gantt-label', title: `superseded ${fmtTime(st.superseded_at)}: ${st.kind} ${st.name}`,
+      onclick: () => select(st.task_run_id) },
+    h('span', { class: 'step-kind kind-superseded' }, 'superseded'), ' ', `${st.seq} ${st.name}`),
+    h('div', { class: 'gantt-track' }, lanes(st, r, select))));
+    const head = gone.length ? [h('p', { class: 'muted superseded-head' },
+      `Superseded by a reset (${gone.length}): kept as they were; the steps above replaced them.`)] : [];
+    $('code-timeline').replaceChildren(...TFGantt.axis(r), ...rows, ...empty, ...head, ...gone);
   }
 
   // -- the wait, the divergence, state and result ----------------------------------------------------

@@ -78,12 +78,18 @@
     renderTaskActions();
   }
 
-  // the selected task's commands: force-success a failed task, rerun a task of a finished run (DAG runs)
+  // the selected task's commands: force-success a failed task (with a result), rerun a task of a finished run.
+  // A code run's step: force-success of a failed activity step, rerun (a reset to its position) in a finished
+  // run; a step a reset superseded offers neither
   function renderTaskActions() {
-    const t = run && run.kind === 'dag' && run.tasks.find((x) => x.id === selectedId);
-    const force = Boolean(t) && t.state === 'failed' && ['running', 'paused', 'failed'].includes(run.state);
-    const rerun = Boolean(t) && TERMINAL.has(run.state);
-    $('force-success-btn').hidden = !force;
+    const t = run && run.tasks.find((x) => x.id === selectedId);
+    const code = Boolean(run) && run.kind === 'code';
+    const live = Boolean(t) && !t.superseded_at;
+    const force = live && t.state === 'failed' && (code
+      ? t.type === 'activity' && run.state !== 'blocked' && run.state !== 'queued'
+      : ['running', 'paused', 'failed'].includes(run.state));
+    const rerun = live && TERMINAL.has(run.state);
+    $('force-success-btn').hidden = $('force-result').hidden = !force;
     $('rerun-btn').hidden = !rerun;
     $('force-success-btn').disabled = $('rerun-btn').disabled = acting;
     $('task-actions').hidden = !force && !rerun;
@@ -93,10 +99,13 @@
     const duration = t.duration !== null ? fmtDuration(t.duration)
       : (t.started_at && t.state === 'running' ? `${fmtDuration(elapsed(t.started_at))}…` : '—');
     return h('tr', {
-      class: `clickable${t.id === selectedId ? ' selected' : ''}`, 'data-task': t.name, 'data-task-id': t.id,
-      'data-state': t.state, onclick: () => select(t.id),
+      class: `clickable${t.id === selectedId ? ' selected' : ''}${t.superseded_at ? ' superseded-row' : ''}`,
+      'data-task': t.name, 'data-task-id': t.id, 'data-state': t.state,
+      'data-superseded': t.superseded_at ? 'true' : 'false', onclick: () => select(t.id),
     },
-    h('td', {}, h('strong', {}, t.name)),
+    h('td', {}, h('strong', {}, t.name), t.superseded_at
+      ? h('span', { class: 'muted superseded', title: `superseded by a reset ${fmtTime(t.superseded_at)}` },
+        ' superseded') : null),
     h('td', {}, t.type),
     h('td', t.skip_reason ? { title: t.skip_reason } : {}, badge(t.state), t.waiting_for  // limits: a task a full pool holds back says so
       ? h('div', { class: 'muted waiting-for' }, `waiting for ${t.waiting_for}`) : null),
@@ -269,13 +278,26 @@
     poller.kick();
   }
 
+  // the forced result typed in the task panel: JSON, empty for null (undefined: not JSON, said in the panel)
+  function forcedResult() {
+    const raw = $('force-result').value.trim();
+    if (!raw) return null;
+    try {
+      return JSON.parse(raw);
+    } catch (err) {
+      showAlert($('task-action-msg'), `The result is not JSON: ${err.message}`, 'error');
+      return undefined;
+    }
+  }
+
   // a task command (POST /api/tasks/{id}/force-success | rerun): answers with the task's run
-  async function actOnTask(kind, t) {
+  async function actOnTask(kind, t, body) {
     acting = true;
     renderControls(poller.active);
     showAlert($('task-action-msg'), kind === 'rerun' ? 'Rerunning…' : 'Marking succeeded…', 'ok');
     try {
-      const result = await api(`/api/tasks/${t.id}/${kind}`, { method: 'POST' });
+      const result = await api(`/api/tasks/${t.id}/${kind}`, body === undefined ? { method: 'POST' }
+        : { method: 'POST', body });
       showAlert($('task-action-msg'), kind === 'rerun'
         ? `Rerunning from task ${t.name}: the run is ${result.state}.`
         : `Task ${t.name} marked succeeded: the run is ${result.state}.`, 'ok');
@@ -304,10 +326,21 @@
         return TF.confirmAction(`Resume run ${name}?`, 'Tasks that were waiting start again and the run goes on.',
           'Resume run', { danger: false });
       case 'force-success':
+        if (run.kind === 'code') {
+          return TF.confirmAction(`Mark step ${t.name} succeeded?`, `Step ${t.name} of run ${name} failed; it is `
+            + `recorded as succeeded with the result ${$('force-result').value.trim() || 'null'} and the run is `
+            + 'replayed: the workflow gets that result at this step. Steps recorded after it are superseded (kept '
+            + 'in the history) and run again.', 'Mark succeeded');
+        }
         return TF.confirmAction(`Mark task ${t.name} succeeded?`, `Task ${t.name} of run ${name} failed; it is `
-          + 'recorded as succeeded (with no result) and the tasks downstream of it run. A failed run runs again.',
-        'Mark succeeded');
+          + 'recorded as succeeded (with the result given, or none) and the tasks downstream of it run. A failed run '
+          + 'runs again.', 'Mark succeeded');
       case 'rerun':
+        if (run.kind === 'code') {
+          return TF.confirmAction(`Reset run ${name} to step ${t.name}?`, `Step ${t.name} and every step after it `
+            + 'are superseded (kept in the history) and run anew; the steps before it keep their results. The run '
+            + 'is running again.', 'Rerun', { danger: false });
+        }
         return TF.confirmAction(`Rerun run ${name} from task ${t.name}?`, `Task ${t.name} and every task downstream `
           + 'of it run again as new attempts (earlier attempts stay in the history); the run is running again.',
         'Rerun', { danger: false });
@@ -324,7 +357,9 @@
   for (const kind of ['force-success', 'rerun']) {
     $(`${kind}-btn`).addEventListener('click', async () => {
       const t = run && run.tasks.find((x) => x.id === selectedId);
-      if (t && await confirmed(kind)) actOnTask(kind, t);
+      const body = kind === 'force-success' ? { result: forcedResult() } : undefined;
+      if (body && body.result === undefined) return;
+      if (t && await confirmed(kind)) actOnTask(kind, t, body);
     });
   }
   TFCode.init({ runId, changed: () => { logsKey = null; poller.kick(); } });
