@@ -180,7 +180,7 @@ class InProcess:
                                                "master": []}
         self.done = 0
         with self.rt.db.transaction() as s:
-            row, _ = control.register_workflow(s, definition)
+            row, _, _ = control.register_workflow(s, definition)
         self.start_s: list[float] = []
         for _ in range(runs):
             t = time.perf_counter()
@@ -341,7 +341,7 @@ def populate(rt: Runtime, rows: int, per_run: int = 10) -> None:
     from app.services import control
 
     with rt.db.transaction() as s:
-        wf, _ = control.register_workflow(s, spec)
+        wf, _, _ = control.register_workflow(s, spec)
     n_runs = max(1, rows // per_run)
     with rt.db.transaction() as s:
         s.execute(insert(WorkflowRun), [
@@ -519,6 +519,8 @@ class Monitor:
 
         self.db_url = db_url
         self.reconnects = 0
+        #: backends serving this bench process (its start_run transactions and its polling), counted apart
+        self.bench_pids: set[int] = set()
         self.conn = psycopg.connect(psycopg_conninfo(db_url), autocommit=True)
         self.own_pid = int(self.conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
         self.redis = None
@@ -539,8 +541,8 @@ class Monitor:
         import psycopg
 
         try:
-            rows = self.conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                                     "AND pid <> pg_backend_pid()").fetchall()
+            rows = self.conn.execute("SELECT pid, client_port FROM pg_stat_activity WHERE datname = "
+                                     "current_database() AND pid <> pg_backend_pid()").fetchall()
         except psycopg.OperationalError:  # the server restarted (another session's crash test): sample on
             self.reconnects += 1
             with contextlib.suppress(psycopg.Error):
@@ -548,6 +550,10 @@ class Monitor:
             with contextlib.suppress(psycopg.Error):
                 self.conn = psycopg_connect(self.db_url)
             return []
+        mine = own_ports()
+        for pid, port in rows:
+            if port in mine:
+                self.bench_pids.add(int(pid))
         return [int(r[0]) for r in rows]
 
     def sample(self) -> None:
@@ -578,7 +584,17 @@ class Monitor:
         self.sample()
         with contextlib.suppress(Exception):
             self.conn.close()
-        return sum(self.last[pid] - self.first[pid] for pid in self.last)
+        return sum(self.last[pid] - self.first[pid] for pid in self.last if pid not in self.bench_pids)
+
+    def bench_cpu(self) -> float:
+        return sum(self.last[pid] - self.first[pid] for pid in self.last if pid in self.bench_pids)
+
+
+def own_ports() -> set[int]:
+    """Local TCP ports of this process's connections to PostgreSQL (5432)."""
+    import psutil
+
+    return {c.laddr.port for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.raddr.port == 5432}
 
 
 class Pollers:
@@ -690,6 +706,9 @@ def cpu_window(servers: Servers, args: Any, tasks: int, definition: dict[str, An
                 start_cpu = 0.0
                 left = n_runs
                 while left > 0:
+                    if args.in_flight and dep.unfinished() >= args.in_flight:
+                        time.sleep(0.25)  # keep the queue's backlog short of the orphan timeout (see the notes)
+                        continue
                     batch = min(args.start_batch, left)
                     c = time.thread_time()
                     start_batch(dep, name, batch)
@@ -702,17 +721,19 @@ def cpu_window(servers: Servers, args: Any, tasks: int, definition: dict[str, An
             finally:
                 pg = mon.close()
         sizes = table_sizes(db_url)
+        ignored = sum(1 for line in dep.worker.own_log().splitlines() if "; message for attempt" in line)
         with dep.tf.runtime.db.read() as s:
             executed = int(s.execute(select(func.count()).select_from(TaskRun)
                                      .where(TaskRun.state == "succeeded")).scalar_one())
         cpu = {k: after[k] - before[k] for k in procs}
         cpu["client start_run"] = start_cpu
         cpu["PostgreSQL backends"] = pg
+        cpu["PostgreSQL backends of the bench (start_run, polling)"] = mon.bench_cpu()
         broker = broker1 - broker0 - idle_rabbit * wall
         cpu["RabbitMQ (beam.smp, minus idle)" if rabbit else "Redis (INFO used_cpu_*)"] = broker
         return {"tasks": n_runs * per_run, "executed": executed, "wall_s": wall, "cpu": cpu, "sizes": sizes,
                 "master_depth_max": max(mon.depths) if mon.depths else float("nan"),
-                "monitor_reconnects": mon.reconnects,
+                "monitor_reconnects": mon.reconnects, "duplicates": ignored,
                 "web_requests": pollers.requests, "web_errors": pollers.errors, "idle_rabbit_per_s": idle_rabbit,
                 "processes": {k: len(v) for k, v in procs.items()}}
 
@@ -733,18 +754,21 @@ def part_d(servers: Servers, args: Any) -> list[dict[str, Any]]:
         print(f"(d) {size} tasks: {results[-1]}", file=sys.stderr, flush=True)  # kept if a later size fails
     for r in results:
         n = r["tasks"]
-        total = sum(r["cpu"].values())
+        total = sum(v for k, v in r["cpu"].items() if k != "web" and "of the bench" not in k)
         label = f"{n} tasks ({args.cpu_workflow}, {n // len(definition['tasks'])} runs)"
         for kind, sec in r["cpu"].items():
             rows.append({"part": "d", "case": label, "metric": f"CPU ms per task: {kind}",
                          "value": sec / n * 1000, "wall_s": r["wall_s"]})
-        rows.append({"part": "d", "case": label, "metric": "CPU ms per task: total", "value": total / n * 1000,
+        rows.append({"part": "d", "case": label, "metric": "CPU ms per task: total (web and the bench's backends "
+                     "excluded)", "value": total / n * 1000,
                      "wall_s": r["wall_s"],
                      "note": f"{r['executed']} tasks succeeded in {r['wall_s']:.1f}s ({n / r['wall_s']:.0f} tasks/s); "
                              f"web: {r['web_requests']} requests ({r['web_errors']} errors), "
                              f"{r['cpu']['web'] / r['wall_s'] * 1000:.1f} ms CPU per second; "
                              f"beat {r['cpu']['beat'] / r['wall_s'] * 1000:.2f} ms CPU per second; master queue "
-                             f"depth max {r['master_depth_max']}; processes {r['processes']}"
+                             f"depth max {r['master_depth_max']}; processes {r['processes']}; "
+                             f"{r['duplicates']} messages found their attempt already claimed or finished "
+                             "(re-published by the reconciler after waiting ORPHAN_TIMEOUT in the queue)"
                              + (f"; PostgreSQL restarted during the window ({r['monitor_reconnects']} reconnects)"
                                 if r["monitor_reconnects"] else "")
                              + (f"; RabbitMQ idle {r['idle_rabbit_per_s'] * 1000:.0f} ms CPU/s subtracted"
@@ -821,7 +845,9 @@ def main() -> None:
                    help="(d) a private redis-server, or the machine's RabbitMQ (its idle CPU subtracted)")
     p.add_argument("--rabbit-idle", type=float, default=20, help="(d) seconds of RabbitMQ idle CPU measured")
     p.add_argument("--concurrency", type=int, default=2, help="(d, e) worker pool processes")
-    p.add_argument("--start-batch", type=int, default=50, help="(d) runs started per transaction")
+    p.add_argument("--start-batch", type=int, default=20, help="(d) runs started per transaction")
+    p.add_argument("--in-flight", type=int, default=40,
+                   help="(d) start more runs only while fewer are running (0: start them all at once)")
     p.add_argument("--ui-lists", type=int, default=2, help="(d) UI runs lists polling the web process")
     p.add_argument("--ui-pages", type=int, default=2, help="(d) UI run pages polling the web process")
     p.add_argument("--widths", default="10,100,500", help="(e) widths of the wide runs")
