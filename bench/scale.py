@@ -876,7 +876,7 @@ def main() -> None:
         "PostgreSQL: the backends of the deployment's database (pg_stat_activity, sampled every 0.25 s; the "
         "server's shared walwriter/checkpointer/autovacuum are not counted); the broker: a private redis-server's "
         "INFO used_cpu_sys + used_cpu_user, or RabbitMQ's beam.smp minus its idle rate; client start_run: the "
-        "bench thread's CPU in start_run. CPU per task does not depend on how busy the machine is (wall-clock "
+        "bench thread's CPU in start_run. CPU per task moves much less with the machine's load than wall-clock "
         "throughput does)",
     ] if "d" in args.parts else []) + ([
         "(e): one run of --wide-tasks tasks, WIDTH parallel chains; advances handed to the master = "
