@@ -110,6 +110,50 @@ def db_upgrade() -> None:
     click.echo(f"database at {settings.database_url.split('@')[-1]} {report}")
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> float:
+    """``90d``, ``12h``, ``30m``, ``3600s`` (or bare seconds) -> seconds."""
+    unit = text[-1:].lower()
+    number = text[:-1] if unit in _DURATION_UNITS else text
+    try:
+        value = float(number) * _DURATION_UNITS.get(unit, 1)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: a duration like 90d, 12h, 30m or 3600s") from None
+    if value <= 0:
+        raise click.BadParameter(f"{text!r}: must be positive")
+    return value
+
+
+@db.command("prune")
+@click.option("--older-than", "older_than", required=True, help="finished more than this long ago: 90d, 12h, 30m")
+@click.option("--batch-size", default=500, show_default=True, help="top-level runs deleted per transaction")
+@click.option("--dry-run", is_flag=True, help="count what would be deleted, delete nothing")
+def db_prune(older_than: str, batch_size: int, dry_run: bool) -> None:
+    """Delete finished runs (with their child runs, tasks, attempts, events and signals) finished before a cutoff."""
+    from datetime import timedelta
+
+    from app.services.control import prune_history
+
+    tf = _client()
+    try:
+        report = prune_history(tf.runtime, timedelta(seconds=_duration(older_than)), batch_size=batch_size,
+                               dry_run=dry_run)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    finally:
+        tf.close()
+    cutoff = report.cutoff.isoformat(timespec="seconds")
+    kept = (f"; kept {report.kept_live_trees} finished run(s) whose child runs are not finished"
+            if report.kept_live_trees else "")
+    if dry_run:
+        click.echo(f"would delete {report.runs} run(s) and {report.tasks} task(s) finished before {cutoff}{kept}")
+    else:
+        click.echo(f"deleted {report.runs} run(s), {report.tasks} task(s), {report.attempts} attempt(s), "
+                   f"{report.events} event(s), {report.signals} signal(s) finished before {cutoff}{kept}")
+
+
 # -- workflows --------------------------------------------------------------------------------------
 @cli.group(cls=_Group)
 def workflow() -> None:

@@ -1011,3 +1011,75 @@ def record_start(s: Session, key: str, now: datetime, *, forget_before: datetime
     """Count one start against ``key``, and forget its starts that left the window."""
     s.execute(delete(RS).where(RS.c.rate_key == key, RS.c.started_at <= forget_before))
     s.execute(insert(RS).values(rate_key=key, started_at=now))
+
+
+# -- retention: deleting old finished runs (``tideflow db prune``) ------------------------------------------------
+
+_RUN_TERMINAL_STATES = [str(st) for st in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)]
+
+
+def prunable_runs(s: Session, finished_before: datetime, limit: int, *, after: int = 0) -> list[int]:
+    """Up to ``limit`` top-level runs (no parent task) that are terminal and finished before ``finished_before``,
+    oldest id first, locked for this transaction (PostgreSQL; one locked by someone else is skipped), except a run
+    that a backfill still running counts (its fire row's run state is how the backfill tells a live fire time from
+    a done one)."""
+    in_running_backfill = exists(select(SF.c.id).join(BF, BF.c.id == SF.c.backfill_id)
+                                 .where(SF.c.run_id == R.c.id, BF.c.state == "running"))
+    q = (select(R.c.id).where(R.c.id > after, R.c.parent_task_run_id.is_(None), R.c.state.in_(_RUN_TERMINAL_STATES),
+                              R.c.finished_at < finished_before, ~in_running_backfill)
+         .order_by(R.c.id).limit(limit))
+    if _is_pg(s):  # as lock_run does: a retry or rerun of one of them waits for this transaction, or is skipped
+        q = q.with_for_update(skip_locked=True, key_share=True)
+    return list(s.execute(q).scalars())
+
+
+def run_trees(s: Session, root_ids: Sequence[int]) -> tuple[list[int], set[int]]:
+    """The runs of each root's tree (the root, its child runs, theirs...; locked, on PostgreSQL), and the roots
+    whose tree holds a run that is not terminal (a child still running, paused or blocked: not to be pruned)."""
+    root_of = {r: r for r in root_ids}
+    live_roots: set[int] = set()
+    level = list(root_ids)
+    while level:
+        q = (select(R.c.id, R.c.state, T.c.run_id).select_from(R.join(T, T.c.id == R.c.parent_task_run_id))
+             .where(T.c.run_id.in_(level)))
+        if _is_pg(s):
+            q = q.with_for_update(of=R, key_share=True)
+        level = []
+        for child, state, parent in s.execute(q):
+            if child in root_of:
+                continue
+            root_of[child] = root_of[parent]
+            if state not in _RUN_TERMINAL_STATES:
+                live_roots.add(root_of[child])
+            level.append(child)
+    return [r for r, root in root_of.items() if root not in live_roots], live_roots
+
+
+def delete_runs(s: Session, run_ids: Sequence[int]) -> dict[str, int]:
+    """Delete runs with their tasks, attempts, events and signals (callers pass whole finished trees, see
+    :func:`run_trees`). A schedule's fire row stays (it is what makes its fire time start at most one run), with
+    no run. Returns the rows deleted per table."""
+    if not run_ids:
+        return {"runs": 0, "tasks": 0, "attempts": 0, "events": 0, "signals": 0}
+    ids = list(run_ids)
+    tasks = select(T.c.id).where(T.c.run_id.in_(ids)).scalar_subquery()
+
+    def count(res: Any) -> int:
+        return int(res.rowcount)
+
+    # the two links between a parent's task and its child run, in both directions, go first
+    s.execute(update(T).where(T.c.run_id.in_(ids), T.c.child_run_id.is_not(None)).values(child_run_id=None))
+    s.execute(update(R).where(R.c.id.in_(ids), R.c.parent_task_run_id.is_not(None)).values(parent_task_run_id=None))
+    # by run id (indexed: ix_events_run_id_id, the signals' (run_id, key)): an event or signal about a task is its
+    # run's; one that were not would fail the batch's foreign keys, deleting nothing
+    out = {"events": count(s.execute(delete(E).where(E.c.run_id.in_(ids)))),
+           "signals": count(s.execute(delete(S).where(S.c.run_id.in_(ids)))),
+           "attempts": count(s.execute(delete(A).where(A.c.task_run_id.in_(tasks))))}
+    s.execute(update(SF).where(SF.c.run_id.in_(ids)).values(run_id=None))
+    out["tasks"] = count(s.execute(delete(T).where(T.c.run_id.in_(ids))))
+    out["runs"] = count(s.execute(delete(R).where(R.c.id.in_(ids))))
+    return out
+
+
+def count_tasks(s: Session, run_ids: Sequence[int]) -> int:
+    return int(s.execute(select(func.count()).select_from(T).where(T.c.run_id.in_(list(run_ids)))).scalar_one())

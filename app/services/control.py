@@ -5,7 +5,8 @@ downstream of it. Each is a guarded transition of :mod:`app.states` under the ru
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -413,3 +414,49 @@ def _continue(s: Session, rt: Runtime, run: RunRecord, *, actor: str, reason: st
     advance_locked(s, rt, fresh, actor=actor, full=True)
     after = repo.get_run(s, run.id)
     return str(after.state if after is not None else RunState.RUNNING)
+
+
+# -- retention ---------------------------------------------------------------------------------------------------
+
+#: the shortest ``older_than`` a prune accepts: a message for a task of a run may still arrive (and must find its
+#: row, or be retried until TIDEFLOW_MISSING_ROW_DEADLINE_SECONDS) well after the run has finished
+PRUNE_MIN_AGE = timedelta(hours=1)
+
+
+@dataclass
+class PruneReport:
+    cutoff: datetime
+    runs: int = 0
+    tasks: int = 0
+    attempts: int = 0
+    events: int = 0
+    signals: int = 0
+    kept_live_trees: int = 0  #: finished top-level runs kept because a child run of theirs is not finished
+    dry_run: bool = False
+
+
+def prune_history(rt: Runtime, older_than: timedelta, *, batch_size: int = 500, dry_run: bool = False) -> PruneReport:
+    """Delete the runs that finished more than ``older_than`` ago, with everything recorded about them (tasks,
+    attempts, events, signals): top-level runs in a terminal state, each with its whole tree of child runs, all of
+    them terminal; one transaction per batch of ``batch_size`` top-level runs. A run that a running backfill
+    counts, or whose tree holds a run that is not finished, stays. ``dry_run``: count, delete nothing."""
+    if older_than < PRUNE_MIN_AGE:
+        raise ValueError(f"older_than must be at least {PRUNE_MIN_AGE} (messages of a recently finished run may "
+                         "still be in flight)")
+    report = PruneReport(cutoff=utcnow() - older_than, dry_run=dry_run)
+    after = 0
+    while True:
+        with rt.db.transaction() as s:  # a dry run too: it locks what it counts, as the prune would
+            roots = repo.prunable_runs(s, report.cutoff, batch_size, after=after)
+            if not roots:
+                return report
+            after = roots[-1]
+            ids, live = repo.run_trees(s, roots)
+            report.kept_live_trees += len(live)
+            if dry_run:
+                report.runs += len(ids)
+                report.tasks += repo.count_tasks(s, ids)
+                continue
+            deleted = repo.delete_runs(s, ids)
+        for key, n in deleted.items():
+            setattr(report, key, getattr(report, key) + n)
