@@ -275,6 +275,7 @@ class Campaign:
         # a thread per started key: the mixed run, the code run beside it, and its signal a few seconds later
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="chaos-start")
         self._futures: list[Any] = []
+        self._awaiting: dict[int, tuple[str, int, str, float]] = {}  # code run id -> (key, n, stage, since)
         self.pg: PostgresServer | None = None
         self.redis: RedisServer | None = None
         self.supervisor: Supervisor | None = None
@@ -369,23 +370,44 @@ class Campaign:
                     break
         return None
 
-    def _wait_stage(self, run_id: int, stage: str, timeout: float = 300.0) -> bool:
-        """Poll (the workload's own pace, not a test synchronisation) until code run ``run_id`` published
-        ``stage`` (or got past it: the stages come in order); False if the campaign is closing."""
+    def _stage_reached(self, state_values: Any, state: str, stage: str) -> bool:
         order = ["sleeping", "waiting", "done"]
+        got = (state_values or {}).get("stage")
+        return bool(got in order and order.index(got) >= order.index(stage) or state in inv.RUN_TERMINAL)
+
+    def _stage_poller(self) -> None:
+        """One thread polls every code run waiting for its stage, in one query per pass (the workload's own
+        pace, not a test synchronisation), and hands each run whose stage came (or whose 300 s ran out: the
+        signal is kept until the run waits for it) to the start pool to send its signal. A thread per waiting
+        run held the start pool's threads for minutes on a loaded machine and starved the starts behind them."""
         assert self.engine is not None
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        while not self._closing.wait(0.2):
+            with self._budget_lock:
+                pending = dict(self._awaiting)
+            if not pending:
+                continue
+            ready: list[int] = []
             with contextlib.suppress(Exception):  # the database may be down: poll again
                 with self.engine.connect() as conn:
-                    row = conn.execute(select(repo.R.c.state_values, repo.R.c.state)
-                                       .where(repo.R.c.id == run_id)).one()
-                got = (row.state_values or {}).get("stage")
-                if got in order and order.index(got) >= order.index(stage) or row.state in inv.RUN_TERMINAL:
-                    return True
-            if self._closing.wait(0.2):
-                return False
-        return True
+                    rows = conn.execute(select(repo.R.c.id, repo.R.c.state_values, repo.R.c.state)
+                                        .where(repo.R.c.id.in_(list(pending)))).all()
+                ready = [r.id for r in rows if self._stage_reached(r.state_values, r.state, pending[r.id][2])]
+            now = time.time()
+            ready += [rid for rid, (_, _, _, since) in pending.items() if now - since > 300 and rid not in ready]
+            with self._budget_lock:
+                for rid in ready:
+                    ckey, n, _, _ = self._awaiting.pop(rid)
+                    self._futures.append(self._pool.submit(self._send_signal, rid, ckey, n))
+
+    def _awaiting_done(self) -> bool:
+        with self._budget_lock:
+            return not self._awaiting and all(f.done() for f in self._futures)
+
+    def _send_signal(self, run_id: int, ckey: str, n: int) -> None:
+        assert self.tf is not None
+        tf, sent = self.tf, [0]
+        self._retry(lambda: tf.signal(run_id, codeflows.SIGNAL, codeflows.signal_data(n), key=f"{ckey}-approve"), sent)
+        self.signal_errors[ckey] = sent[0]
 
     def _start_code(self, key: str, n: int) -> None:
         """Start the code run beside mixed run ``key`` (idempotent start key), then send its ``approve`` signal
@@ -398,11 +420,11 @@ class Campaign:
         if run_id is None:
             return
         stage = (None, "sleeping", "waiting")[n % 3]
-        if stage is not None and not self._wait_stage(run_id, stage):
-            return
-        sent = [0]
-        self._retry(lambda: tf.signal(run_id, codeflows.SIGNAL, codeflows.signal_data(n), key=f"{ckey}-approve"), sent)
-        self.signal_errors[ckey] = sent[0]
+        if stage is None:
+            self._send_signal(run_id, ckey, n)
+        else:
+            with self._budget_lock:
+                self._awaiting[run_id] = (ckey, n, stage, time.time())
 
     def start_runs(self, k: int) -> list[str]:
         """Start ``k`` runs now, each from its own thread (from the budget while it lasts, then extra ones)."""
@@ -445,6 +467,7 @@ class Campaign:
         starter = threading.Thread(target=self._starter, name="chaos-starter", daemon=True)
         self.t_window = time.time()
         starter.start()
+        threading.Thread(target=self._stage_poller, name="chaos-stages", daemon=True).start()
         for injector in self._injectors:
             injector.start()
 
@@ -465,8 +488,8 @@ class Campaign:
             injector.fault.lift()
         self._disarm()
         self.t_faults_end = time.time()
-        wait_until(lambda: all(f.done() for f in self._futures), timeout=330, interval=0.1,
-                   message="start_run calls did not return")
+        wait_until(self._awaiting_done, timeout=330, interval=0.1,
+                   message="start_run and signal calls did not return")
         assert self.supervisor is not None
         wait_until(self.supervisor.all_ready, timeout=120, interval=0.1, message="processes did not come back")
         self._stop_schedule()
