@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
     print(f"[deploy {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
@@ -51,12 +51,12 @@ def compose_command() -> list[str]:
 def images(compose_command: list[str]) -> Images:
     started = time.monotonic()
     try:
-        base = d.python_base(_log)
+        base = d.python_base(log)
     except d.Unavailable as exc:
         pytest.skip(f"tests/deploy: {exc}")
-    made = Images(python=base, postgres=d.standin("postgres", base, _log), redis=d.standin("redis", base, _log),
-                  tideflow=d.tideflow_image(base, d.wheelhouse(base, _log), _log))
-    _log(f"images ready in {time.monotonic() - started:.0f} s: {made}")
+    made = Images(python=base, postgres=d.standin("postgres", base, log), redis=d.standin("redis", base, log),
+                  tideflow=d.tideflow_image(base, d.wheelhouse(base, log), log))
+    log(f"images ready in {time.monotonic() - started:.0f} s: {made}")
     return made
 
 

@@ -193,8 +193,8 @@ def standin(name: str, base: str, log: Callable[[str], None]) -> str:
     tag = f"{PREFIX}/{name}:{digest(base, *(p.name for p in files), *(p.read_bytes() for p in files))}"
     if not image_exists(tag):
         log(f"building {tag} (Debian's {name}) FROM {base}")
-        docker("build", "-q", "-f", IMAGES / f"{name}.Dockerfile", "--build-arg", f"BASE={base}", "-t", tag, IMAGES,
-               timeout=900)
+        docker("build", "--force-rm", "-q", "-f", IMAGES / f"{name}.Dockerfile", "--build-arg", f"BASE={base}",
+               "-t", tag, IMAGES, timeout=900)
         replace_older(tag)
     return tag
 
@@ -251,7 +251,7 @@ def tideflow_image(base: str, wheels: Path, log: Callable[[str], None]) -> str:
         shutil.copytree(wheels, context / "docker" / "wheels")
         log(f"building {tag} FROM {base} (docker/Dockerfile, wheels from {wheels}, no package index)")
         started = time.monotonic()
-        docker("build", "-f", context / "docker" / "Dockerfile", "--build-arg", f"PYTHON_IMAGE={base}",
+        docker("build", "--force-rm", "-f", context / "docker" / "Dockerfile", "--build-arg", f"PYTHON_IMAGE={base}",
                "--build-arg", "PIP_NO_INDEX=1", "-t", tag, context, timeout=1200)
         log(f"built {tag} in {time.monotonic() - started:.0f} s")
     replace_older(tag)

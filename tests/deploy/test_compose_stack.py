@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.deploy import docker as d
-from tests.deploy.conftest import Images, stack_variables
+from tests.deploy.conftest import Images, log, stack_variables
 
 pytestmark = pytest.mark.timeout(1800)  # the first run makes the base image (debootstrap) and builds everything
 
@@ -34,7 +34,8 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, project: 
              interval: float = 1.0) -> T:
     """Poll ``probe`` until it returns something truthy; at the deadline fail with ``what`` (and the project's
     logs)."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     last: Any = None
     while True:
         try:
@@ -43,6 +44,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, project: 
             last = exc
         else:
             if last:
+                log(f"{what}: {time.monotonic() - started:.1f} s")
                 return last
         if time.monotonic() > deadline:
             logs = project.logs() if project else ""
@@ -133,8 +135,9 @@ def start(client: httpx.Client, workflow: str, params: dict[str, Any] | None = N
 
 def finished(client: httpx.Client, project: d.Project, run_id: int, timeout: float = 120) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
-        run = client.get(f"/api/runs/{run_id}").json()
-        return run if run["state"] in ("succeeded", "failed", "cancelled") else None
+        answer = client.get(f"/api/runs/{run_id}")
+        run = answer.json() if answer.status_code == 200 else {}
+        return run if run.get("state") in ("succeeded", "failed", "cancelled") else None
 
     return wait_for(f"run {run_id} finished", probe, timeout, project)
 
@@ -186,12 +189,13 @@ def test_compose_stop_in_the_middle_of_a_run_and_up_again_loses_nothing(stack):
             return tasks.get("slow") == "running"
 
         wait_for("task slow running", slow_running, 60, stack, interval=0.2)
+    started = time.monotonic()
     stack.compose("stop", timeout=400)  # the worker's warm shutdown lets `sleep 8` finish
+    log(f"compose stop: {time.monotonic() - started:.1f} s")
     assert stack.containers(running=True) == [], "compose stop left containers running"
     stack.compose("up", "-d", "--no-build", timeout=600)
-    wait_for("every service up and healthy again", lambda: services_up(stack), 240, stack)
     with api(stack) as client:
-        run = finished(client, stack, run_id)
+        run = finished(client, stack, run_id, timeout=240)  # the API answers once web is up again
         assert run["state"] == "succeeded", run
         tasks = {t["name"]: t for t in run["tasks"]}
         assert {name: t["state"] for name, t in tasks.items()} == dict.fromkeys(("slow", "side", "after"), "succeeded")
