@@ -4,6 +4,7 @@ fork in Celery pool children) and passed explicitly; there is no module-level si
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import threading
 from collections.abc import Callable
@@ -23,6 +24,18 @@ from app.errors import NotFound
 from app.templating import schedule_scope
 
 V = TypeVar("V")
+
+#: this process's start, told apart from any other process's: two containers on one host network share the
+#: hostname and can have the same pid (each has its own pid namespace), so host and pid alone are not an identity.
+#: Pool processes forked by one Celery worker inherit it (their pids differ).
+BOOT_ID = secrets.token_hex(3)
+
+
+def worker_identity(node: str | None = None) -> str:
+    """Who this process is in the history (``worker`` of task runs and attempts, ``actor`` of events):
+    ``NODE:BOOT:PID``, where NODE is the Celery node name (``worker@host``, ``master@host``; the hostname in other
+    processes), BOOT is :data:`BOOT_ID` and PID this process's id (still after the last colon)."""
+    return f"{node or socket.gethostname()}:{BOOT_ID}:{os.getpid()}"[-200:]  # the columns are String(200)
 
 
 @dataclass(frozen=True)
@@ -110,22 +123,25 @@ class Runtime:
     settings: Settings
     db: Database
     dispatcher: Dispatcher
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    #: :func:`worker_identity`
+    worker_id: str = field(default_factory=worker_identity)
     _workflows: Cache[LoadedWorkflow] = field(default_factory=lambda: Cache(1000), repr=False)
     _runs: Cache[RunInfo] = field(default_factory=lambda: Cache(10_000), repr=False)
     #: the code workflows' schedules were synced by this process (app/services/scheduler.py)
     schedules_synced: bool = field(default=False, repr=False)
 
     @classmethod
-    def create(cls, settings: Settings, dispatcher: Dispatcher) -> Runtime:
-        """The process's runtime. Puts ``TIDEFLOW_PYTHONPATH`` on ``sys.path`` and imports
-        ``TIDEFLOW_WORKFLOW_MODULES`` first (registering the code workflows and activities this process can run): a
-        module that does not import stops the process, naming it."""
+    def create(cls, settings: Settings, dispatcher: Dispatcher, node: str | None = None) -> Runtime:
+        """The process's runtime (``node``: a Celery worker's node name, part of :func:`worker_identity`). Puts
+        ``TIDEFLOW_PYTHONPATH`` on ``sys.path`` and imports ``TIDEFLOW_WORKFLOW_MODULES`` first (registering the code
+        workflows and activities this process can run): a module that does not import stops the process, naming
+        it."""
         if settings.workflow_modules or settings.pythonpath:
             from app.code.registry import load_modules
 
             load_modules(settings.workflow_modules, settings.pythonpath)
-        return cls(settings=settings, db=Database(settings.database_url, settings=settings), dispatcher=dispatcher)
+        return cls(settings=settings, db=Database(settings.database_url, settings=settings), dispatcher=dispatcher,
+                   worker_id=worker_identity(node))
 
     def workflow(self, s: Session, workflow_id: int) -> LoadedWorkflow:
         return self._workflows.get(workflow_id, lambda: self._load_workflow(s, workflow_id))

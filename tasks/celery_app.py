@@ -196,13 +196,24 @@ def _explain_database_error(exception: BaseException | None = None, reason: Base
             _schema_log.log(logging.ERROR if exception is not None else logging.WARNING, "tideflow: %s", said)
 
 
+#: this worker's Celery node name (``-n worker@%h``, expanded), set when the worker starts, before it forks its pool
+#: processes: part of their identity in the history (:func:`app.runtime.worker_identity`)
+_node: str | None = None
+
+
+@signals.celeryd_init.connect
+def _remember_node_name(sender: str | None = None, **_kwargs: Any) -> None:
+    global _node
+    _node = sender
+
+
 def runtime() -> Runtime:
     """The per-process :class:`~app.runtime.Runtime` (created lazily, again after a fork)."""
     from app.runtime import Runtime
 
     cached = getattr(app, "_tideflow_runtime", None)
     if cached is None or cached[0] != os.getpid():
-        rt = Runtime.create(app.conf.tideflow_settings, CeleryDispatcher(app))
+        rt = Runtime.create(app.conf.tideflow_settings, CeleryDispatcher(app), node=_node)
         app._tideflow_runtime = (os.getpid(), rt)  # type: ignore[attr-defined]
         return rt
     return cached[1]
