@@ -5,11 +5,25 @@ whether it landed, and writes its event row in the same transaction when it did.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, delete, exists, false, func, insert, literal_column, or_, select, update
+from sqlalchemy import (
+    Row,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +41,7 @@ from app.db.schema import (
     Signal,
     TaskAttempt,
     TaskRun,
+    UTCDateTime,
     Workflow,
     WorkflowRun,
 )
@@ -77,6 +92,93 @@ UNHANDLED = T.c.handled == false()  # renders the literal, matching ix_task_runs
 
 def _is_pg(s: Session) -> bool:
     return s.get_bind().dialect.name == "postgresql"
+
+
+# -- driver SQL: the hot path's statements, compiled once ------------------------------------------------
+#
+# On PostgreSQL the hot transitions (claim, finish, submit: each a guarded UPDATE with its event row, and the
+# attempt's row) run as ONE statement each, a data-modifying ``WITH`` (``WITH upd AS (UPDATE ... RETURNING ...),
+# ev AS (INSERT INTO events ... SELECT ... FROM upd) SELECT ... FROM upd``): the event (and the attempt's row) are
+# written only if the guarded update landed, in the same statement of the same transaction, so nothing about
+# the transition changes but the round trips. The SQL text is compiled from the Core statement once per shape
+# and run with ``exec_driver_sql`` on the session's connection (the same transaction; psycopg prepares it
+# server-side after a few executions): building and compiling a Core statement per call cost more client CPU
+# than the database spent running it. SQLite keeps the Core statements (no DML in ``WITH``).
+
+_DRIVER_SQL: dict[Any, tuple[str, dict[str, Any], dict[str, Callable[[Any], Any]]]] = {}
+
+
+def _driver_compile(s: Session, key: Any, build: Callable[[], tuple[Any, str, str]]) -> tuple[
+        str, dict[str, Any], dict[str, Callable[[Any], Any]]]:
+    """``build()`` -> (a Core statement with named ``bindparam``s, SQL before it, SQL after it), compiled once for
+    ``key``: the text, the statement's own fixed parameter values, and the bind processors (JSON)."""
+    entry = _DRIVER_SQL.get(key)
+    if entry is None:
+        stmt, head, tail = build()
+        compiled = stmt.compile(dialect=s.get_bind().dialect)
+        fixed = {k: v for k, v in compiled.params.items() if v is not None}
+        procs = {k: p for k, p in compiled._bind_processors.items() if p is not None}
+        entry = _DRIVER_SQL[key] = (head + compiled.string + tail, fixed, procs)
+    return entry
+
+
+def _driver_execute(s: Session, sql: tuple[str, dict[str, Any], dict[str, Callable[[Any], Any]]],
+                    params: dict[str, Any]) -> Any:
+    text, fixed, procs = sql
+    values = {**fixed, **params}
+    for name, proc in procs.items():
+        if name in values:
+            values[name] = proc(values[name])
+    first = getattr(s, "first_statement", None)
+    if first is not None and first():  # app.db.engine.RetryingSession: a dead pooled connection is replaced
+        return s.retry_first(lambda: s.connection().exec_driver_sql(text, values))  # type: ignore[attr-defined]
+    return s.connection().exec_driver_sql(text, values)
+
+
+#: the event row of a transition, written by the transition's own statement (``upd``: the updated task row)
+_EVENT_FROM_UPD = (", ev AS (INSERT INTO events (run_id, task_run_id, task_name, attempt, from_state, to_state, actor, "
+                   "reason, created_at) SELECT upd.run_id, upd.id, upd.name, upd.attempt, %(ev_from)s, %(ev_to)s, "
+                   "%(ev_actor)s, %(ev_reason)s, %(ev_now)s FROM upd)")
+
+
+def _event_params(src: str, to: str, actor: str, reason: str, now: datetime) -> dict[str, Any]:
+    return {"ev_from": str(src), "ev_to": str(to), "ev_actor": actor[:200], "ev_reason": reason, "ev_now": now}
+
+
+def _guarded_update(cond_keys: tuple[str, ...], value_keys: Iterable[str], returning: Any) -> Any:
+    """``UPDATE task_runs SET <value_keys> WHERE <guards> RETURNING ...`` with a bind parameter per value
+    (``v_<column>``) and per guard (``w_<name>``); the states compared are literals (partial indexes)."""
+    return (update(T).where(*[_GUARDS[k] for k in cond_keys])
+            .values({k: bindparam(f"v_{k}", type_=T.c[k].type) for k in value_keys}).returning(*returning))
+
+
+class _UTCRow:
+    """A driver row for ``*Record.from_row``: timestamps in UTC, as ``UTCDateTime`` returns them through Core."""
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, row: Any):
+        m = self._mapping = dict(zip(row._fields, row, strict=True))
+        for k in _TIMES.intersection(m):
+            if m[k] is not None:
+                m[k] = m[k].astimezone(UTC)
+
+
+#: the timestamp columns of the rows the driver statements return
+_TIMES = frozenset(c.name for t in (T, R) for c in t.c if isinstance(c.type, UTCDateTime))
+
+
+def _bind(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"v_{k}": v for k, v in values.items()}
+
+
+_GUARDS: dict[str, Any] = {
+    "id": T.c.id == bindparam("w_id"),
+    "attempt": T.c.attempt == bindparam("w_attempt"),
+    "fence": T.c.lease_token == bindparam("w_fence"),
+    "publish_count": T.c.publish_count == bindparam("w_publish_count"),
+    **{f"state={st}": T.c.state == literal_column(f"'{st}'") for st in TaskState},
+}
 
 
 # -- workflows --------------------------------------------------------------------------------------
@@ -165,10 +267,13 @@ def lock_run(s: Session, run_id: int, *, skip_locked: bool = False) -> RunRecord
     their task row's lock, and the foreign-key check's ``KEY SHARE`` lock must not wait on us (it would
     deadlock with an advance or cancel that updates that task). On SQLite the IMMEDIATE transaction already
     holds the database's write lock."""
-    q = select(R).where(R.c.id == run_id)
     if _is_pg(s):
-        q = q.with_for_update(skip_locked=skip_locked, key_share=True)
-    return _run(s.execute(q).first())
+        sql = _driver_compile(s, ("lock_run", skip_locked), lambda: (
+            select(R).where(R.c.id == bindparam("w_id")).with_for_update(skip_locked=skip_locked, key_share=True),
+            "", ""))
+        row = _driver_execute(s, sql, {"w_id": run_id}).first()
+        return RunRecord.from_row(_UTCRow(row)) if row is not None else None
+    return _run(s.execute(select(R).where(R.c.id == run_id)).first())
 
 
 def _with_parent_run() -> Any:
@@ -319,6 +424,12 @@ def tasks_named(s: Session, run_id: int, names: Iterable[str]) -> list[TaskRecor
     wanted = list(names)
     if not wanted:
         return []
+    if _is_pg(s):  # the advance's read of the finished task's children: driver SQL, one text for any number
+        sql = _driver_compile(s, "tasks_named", lambda: (
+            select(T).where(T.c.run_id == bindparam("w_run_id"), T.c.name == func.any(bindparam("w_names")),
+                            T.c.superseded_at.is_(None)), "", ""))
+        return [TaskRecord.from_row(_UTCRow(r)) for r in _driver_execute(s, sql, {"w_run_id": run_id,
+                                                                                 "w_names": wanted})]
     return [TaskRecord.from_row(r) for r in s.execute(
         select(T).where(T.c.run_id == run_id, T.c.name.in_(wanted), T.c.superseded_at.is_(None)))]
 
@@ -362,6 +473,12 @@ def task_results(s: Session, run_id: int, names: Iterable[str] | None = None) ->
         wanted = list(names)
         if not wanted:
             return {}
+        if _is_pg(s):  # a claim's read of its inputs: driver SQL
+            sql = _driver_compile(s, "task_results", lambda: (
+                select(T.c.name, T.c.result).where(T.c.run_id == bindparam("w_run_id"),
+                                                   T.c.state == literal_column(f"'{TaskState.SUCCEEDED}'"),
+                                                   T.c.name == func.any(bindparam("w_names"))), "", ""))
+            return {name: result for name, result in _driver_execute(s, sql, {"w_run_id": run_id, "w_names": wanted})}
         q = q.where(T.c.name.in_(wanted))
     return {name: result for name, result in s.execute(q)}
 
@@ -400,6 +517,17 @@ def transition_task(
         # a new attempt is ready to run now, or once its retry delay is over; a re-publish leaves it alone
         not_before = values.get("not_before")
         values["ready_at"] = max(now, not_before) if not_before is not None else now
+    if _is_pg(s):  # the update and its event in one statement (see "driver SQL" above)
+        keys = ("id", f"state={src}", "attempt", *(("fence",) if fence is not None else ()),
+                *(("publish_count",) if src == to == TaskState.SUBMITTED else ()))
+        values.update(state=to, updated_at=now)
+        names = tuple(sorted(values))
+        sql = _driver_compile(s, ("transition", keys, names), lambda: (
+            _guarded_update(keys, names, [T.c.id, T.c.run_id, T.c.name, T.c.attempt]), "WITH upd AS (",
+            ")" + _EVENT_FROM_UPD + " SELECT upd.id FROM upd"))
+        return _driver_execute(s, sql, {
+            "w_id": task.id, "w_attempt": task.attempt, "w_fence": fence, "w_publish_count": task.publish_count,
+            **_bind(values), **_event_params(src, to, actor, reason, now)}).first() is not None
     res = s.execute(update(T).where(*cond).values(state=to, updated_at=now, **values))
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return False
@@ -420,6 +548,15 @@ def transition_by_id(
     its event. Returns the updated row, or None if it did not land. The worker's hot path (claim, finish)."""
     check_task_transition(src, to)
     _terminal_defaults(to, values, now)
+    if _is_pg(s) and not where:
+        keys = ("id", f"state={src}", "attempt", *(("fence",) if fence is not None else ()))
+        values.update(state=to, updated_at=now)
+        names = tuple(sorted(values))
+        sql = _driver_compile(s, ("transition_by_id", keys, names), lambda: (
+            _guarded_update(keys, names, T.c), "WITH upd AS (", ")" + _EVENT_FROM_UPD + " SELECT * FROM upd"))
+        got = _driver_execute(s, sql, {"w_id": task_run_id, "w_attempt": attempt, "w_fence": fence, **_bind(values),
+                                       **_event_params(src, to, actor, reason, now)}).first()
+        return TaskRecord.from_row(_UTCRow(got)) if got is not None else None
     cond = [T.c.id == task_run_id, T.c.state == src, T.c.attempt == attempt, *where]
     if fence is not None:
         cond.append(T.c.lease_token == fence)
@@ -438,19 +575,59 @@ _RUN_NOT_PAUSED = ~exists().where(R.c.id == T.c.run_id, R.c.state == literal_col
 
 def claim_task(
     s: Session, task_run_id: int, attempt: int, *, actor: str, reason: str, now: datetime, unlimited: bool = False,
-    **values: Any,
+    pid: int | None = None, **values: Any,
 ) -> TaskRecord | None:
     """The worker's claim, ``submitted -> running`` for exactly ``attempt`` once its retry delay has passed
-    (no read before it). None when there was nothing to claim (missing row, other state or attempt, early).
+    (no read before it), with its event and, given ``pid``, the attempt's row (one statement on PostgreSQL).
+    None when there was nothing to claim (missing row, other state or attempt, early).
     ``unlimited``: only a task under no limit (no pool), so a claim of one costs nothing more than before
     limits existed; a limited task is claimed only after its admission (``app.services.limits``)."""
+    if _is_pg(s):
+        return _claim_pg(s, task_run_id, attempt, actor=actor, reason=reason, now=now, unlimited=unlimited,
+                         pid=pid, **values)
+    task = transition_by_id(
+        s, task_run_id, TaskState.SUBMITTED, TaskState.RUNNING, attempt=attempt, actor=actor, reason=reason,
+        now=now, where=[*_claim_guards(now, unlimited), _RUN_NOT_PAUSED], **values,
+    )
+    if task is not None and pid is not None:
+        insert_attempt(s, task, attempt=attempt, worker=values["worker"], pid=pid, now=now)
+    return task
+
+
+def _claim_guards(now: Any, unlimited: bool) -> list[Any]:
     where = [or_(T.c.not_before.is_(None), T.c.not_before <= now)]
     if unlimited:
         where += [T.c.pool.is_(None), T.c.concurrency_key.is_(None), T.c.rate_key.is_(None)]
-    return transition_by_id(
-        s, task_run_id, TaskState.SUBMITTED, TaskState.RUNNING, attempt=attempt, actor=actor, reason=reason,
-        now=now, where=[*where, _RUN_NOT_PAUSED], **values,
-    )
+    return where
+
+
+#: the claim's attempt row, written by the claim's own statement (``wait_seconds``: since ``ready_at``, clamped at 0)
+_ATTEMPT_FROM_UPD = (f", att AS (INSERT INTO task_attempts (task_run_id, attempt, worker, pid, outcome, started_at, "
+                     f"wait_seconds) SELECT upd.id, upd.attempt, %(v_worker)s, %(a_pid)s, '{AttemptOutcome.RUNNING}', "
+                     "%(ev_now)s, CASE WHEN upd.ready_at IS NULL THEN NULL "
+                     "ELSE GREATEST(EXTRACT(EPOCH FROM (%(ev_now)s - upd.ready_at)), 0) END FROM upd)")
+
+
+def _claim_pg(
+    s: Session, task_run_id: int, attempt: int, *, actor: str, reason: str, now: datetime, unlimited: bool,
+    pid: int | None, **values: Any,
+) -> TaskRecord | None:
+    """The claim on PostgreSQL: the guarded update, its event and the attempt's row in one statement."""
+    values.update(state=TaskState.RUNNING, updated_at=now)
+    names = tuple(sorted(values))
+
+    def build() -> tuple[Any, str, str]:
+        stmt = (update(T).where(_GUARDS["id"], _GUARDS[f"state={TaskState.SUBMITTED}"], _GUARDS["attempt"],
+                                *_claim_guards(bindparam("w_now", type_=T.c.not_before.type), unlimited),
+                                _RUN_NOT_PAUSED)
+                .values({k: bindparam(f"v_{k}", type_=T.c[k].type) for k in names}).returning(*T.c))
+        attempt_row = _ATTEMPT_FROM_UPD if pid is not None else ""
+        return stmt, "WITH upd AS (", ")" + _EVENT_FROM_UPD + attempt_row + " SELECT * FROM upd"
+
+    row = _driver_execute(s, _driver_compile(s, ("claim", unlimited, names, pid is None), build), {
+        "w_id": task_run_id, "w_attempt": attempt, "w_now": now, "a_pid": pid, **_bind(values),
+        **_event_params(TaskState.SUBMITTED, TaskState.RUNNING, actor, reason, now)}).first()
+    return TaskRecord.from_row(_UTCRow(row)) if row is not None else None
 
 
 def run_is_paused(s: Session, run_id: int) -> bool:
@@ -509,6 +686,39 @@ def insert_attempt(s: Session, task: TaskRecord, *, attempt: int, worker: str, p
     wait = max((now - ready_at).total_seconds(), 0.0) if ready_at is not None else None
     s.execute(_INSERT_ATTEMPT, {"task_run_id": task.id, "attempt": attempt, "worker": worker, "pid": pid,
                                 "outcome": AttemptOutcome.RUNNING, "started_at": now, "wait_seconds": wait})
+
+
+#: a finished attempt's row, written by the finishing transition's own statement
+_FINISH_ATTEMPT_FROM_UPD = (", att AS (UPDATE task_attempts SET outcome = %(a_outcome)s, finished_at = %(ev_now)s, "
+                            "duration = EXTRACT(EPOCH FROM (%(ev_now)s - task_attempts.started_at)), "
+                            "log = COALESCE(%(a_log)s, task_attempts.log) FROM upd "
+                            "WHERE task_attempts.task_run_id = upd.id AND task_attempts.attempt = upd.attempt "
+                            f"AND task_attempts.outcome = '{AttemptOutcome.RUNNING}')")
+
+
+def finish_running(
+    s: Session, task: TaskRecord, to: TaskState, *, fence: str, actor: str, reason: str, now: datetime,
+    outcome: AttemptOutcome, log: str | None, started_at: datetime | None, **values: Any,
+) -> bool:
+    """A running attempt's end: :func:`transition_task` fenced by its lease token, then :func:`finish_attempt`
+    (on PostgreSQL the update, its event and the attempt's row in one statement). False: the fence refused it."""
+    if not _is_pg(s):
+        if not transition_task(s, task, to, actor=actor, reason=reason, fence=fence, now=now, **values):
+            return False
+        finish_attempt(s, task.id, task.attempt, outcome=outcome, log=log, now=now, started_at=started_at)
+        return True
+    src = TaskState(task.state)
+    check_task_transition(src, to)
+    _terminal_defaults(to, values, now)
+    values.update(state=to, updated_at=now)
+    keys = ("id", f"state={src}", "attempt", "fence")
+    names = tuple(sorted(values))
+    sql = _driver_compile(s, ("finish_running", keys, names), lambda: (
+        _guarded_update(keys, names, [T.c.id, T.c.run_id, T.c.name, T.c.attempt]), "WITH upd AS (",
+        ")" + _EVENT_FROM_UPD + _FINISH_ATTEMPT_FROM_UPD + " SELECT upd.id FROM upd"))
+    return _driver_execute(s, sql, {
+        "w_id": task.id, "w_attempt": task.attempt, "w_fence": fence, "a_outcome": str(outcome), "a_log": log,
+        **_bind(values), **_event_params(src, to, actor, reason, now)}).first() is not None
 
 
 def finish_attempt(

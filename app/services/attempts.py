@@ -110,7 +110,7 @@ def claim(
     waiting (:mod:`app.services.limits`: it stays submitted, and is re-published when a slot frees)."""
     why = reason or f"claimed by {rt.worker_id}"
     task = repo.claim_task(
-        s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=why, unlimited=True,
+        s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=why, unlimited=True, pid=os.getpid(),
         worker=rt.worker_id, lease_token=token, lease_expires_at=after(rt.settings.lease_seconds, now),
         started_at=now,
     )
@@ -124,11 +124,9 @@ def claim(
         if refused is not None:
             return None
         task = repo.claim_task(
-            s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=why, worker=rt.worker_id,
+            s, task_run_id, attempt, actor=rt.worker_id, now=now, reason=why, pid=os.getpid(), worker=rt.worker_id,
             lease_token=token, lease_expires_at=after(rt.settings.lease_seconds, now), started_at=now,
         )
-    if task is not None:
-        repo.insert_attempt(s, task, attempt=attempt, worker=rt.worker_id, pid=os.getpid(), now=now)
     return task
 
 
@@ -148,15 +146,17 @@ def succeed(
     task: TaskRecord | None
     if claimed is not None and claimed.id == task_run_id and claimed.attempt == attempt \
             and claimed.state == TaskState.RUNNING:
-        landed = repo.transition_task(s, claimed, TaskState.SUCCEEDED, actor=rt.worker_id, fence=token, now=now,
-                                      reason="succeeded", **values)
+        landed = repo.finish_running(s, claimed, TaskState.SUCCEEDED, actor=rt.worker_id, fence=token, now=now,
+                                     reason="succeeded", outcome=AttemptOutcome.SUCCEEDED, log=log,
+                                     started_at=started_at, **values)
         task = replace(claimed, state=TaskState.SUCCEEDED, updated_at=now, **values) if landed else None
     else:
         task = repo.transition_by_id(s, task_run_id, TaskState.RUNNING, TaskState.SUCCEEDED, attempt=attempt,
                                      fence=token, actor=rt.worker_id, now=now, reason="succeeded", **values)
+        if task is not None:
+            repo.finish_attempt(s, task_run_id, attempt, outcome=AttemptOutcome.SUCCEEDED, log=log, now=now,
+                                started_at=started_at)
     if task is not None:
-        repo.finish_attempt(s, task_run_id, attempt, outcome=AttemptOutcome.SUCCEEDED, log=log, now=now,
-                            started_at=started_at)
         limits.release(s, rt, task, now)
     return task
 

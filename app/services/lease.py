@@ -1,6 +1,9 @@
 """Keeps a running attempt's lease alive, and stops the body when it must stop.
 
-A heartbeat thread renews the lease every ``heartbeat_interval``. The body is stopped when
+A heartbeat thread renews the lease every ``heartbeat_interval``. It is started only when it first has something
+to do (the first renewal, or the task's timeout, whichever comes first): one scheduler thread per process
+(:class:`_Starter`) starts it then, so a body that ends sooner (most tasks) costs no thread start, which cost a
+context switch per task on a busy host. The body is stopped when
 * the renewal does not land: the task was cancelled or the reconciler declared the attempt lost
   (a newer attempt may already be running) -- this worker has lost its lease;
 * the database has been unreachable for a whole lease: the lease has lapsed, so assume lost;
@@ -15,11 +18,14 @@ ignored because its claim fails).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import FrameType
 
@@ -32,6 +38,53 @@ from app.runtime import Runtime
 log = logging.getLogger(__name__)
 
 STOP_SIGNAL = signal.SIGUSR2
+
+
+class _Starter:
+    """Starts keepers' heartbeat threads when their first deadline comes (a heap of them; one daemon thread per
+    process, re-created after a fork). A keeper that ended before its deadline is dropped when it comes up (held
+    weakly: an ended keeper and the body's output it references are not kept alive until then)."""
+
+    GRANULARITY = 0.05  # wake at most this often: a deadline can be met up to this late
+
+    def __init__(self) -> None:
+        self._seq = itertools.count()
+        self._reset()
+
+    def _reset(self) -> None:  # also in a forked child: no thread, and a lock nobody holds
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, weakref.ref[LeaseKeeper]]] = []
+        self._pid = -1
+        self._wake_at = float("inf")
+
+    def add(self, keeper: LeaseKeeper, at: float) -> None:
+        with self._cond:
+            if self._pid != os.getpid():  # first use in this process (or a forked child): own thread
+                self._pid, self._heap, self._wake_at = os.getpid(), [], float("inf")
+                threading.Thread(target=self._run, name="lease-starter", daemon=True).start()
+            heapq.heappush(self._heap, (at, next(self._seq), weakref.ref(keeper)))
+            if at < self._wake_at:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            due: list[LeaseKeeper] = []
+            with self._cond:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    keeper = heapq.heappop(self._heap)[2]()
+                    if keeper is not None:
+                        due.append(keeper)
+                if not due and (not self._heap or self._heap[0][0] > now):
+                    self._wake_at = max(self._heap[0][0], now + self.GRANULARITY) if self._heap else float("inf")
+                    self._cond.wait(None if not self._heap else self._wake_at - now)
+                    continue
+            for keeper in due:
+                keeper._start_thread()
+
+
+_STARTER = _Starter()
+os.register_at_fork(after_in_child=_STARTER._reset)
 
 
 class LeaseKeeper:
@@ -52,19 +105,35 @@ class LeaseKeeper:
         self._interrupt_main = interrupt_main and threading.current_thread() is threading.main_thread()
         self._hard_kill = hard_kill
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{task_run_id}", daemon=True)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._started = 0.0
         self._previous_handler: Callable[[int, FrameType | None], object] | int | None = None
 
     # -- lifecycle, used as a context manager around the body ------------------------------------------
     def __enter__(self) -> LeaseKeeper:
         if self._interrupt_main:
             self._previous_handler = signal.signal(STOP_SIGNAL, self._raise_stopped)
-        self._thread.start()
+        self._started = time.monotonic()
+        first = self.rt.settings.heartbeat_interval
+        if self.timeout is not None:
+            first = min(first, self.timeout)
+        _STARTER.add(self, self._started + first)
         return self
 
+    def _start_thread(self) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._thread = threading.Thread(target=self._loop, name=f"lease-{self.task_run_id}", daemon=True)
+            self._thread.start()
+
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
+        with self._lock:
+            self._done.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
         if self._interrupt_main:
             signal.signal(STOP_SIGNAL, self._previous_handler or signal.SIG_DFL)
 
@@ -75,18 +144,20 @@ class LeaseKeeper:
     # -- heartbeat loop --------------------------------------------------------------------------------
     def _loop(self) -> None:
         settings = self.rt.settings
-        started = last_ok = time.monotonic()
+        started = last_ok = self._started  # the body started then; this thread may have started a little later
+        beat = started + settings.heartbeat_interval
         while not self._done.is_set():
-            wait = settings.heartbeat_interval
+            wait = beat - time.monotonic()
             if self.timeout is not None:
-                wait = max(0.0, min(wait, started + self.timeout - time.monotonic()))
-            if self._done.wait(wait):
+                wait = min(wait, started + self.timeout - time.monotonic())
+            if self._done.wait(max(0.0, wait)):
                 return
             if self.timeout is not None and time.monotonic() - started >= self.timeout:
                 self.timed_out = True
                 self._stop(f"timed out after {self.timeout:g}s")
                 return
             held = self._renew(timeout=max(0.0, last_ok + settings.lease_seconds - time.monotonic()))
+            beat = time.monotonic() + settings.heartbeat_interval
             if held is None:  # no answer: an outage delays work, the lease decides
                 if time.monotonic() - last_ok >= settings.lease_seconds:
                     self._stop(f"lease lost: database unreachable for {settings.lease_seconds:g}s")
