@@ -247,18 +247,18 @@ def _split_params(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def _parse_params(tf: Tideflow, name: str, pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``-p k=v`` values converted by the declared types, a value that does not fit is one error before anything is
-    stored: a code workflow registered in this process (``TIDEFLOW_WORKFLOW_MODULES``) by its parameters' type
-    hints (:mod:`app.code.params`), a DAG by its ``params:`` types (:mod:`app.params`: a string keeps the text;
-    an untyped one is JSON if it parses, else the text)."""
+    """``-p k=v`` values converted by the declared types (:func:`app.params.parse_text`), a value that does not fit
+    is one error before anything is stored: a code workflow registered in this process
+    (``TIDEFLOW_WORKFLOW_MODULES``) by its parameters' type hints, a DAG by its ``params:`` types (a string keeps
+    the text; an untyped one is JSON if it parses, else the text)."""
     from app.code import registry
-    from app.code.params import parse_params
-    from app.params import Parameter, parse_text
+    from app.params import Parameter, hint_parameters, parse_text
 
     raw = _split_params(pairs)
     wdef = registry.get_workflow(name)
     if wdef is not None:
-        return parse_params(wdef, raw)
+        annotations = {p.name: p.annotation for p in wdef.params}
+        return parse_text(wdef.name, hint_parameters(wdef.fn, annotations, raw), raw)
     declared = tf.parameters(name)
     if declared is None:  # not registered: the start says so; the values as untyped ones meanwhile
         return parse_text(name, [Parameter(k) for k in raw], raw)

@@ -16,6 +16,10 @@ Types: ``string``, ``integer``, ``number``, ``boolean``, ``array``, ``object`` (
 A code workflow's parameters come from its function's signature: the type from the hint (``str``, ``int``,
 ``float``, ``bool``, ``list``/``tuple``/``Sequence``, ``dict``/``Mapping``, ``Literal[...]`` as an enum,
 ``X | None``; anything else is ``any``), required when there is no default.
+
+The CLI's ``-p name=text`` values are converted here too, once, by :func:`parse_text`: a DAG's by its declared
+type (:func:`from_text`), a code workflow's by its function's type hint (:class:`HintParameter`,
+:func:`from_hint_text`), before :func:`check` checks them as every start's values.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +42,7 @@ SPEC_KEYS = frozenset({"type", "default", "description", "enum", "required"})
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
+_NONE = {"null", "none"}
 #: "an integer": how messages name a type
 ARTICLE = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean",
             "array": "an array", "object": "an object", "any": "any value"}
@@ -57,6 +63,14 @@ class Parameter:
         """What the workflow views carry (``parameters``), for the UI's start form."""
         return {"name": self.name, "type": self.type, "default": self.default, "required": self.required,
                 "description": self.description, "enum": list(self.enum) if self.enum is not None else None}
+
+    @property
+    def label(self) -> str:
+        """How a ``-p`` error names the type: ``parameter 'n' (integer)``."""
+        return self.type
+
+    def from_text(self, raw: str) -> Any:
+        return from_text(self, raw)
 
 
 class Unfit(ValueError):
@@ -179,48 +193,179 @@ def check_value(p: Parameter, value: Any) -> Any:
     return fitted
 
 
+# -- ``-p name=text``: the one conversion of text to a parameter's value (a DAG's type or a code workflow's hint) ---
+
+
+def _loose(raw: str) -> Any:
+    """No type to go by: JSON if it parses, else the text."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _int_text(raw: str, takes: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise Unfit(takes) from None
+
+
+def _float_text(raw: str, takes: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise Unfit(takes) from None
+
+
+def _bool_text(raw: str, takes: str) -> bool:
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise Unfit(f"{takes} (true/false, yes/no, 1/0)")
+
+
+def _is_null_text(raw: str) -> bool:
+    return raw.strip().lower() in _NONE
+
+
 def from_text(p: Parameter, raw: str) -> Any:
     """``raw`` (a ``-p name=text`` value) as ``p``'s type: a string stays the text (``1.10`` is not ``1.1``); an
     ``any`` takes JSON if it parses, else the text. :class:`Unfit` when it does not fit."""
     t = p.type
-    word = raw.strip()
-    if p.nullable and t != "string" and word.lower() in ("null", "none"):
+    if p.nullable and t != "string" and _is_null_text(raw):
         return None
     if t == "string":
         value: Any = raw
     elif t == "integer":
-        try:
-            value = int(word)
-        except ValueError:
-            raise Unfit(ARTICLE[t]) from None
+        value = _int_text(raw, ARTICLE[t])
     elif t == "number":
         try:
-            value = int(word)
-        except ValueError:
-            try:
-                value = float(word)
-            except ValueError:
-                raise Unfit(ARTICLE[t]) from None
+            value = _int_text(raw, ARTICLE[t])
+        except Unfit:
+            value = _float_text(raw, ARTICLE[t])
     elif t == "boolean":
-        if word.lower() in _TRUE:
-            value = True
-        elif word.lower() in _FALSE:
-            value = False
-        else:
-            raise Unfit("a boolean (true/false, yes/no, 1/0)")
+        value = _bool_text(raw, "a boolean")
+    elif t == "any":
+        value = _loose(raw)
     else:
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
-            if t != "any":
-                raise Unfit(f"JSON of {ARTICLE[t]}") from None
-            value = raw
+            raise Unfit(f"JSON of {ARTICLE[t]}") from None
     return check_value(p, value)
 
 
-def parse_text(workflow: str, parameters: list[Parameter], raw: dict[str, str]) -> dict[str, Any]:
-    """``-p`` values (``name -> text``) converted by the declared types, every misfit in one error. A name that is
-    not declared is passed on as text (:func:`check` reports it, with the declared names)."""
+def hint_name(hint: Any) -> str:
+    """How a ``-p`` error names a type hint: ``int``, ``dict[str, int]``, ``Optional[int]``."""
+    if hint is type(None):
+        return "None"
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _json_of(raw: str, kind: type, hint: Any) -> Any:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise Unfit(f"JSON of a {hint_name(hint)}") from None
+    if not isinstance(value, kind) or (kind is collections.abc.Sequence and isinstance(value, str)):
+        raise Unfit(f"JSON of a {hint_name(hint)}")
+    return value
+
+
+def from_hint_text(hint: Any, raw: str) -> Any:
+    """``raw`` (a ``-p name=text`` value of a code workflow) as a value of the type hint ``hint``: ``str``,
+    ``int``, ``float``, ``bool``, ``dict``/``list`` (and ``dict[...]``/``list[...]``, ``Mapping``/``Sequence``,
+    ``tuple``: JSON of that shape; the items are not checked), ``Any``, ``Literal[...]``, unions (``Optional[X]``,
+    ``X | None``: ``null``/``none`` is None; else the first member the value fits). No hint, or one this does not
+    know (a class, a TypedDict, an annotation that did not resolve): JSON if it parses, else the text, like an
+    ``any`` parameter. :class:`Unfit` when it does not fit (the values are then checked, as every start's are, by
+    :func:`check`)."""
+    if hint is inspect.Parameter.empty or hint is Any or hint is object or isinstance(hint, str):
+        return _loose(raw)  # a str hint: an annotation that could not be resolved
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        members = typing.get_args(hint)
+        if type(None) in members and _is_null_text(raw):
+            return None
+        takes: list[str] = []
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return from_hint_text(member, raw)
+            except Unfit as exc:
+                takes.append(str(exc))
+        raise Unfit(" or ".join(takes + (["null"] if type(None) in members else [])))
+    if origin is typing.Literal:
+        for choice in typing.get_args(hint):
+            try:
+                value = from_hint_text(type(choice), raw)
+            except Unfit:
+                continue
+            if value == choice:
+                return choice
+        raise Unfit(f"one of {', '.join(json.dumps(c) for c in typing.get_args(hint))}")
+    if hint is type(None):
+        if _is_null_text(raw):
+            return None
+        raise Unfit("null")
+    if hint is bool:
+        return _bool_text(raw, "a bool")
+    if hint is int:
+        return _int_text(raw, "an int")
+    if hint is float:
+        number = _float_text(raw, "a float")
+        if not math.isfinite(number):
+            raise Unfit("a finite float (JSON has no nan or infinity)")
+        return number
+    if hint is str:
+        return raw
+    container = origin or hint
+    if container in (dict, collections.abc.Mapping, collections.abc.MutableMapping):
+        return _json_of(raw, dict, hint)
+    if container in (list, collections.abc.Sequence, collections.abc.MutableSequence):
+        return _json_of(raw, list if container is list else collections.abc.Sequence, hint)
+    if container is tuple:
+        return _json_of(raw, list, hint)  # JSON has arrays; the function receives a list
+    return _loose(raw)  # a hint this does not know (a class, a TypedDict, ...): as if there were none
+
+
+@dataclass(frozen=True)
+class HintParameter:
+    """A code workflow's parameter as ``-p`` text converts it: by its function's type hint
+    (:func:`from_hint_text`; ``inspect.Parameter.empty`` when there is none)."""
+
+    name: str
+    hint: Any = inspect.Parameter.empty
+
+    @property
+    def label(self) -> str:
+        """How a ``-p`` error names the type: ``parameter 'n' (int)``."""
+        return hint_name(self.hint)
+
+    def from_text(self, raw: str) -> Any:
+        return from_hint_text(self.hint, raw)
+
+
+def hint_parameters(fn: Any, annotations: dict[str, Any], names: Iterable[str]) -> list[HintParameter]:
+    """The ``-p`` names of a code workflow ``fn`` whose parameters are ``annotations`` (name -> annotation), typed by
+    the resolved hints (a hint that does not resolve stays a string: no hint). A name that is not a parameter has
+    no hint (the start reports it, with the declared names)."""
+    resolved = _type_hints(fn) if annotations else {}
+    return [HintParameter(n, resolved.get(n, annotations[n]) if n in annotations else inspect.Parameter.empty)
+            for n in names]
+
+
+def parse_text(workflow: str, parameters: Sequence[Parameter | HintParameter], raw: dict[str, str]
+               ) -> dict[str, Any]:
+    """``-p`` values (``name -> text``) converted by the declared types (a DAG's :class:`Parameter`, a code
+    workflow's :class:`HintParameter`), every misfit in one error. A name that is not declared is passed on as text
+    (:func:`check` reports it, with the declared names)."""
     by_name = {p.name: p for p in parameters}
     out: dict[str, Any] = {}
     problems: list[str] = []
@@ -230,9 +375,9 @@ def parse_text(workflow: str, parameters: list[Parameter], raw: dict[str, str]) 
             out[name] = text
             continue
         try:
-            out[name] = from_text(p, text)
+            out[name] = p.from_text(text)
         except Unfit as exc:
-            problems.append(f"workflow '{workflow}': parameter '{name}' ({p.type}): {text!r} is not {exc}")
+            problems.append(f"workflow '{workflow}': parameter '{name}' ({p.label}): {text!r} is not {exc}")
     if problems:
         raise DefinitionError(problems)
     return out
@@ -326,8 +471,13 @@ def _hint_type(hint: Any) -> str:
 def signature_parameters(fn: Any, names: list[tuple[str, bool, Any]]) -> list[Parameter]:
     """``fn``'s parameters ``(name, required, default)`` typed by its resolved hints (a module with ``from
     __future__ import annotations`` stores them as strings; one that does not resolve is ``any``)."""
-    try:
-        resolved = typing.get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - a forward reference that does not resolve: no type for any of them
-        resolved = {}
+    resolved = _type_hints(fn)  # none resolves when one does not: no type for any of them
     return [hint_parameter(n, resolved.get(n, inspect.Parameter.empty), req, d) for n, req, d in names]
+
+
+def _type_hints(fn: Any) -> dict[str, Any]:
+    """``fn``'s type hints, resolved (``{}`` when a forward reference does not resolve)."""
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - a forward reference that does not resolve
+        return {}

@@ -181,6 +181,13 @@ _GUARDS: dict[str, Any] = {
 }
 
 
+def _lock(s: Session, q: Any, *, lock: bool = True, **how: Any) -> Any:
+    """``q`` locking the rows it reads for this transaction (``SELECT ... FOR UPDATE``; ``how``: ``skip_locked``,
+    ``key_share`` (``FOR NO KEY UPDATE``), ``of``) on PostgreSQL, when ``lock``. SQLite: ``q`` as it is (the
+    IMMEDIATE transaction already holds the database's write lock)."""
+    return q.with_for_update(**how) if lock and _is_pg(s) else q
+
+
 # -- workflows --------------------------------------------------------------------------------------
 
 
@@ -771,7 +778,7 @@ def run_events(s: Session, run_id: int) -> Sequence[Row[Any]]:
 
 
 def _locked(s: Session, q: Any) -> Any:
-    return q.with_for_update(skip_locked=True, of=T, key_share=True) if _is_pg(s) else q
+    return _lock(s, q, skip_locked=True, of=T, key_share=True)
 
 
 def due_orphans(s: Session, now: datetime, limit: int) -> list[TaskRecord]:
@@ -900,10 +907,7 @@ def schedules(s: Session, *, workflow_name: str | None = None, include_inactive:
 
 
 def schedule(s: Session, name: str, *, lock: bool = False, skip_locked: bool = False) -> Row[Any] | None:
-    q = select(SCH).where(SCH.c.name == name)
-    if lock and _is_pg(s):
-        q = q.with_for_update(skip_locked=skip_locked)
-    return s.execute(q).first()
+    return s.execute(_lock(s, select(SCH).where(SCH.c.name == name), lock=lock, skip_locked=skip_locked)).first()
 
 
 def insert_schedule(s: Session, *, name: str, workflow_name: str, spec: dict[str, Any], cursor: datetime,
@@ -998,10 +1002,7 @@ def insert_backfill(s: Session, *, schedule_name: str, start: datetime, end: dat
 
 
 def backfill(s: Session, backfill_id: int, *, lock: bool = False) -> Row[Any] | None:
-    q = select(BF).where(BF.c.id == backfill_id)
-    if lock and _is_pg(s):
-        q = q.with_for_update(skip_locked=True)
-    return s.execute(q).first()
+    return s.execute(_lock(s, select(BF).where(BF.c.id == backfill_id), lock=lock, skip_locked=True)).first()
 
 
 def running_backfill_ids(s: Session) -> list[int]:
@@ -1050,10 +1051,7 @@ def lock_pool(s: Session, name: str, *, lock: bool = True) -> tuple[int, str | N
     """The pool's slots and rate limit, its row locked for this transaction (``FOR UPDATE``; ``lock=False``: only read):
     admissions into one pool are serialised, so two claims never both see its last free slot. None: no such
     pool. (SQLite: the IMMEDIATE transaction already holds the database's write lock.)"""
-    q = select(P.c.slots, P.c.rate_limit).where(P.c.name == name)
-    if lock and _is_pg(s):
-        q = q.with_for_update()
-    row = s.execute(q).first()
+    row = s.execute(_lock(s, select(P.c.slots, P.c.rate_limit).where(P.c.name == name), lock=lock)).first()
     return (int(row.slots), row.rate_limit) if row is not None else None
 
 
@@ -1096,9 +1094,14 @@ def pool_waiting(
 ) -> list[TaskRecord]:
     """The pool's submitted tasks that may run now (retry delay over), next first: by priority (9 first), then by
     how long they have been ready (first come). ``published_before``: only those not (re-)published since."""
+    return _waiting(s, T.c.pool == name, limit, now, published_before)
+
+
+def _waiting(s: Session, owner: Any, limit: int, now: datetime, published_before: datetime | None
+             ) -> list[TaskRecord]:
+    """:func:`pool_waiting` of the tasks ``owner`` (a pool's, a concurrency key's) selects."""
     q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
-         .where(T.c.pool == name, _state_is(TaskState.SUBMITTED),
-                or_(T.c.not_before.is_(None), T.c.not_before <= now))
+         .where(owner, _state_is(TaskState.SUBMITTED), or_(T.c.not_before.is_(None), T.c.not_before <= now))
          .order_by(T.c.priority.desc(), T.c.ready_at, T.c.id).limit(limit))
     if published_before is not None:
         q = q.where(T.c.updated_at <= published_before)
@@ -1111,10 +1114,7 @@ def pool_waiting(
 def lock_workflow_name(s: Session, name: str) -> None:
     """Serialise the admissions of one workflow's runs: its first version's row, locked for this transaction
     (``FOR NO KEY UPDATE``: run inserts' foreign-key checks, ``KEY SHARE``, do not wait on it)."""
-    q = select(W.c.id).where(W.c.name == name).order_by(W.c.version).limit(1)
-    if _is_pg(s):
-        q = q.with_for_update(key_share=True)
-    s.execute(q).first()
+    s.execute(_lock(s, select(W.c.id).where(W.c.name == name).order_by(W.c.version).limit(1), key_share=True)).first()
 
 
 #: the run states that hold a slot of ``max_active_runs`` / a workflow concurrency key: a paused run keeps its slot
@@ -1146,9 +1146,7 @@ def queued_runs(s: Session, workflow_name: str, limit: int) -> list[RunRecord]:
     ``ix_workflow_runs_queued``); each locked unless another transaction holds it (``SKIP LOCKED``)."""
     q = (select(R).where(R.c.workflow_name == workflow_name, R.c.state == literal_column(f"'{RunState.QUEUED}'"))
          .order_by(R.c.priority.desc(), R.c.id).limit(limit))
-    if _is_pg(s):
-        q = q.with_for_update(skip_locked=True, key_share=True)
-    return [RunRecord.from_row(r) for r in s.execute(q)]
+    return [RunRecord.from_row(r) for r in s.execute(_lock(s, q, skip_locked=True, key_share=True))]
 
 
 def workflows_with_queued_runs(s: Session) -> list[str]:
@@ -1194,13 +1192,7 @@ def key_usage(s: Session, keys: Iterable[str] | None = None) -> dict[str, tuple[
 def key_waiting(s: Session, key: str, limit: int, *, now: datetime,
                 published_before: datetime | None = None) -> list[TaskRecord]:
     """:func:`pool_waiting` for a task concurrency key."""
-    q = (select(T, R.c.workflow_name).join(R, R.c.id == T.c.run_id)
-         .where(T.c.concurrency_key == key, _state_is(TaskState.SUBMITTED),
-                or_(T.c.not_before.is_(None), T.c.not_before <= now))
-         .order_by(T.c.priority.desc(), T.c.ready_at, T.c.id).limit(limit))
-    if published_before is not None:
-        q = q.where(T.c.updated_at <= published_before)
-    return [TaskRecord.from_row(r) for r in s.execute(q)]
+    return _waiting(s, T.c.concurrency_key == key, limit, now, published_before)
 
 
 

@@ -67,10 +67,10 @@ import bisect
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -101,6 +101,7 @@ MAX_GAPS = 1000
 IdRange = tuple[int, int]
 #: a range of ids a scan found missing: (first, last, seconds since the row right after it was written)
 MissingRange = tuple[int, int, float]
+M = TypeVar("M", GaugeMetricFamily, CounterMetricFamily)
 
 
 # -- the cursor over an append-only table (pure) --------------------------------------------------------
@@ -215,59 +216,53 @@ def _count_events(s: Session, prev: DbCounts, now: float, timeout: float) -> tup
     return _add(prev.events, new), cursor.advance(upto=upto, missing=missing, found=found, now=now, timeout=timeout)
 
 
-def _count_attempts(
-    s: Session, prev: DbCounts, now: float, timeout: float,
-) -> tuple[tuple[int, ...], float, IdCursor]:
-    cursor = prev.attempts_cursor
-    pending = cursor.pending(now)
-    by_bucket, rows, upto = queries.attempt_waits_after(s, cursor.position, LATENCY_BUCKETS)
-    missing = [] if rows == upto - cursor.position else _ages(queries.missing_attempt_ids(s, cursor.position, upto))
-    late = queries.attempt_waits_in(s, pending)
-    counts, total = list(prev.latency_counts), prev.latency_sum
-    for bucket, (n, waited) in by_bucket.items():
-        if bucket >= 0:  # -1: the attempt's wait was not recorded
-            counts[bucket] += n
-            total += waited
-    for _, wait in late:
-        if wait is not None:
-            counts[bisect.bisect_left(LATENCY_BUCKETS, wait)] += 1  # first bound >= wait, as in SQL
-            total += wait
-    found = [i for i, _ in late]
-    return tuple(counts), total, cursor.advance(upto=upto, missing=missing, found=found, now=now, timeout=timeout)
+#: ``queries.*_after``: {bucket index: (count, sum)} of the rows with ``id > after_id`` (bucket -1: a row with no
+#: value), the number of rows and the highest id seen
+_BucketsAfter = Callable[[Session, int, Sequence[float]], tuple[dict[int, tuple[int, float]], int, int]]
 
 
-def _count_steps(
-    s: Session, prev: DbCounts, now: float, timeout: float,
+def _count_histogram(
+    s: Session, cursor: IdCursor, counts: Sequence[int], total: float, now: float, timeout: float, *,
+    after: _BucketsAfter, missing_ids: Callable[[Session, int, int], list[tuple[int, int, datetime]]],
+    late_in: Callable[[Session, list[IdRange]], list[tuple[int, float | None]]],
 ) -> tuple[tuple[int, ...], float, IdCursor]:
-    """The advance latencies of the task rows added since ``prev`` (each row's is fixed when it is inserted)."""
-    cursor = prev.steps_cursor
+    """A histogram over an append-only table whose rows' values are fixed at insert (``counts`` per bucket, and
+    ``total``), brought up to date from the rows added since ``cursor``: those above it (``after``) and the late
+    ones in its gaps (``late_in``), with the gaps of this scan (``missing_ids``)."""
     pending = cursor.pending(now)
-    by_bucket, rows, upto = queries.advance_latencies_after(s, cursor.position, LATENCY_BUCKETS)
-    missing = [] if rows == upto - cursor.position else _ages(queries.missing_task_ids(s, cursor.position, upto))
-    late = queries.advance_latencies_in(s, pending)
-    counts, total = list(prev.advance_counts), prev.advance_sum
+    by_bucket, rows, upto = after(s, cursor.position, LATENCY_BUCKETS)
+    missing = [] if rows == upto - cursor.position else _ages(missing_ids(s, cursor.position, upto))
+    late = late_in(s, pending)
+    out = list(counts)
     for bucket, (n, seconds) in by_bucket.items():
-        if bucket >= 0:  # -1: a row that is not a pass's first step
-            counts[bucket] += n
+        if bucket >= 0:  # -1: no value (an attempt whose wait was not recorded, a row not a pass's first step)
+            out[bucket] += n
             total += seconds
-    for _, seconds_ in late:
-        if seconds_ is not None:
-            counts[bisect.bisect_left(LATENCY_BUCKETS, seconds_)] += 1
-            total += seconds_
+    for _, value in late:
+        if value is not None:
+            out[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1  # first bound >= value, as in SQL
+            total += value
     found = [i for i, _ in late]
-    return tuple(counts), total, cursor.advance(upto=upto, missing=missing, found=found, now=now, timeout=timeout)
+    return tuple(out), total, cursor.advance(upto=upto, missing=missing, found=found, now=now, timeout=timeout)
 
 
 def read_counts(s: Session, prev: DbCounts, now: float, gap_timeout: float = GAP_TIMEOUT) -> DbCounts:
     """``prev`` brought up to date in one read transaction (``now``: monotonic seconds, for the gaps)."""
     queries.snapshot(s)
     events, events_cursor = _count_events(s, prev, now, gap_timeout)
-    latency_counts, latency_sum, attempts_cursor = _count_attempts(s, prev, now, gap_timeout)
+    # start latencies (each attempt's wait is fixed at its claim)
+    latency_counts, latency_sum, attempts_cursor = _count_histogram(
+        s, prev.attempts_cursor, prev.latency_counts, prev.latency_sum, now, gap_timeout,
+        after=queries.attempt_waits_after, missing_ids=queries.missing_attempt_ids, late_in=queries.attempt_waits_in)
     timers, earliest_due = queries.pending_timers(s)
     overdue = max((utcnow() - earliest_due).total_seconds(), 0.0) if earliest_due is not None else 0.0
     received, delivered = queries.signal_totals(s)
     delay_counts, delay_sum = queries.timer_delays(s, LATENCY_BUCKETS)
-    advance_counts, advance_sum, steps_cursor = _count_steps(s, prev, now, gap_timeout)
+    # advance latencies (each task row's is fixed when it is inserted)
+    advance_counts, advance_sum, steps_cursor = _count_histogram(
+        s, prev.steps_cursor, prev.advance_counts, prev.advance_sum, now, gap_timeout,
+        after=queries.advance_latencies_after, missing_ids=queries.missing_task_ids,
+        late_in=queries.advance_latencies_in)
     return DbCounts(
         runs=repo.count_runs_by_state(s), tasks=repo.count_tasks_by_state(s), events=events,
         missing_row_retries=queries.counter_values(s).get(repo.MISSING_ROW_RETRIES, 0),
@@ -299,20 +294,14 @@ class Snapshot:
 def families(snap: Snapshot) -> Iterator[Metric]:
     """The metric families of a snapshot (pure)."""
     db = snap.db
-    runs = GaugeMetricFamily("tideflow_runs", "Workflow runs by state.", labels=["state"])
-    for state in _states(RunState, db.runs):
-        runs.add_metric([state], db.runs.get(state, 0))
-    yield runs
-    tasks = GaugeMetricFamily("tideflow_tasks", "Task runs by state.", labels=["state"])
-    for state in _states(TaskState, db.tasks):
-        tasks.add_metric([state], db.tasks.get(state, 0))
-    yield tasks
-    dispatches = CounterMetricFamily(
+    yield _labelled(GaugeMetricFamily("tideflow_runs", "Workflow runs by state.", labels=["state"]),
+                    [(state, db.runs.get(state, 0)) for state in _states(RunState, db.runs)])
+    yield _labelled(GaugeMetricFamily("tideflow_tasks", "Task runs by state.", labels=["state"]),
+                    [(state, db.tasks.get(state, 0)) for state in _states(TaskState, db.tasks)])
+    yield _labelled(CounterMetricFamily(
         "tideflow_dispatches", "Execute messages published: first (dependencies met), retry (a new attempt after "
-        "a failure or a lost lease), republish (the reconciler, for an attempt nobody claimed).", labels=["kind"])
-    for kind, n in db.dispatches().items():
-        dispatches.add_metric([kind], n)
-    yield dispatches
+        "a failure or a lost lease), republish (the reconciler, for an attempt nobody claimed).", labels=["kind"]),
+        db.dispatches().items())
     yield CounterMetricFamily("tideflow_orphan_republishes", "Unclaimed submitted tasks re-published by the "
                               "reconciler.", value=db.events.get(EventKind.REPUBLISH, 0))
     yield CounterMetricFamily("tideflow_lease_expiries", "Attempts declared lost by the reconciler because their "
@@ -346,27 +335,28 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     step.add_metric(["timer"], _cumulative(db.timer_delay_counts), sum_value=db.timer_delay_sum)
     step.add_metric(["advance"], _cumulative(db.advance_counts), sum_value=db.advance_sum)
     yield step
-    size = GaugeMetricFamily("tideflow_pool_slots", "Slots of each pool (tideflow pool set).", labels=["pool"])
-    in_use = GaugeMetricFamily("tideflow_pool_slots_in_use", "Slots of each pool in use: its tasks running.",
-                               labels=["pool"])
-    waiting = GaugeMetricFamily("tideflow_pool_waiting_tasks", "Tasks of each pool submitted, waiting for a slot "
-                                "or a worker.", labels=["pool"])
-    for pool, (slots, running, queued) in sorted(db.pools.items()):
-        size.add_metric([pool], slots)
-        in_use.add_metric([pool], running)
-        waiting.add_metric([pool], queued)
-    yield size
-    yield in_use
-    yield waiting
+    pools = sorted(db.pools.items())
+    yield _labelled(GaugeMetricFamily("tideflow_pool_slots", "Slots of each pool (tideflow pool set).",
+                                      labels=["pool"]), [(pool, slots) for pool, (slots, _, _) in pools])
+    yield _labelled(GaugeMetricFamily("tideflow_pool_slots_in_use", "Slots of each pool in use: its tasks running.",
+                                      labels=["pool"]), [(pool, running) for pool, (_, running, _) in pools])
+    yield _labelled(GaugeMetricFamily("tideflow_pool_waiting_tasks", "Tasks of each pool submitted, waiting for a "
+                                      "slot or a worker.", labels=["pool"]),
+                    [(pool, queued) for pool, (_, _, queued) in pools])
     if snap.depths is not None:
-        depth = GaugeMetricFamily("tideflow_queue_depth", "Messages waiting in a broker queue.", labels=["queue"])
-        for queue, n in sorted(snap.depths.items()):
-            depth.add_metric([queue], n)
-        yield depth
+        yield _labelled(GaugeMetricFamily("tideflow_queue_depth", "Messages waiting in a broker queue.",
+                                          labels=["queue"]), sorted(snap.depths.items()))
     yield GaugeMetricFamily("tideflow_database_up", "1 if the last scrape could read the database.",
                             value=int(snap.database_up))
     yield GaugeMetricFamily("tideflow_broker_up", "1 if the last scrape could read the broker's queues.",
                             value=int(snap.depths is not None))
+
+
+def _labelled(family: M, samples: Iterable[tuple[str, float]]) -> M:
+    """``family`` (one label) with a sample per ``(label value, value)``, in that order."""
+    for label, value in samples:
+        family.add_metric([label], value)
+    return family
 
 
 def _cumulative(counts: Sequence[int]) -> list[tuple[str, float]]:

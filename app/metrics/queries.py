@@ -93,18 +93,12 @@ def event_kinds_in(s: Session, ranges: IdRanges) -> list[tuple[int, str]]:
     return [(int(i), str(k)) for i, k in s.execute(q)]
 
 
-def _wait_bucket(bounds: Sequence[float]) -> Any:
-    """Index of the first bound >= the attempt's wait (``len(bounds)``: above them all; -1: not recorded)."""
-    return case((A.c.wait_seconds.is_(None), -1),
-                *((A.c.wait_seconds <= bound, i) for i, bound in enumerate(bounds)), else_=len(bounds))
-
-
 def attempt_waits_after(
     s: Session, after_id: int, bounds: Sequence[float],
 ) -> tuple[dict[int, tuple[int, float]], int, int]:
-    """Attempts with ``id > after_id``: {bucket index: (count, sum of waits)} (see :func:`_wait_bucket`), the
-    number of rows and the highest id seen (``after_id`` if none)."""
-    bucket = _wait_bucket(bounds).label("bucket")
+    """Attempts with ``id > after_id``: {bucket index: (count, sum of waits)} (see :func:`_bucket_of`; -1: not
+    recorded), the number of rows and the highest id seen (``after_id`` if none)."""
+    bucket = _bucket_of(A.c.wait_seconds, bounds).label("bucket")
     q = (select(bucket, func.count(), func.coalesce(func.sum(A.c.wait_seconds), 0.0), func.max(A.c.id))
          .where(A.c.id > after_id).group_by(bucket))
     rows = s.execute(q).all()

@@ -1,7 +1,8 @@
 """The web UI: static pages (plain HTML, CSS and JavaScript, no build step) served by the API's FastAPI app.
 
 The pages' scripts read everything from the REST API (``/api``) with the browser's session cookie; the
-routes here only check authentication and serve files (:mod:`app.ui.pages`). Assets live in ``static/``.
+routes here only check authentication and serve the pages (:mod:`app.ui.pages`: Jinja templates in
+``templates/`` sharing one shell, ``layout.html``). Assets live in ``static/``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,19 @@
-"""The UI's routes. They check authentication and serve the static pages; the login form exchanges a token
-(a named one, or one of ``TIDEFLOW_API_TOKEN``) for the signed session cookie the API accepts
-(:mod:`app.api.auth`)."""
+"""The UI's routes. They check authentication and serve the pages (Jinja templates in ``templates/``, each
+extending ``layout.html``, the shell with the header; rendered once, they have no per-request data but the login
+form's); the login form exchanges a token (a named one, or one of ``TIDEFLOW_API_TOKEN``) for the signed session
+cookie the API accepts (:mod:`app.api.auth`)."""
 
 from __future__ import annotations
 
-import html
-import re
+import functools
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader
 from starlette.concurrency import run_in_threadpool
 
 from app.api import auth
@@ -21,6 +22,7 @@ from app.config import Settings
 from app.definitions import NAME_RE
 
 STATIC = Path(__file__).resolve().parent / "static"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 MAX_FORM_BYTES = 8 * 1024
 
 #: every page: scripts and styles only from this origin (no inline code), not framable, not cached
@@ -50,8 +52,18 @@ def safe_next(value: str | None) -> str:
     return value
 
 
-def _page(name: str) -> FileResponse:
-    return FileResponse(STATIC / name, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+#: the pages' templates: trusted files of this package, every value escaped (``autoescape``)
+_templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                         keep_trailing_newline=True)
+
+
+@functools.cache
+def _rendered(name: str) -> str:
+    return _templates.get_template(name).render()
+
+
+def _page(name: str) -> HTMLResponse:
+    return HTMLResponse(_rendered(name), headers=PAGE_HEADERS)
 
 
 def _guarded(request: Request, name: str) -> Response:
@@ -62,12 +74,7 @@ def _guarded(request: Request, name: str) -> Response:
 
 
 def _login_page(next_url: str, error: str | None = None, status: int = 200) -> HTMLResponse:
-    values = {
-        "next": html.escape(safe_next(next_url), quote=True),
-        "error": f'<p class="form-error" role="alert">{html.escape(error)}</p>' if error else "",
-    }
-    template = (STATIC / "login.html").read_text(encoding="utf-8")
-    body = re.sub(r"\{\{(next|error)\}\}", lambda m: values[m.group(1)], template)  # one pass: no re-expansion
+    body = _templates.get_template("login.html").render(next=safe_next(next_url), error=error)
     return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
 
 

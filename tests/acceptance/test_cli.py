@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, inspect
@@ -17,7 +14,7 @@ from sqlalchemy import create_engine, inspect
 from app.clock import utcnow
 from app.db import repository as repo
 from app.db.schema import Base
-from tests.support.cluster import REPO_ROOT
+from tests.support.cli import stderr_line, tideflow, write_file
 from tests.support.harness import client_for, wait_run
 from tests.support.wait import wait_until
 
@@ -36,12 +33,6 @@ tasks:
   - {name: boom, type: shell, command: "echo going down; exit 3"}
   - {name: never, type: shell, command: "echo unreachable", depends_on: [boom]}
 """
-
-
-def _write(tmp_path: Path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
 
 
 def _json(cluster: Any, *args: str) -> Any:
@@ -65,11 +56,9 @@ def _json_all(cluster: Any, *commands: tuple[str, ...]) -> list[Any]:
 
 def _error_line(result: subprocess.CompletedProcess[str]) -> str:
     """The single ``error:`` line of a failed command."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{result.stderr}"
-    assert lines[0].startswith("error: "), result.stderr
-    return lines[0]
+    line = stderr_line(result)
+    assert line.startswith("error: "), result.stderr
+    return line
 
 
 # -- db ---------------------------------------------------------------------------------------------------
@@ -77,7 +66,7 @@ def _error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_db_upgrade_is_idempotent(cluster, tmp_path):
     # on the test's (already migrated) database, with data in it
-    cluster.run_cli("workflow", "register", _write(tmp_path, "hello.yaml", HELLO), check=True)
+    cluster.run_cli("workflow", "register", write_file(tmp_path, "hello.yaml", HELLO), check=True)
     for _ in range(2):
         out = cluster.run_cli("db", "upgrade", check=True)
         assert "is up to date" in out.stdout
@@ -87,8 +76,7 @@ def test_db_upgrade_is_idempotent(cluster, tmp_path):
     fresh = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
     env = {**cluster.env, "TIDEFLOW_DATABASE_URL": fresh}
     for _ in range(2):
-        done = subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
+        done = tideflow(env, "db", "upgrade", timeout=60)
         assert done.returncode == 0, done.stderr
     engine = create_engine(fresh)
     try:
@@ -112,7 +100,7 @@ def test_register_versions_and_runs_keep_theirs(cluster, tmp_path):
       - {name: greet, type: shell, command: "echo v2"}
       - {name: extra, type: shell, command: "echo extra", depends_on: [greet]}
     """
-    path = _write(tmp_path, "versioned.yaml", v1)
+    path = write_file(tmp_path, "versioned.yaml", v1)
     assert cluster.run_cli("workflow", "register", path, check=True).stdout.strip() == \
         "registered versioned version 1"
     assert cluster.run_cli("workflow", "register", path, check=True).stdout.strip() == \
@@ -120,7 +108,7 @@ def test_register_versions_and_runs_keep_theirs(cluster, tmp_path):
     # started before the change (no worker yet, so it also executes after the change)
     old_run = _json(cluster, "run", "start", "versioned")["id"]
 
-    _write(tmp_path, "versioned.yaml", v2)
+    write_file(tmp_path, "versioned.yaml", v2)
     assert cluster.run_cli("workflow", "register", path, check=True).stdout.strip() == \
         "registered versioned version 2"
     assert _json(cluster, "workflow", "register", path) == {"name": "versioned", "version": 2, "created": False,
@@ -146,11 +134,12 @@ def test_register_versions_and_runs_keep_theirs(cluster, tmp_path):
 
 
 def test_reregistering_an_earlier_definition_makes_it_current(cluster, tmp_path):
-    path = _write(tmp_path, "flipflop.yaml", 'name: flipflop\ntasks:\n  - {name: a, type: shell, command: "echo v1"}\n')
+    path = write_file(tmp_path, "flipflop.yaml",
+                      'name: flipflop\ntasks:\n  - {name: a, type: shell, command: "echo v1"}\n')
     cluster.run_cli("workflow", "register", path, check=True)
-    _write(tmp_path, "flipflop.yaml", 'name: flipflop\ntasks:\n  - {name: a, type: shell, command: "echo v2"}\n')
+    write_file(tmp_path, "flipflop.yaml", 'name: flipflop\ntasks:\n  - {name: a, type: shell, command: "echo v2"}\n')
     cluster.run_cli("workflow", "register", path, check=True)
-    _write(tmp_path, "flipflop.yaml", 'name: flipflop\ntasks:\n  - {name: a, type: shell, command: "echo v1"}\n')
+    write_file(tmp_path, "flipflop.yaml", 'name: flipflop\ntasks:\n  - {name: a, type: shell, command: "echo v1"}\n')
     cluster.run_cli("workflow", "register", path, check=True)
     # what `run start flipflop` will run is the file just registered
     current = _json(cluster, "workflow", "show", "flipflop")
@@ -197,7 +186,7 @@ BAD_DEFINITIONS = {
 
 
 def test_bad_definitions_are_rejected_and_nothing_is_stored(cluster, tmp_path):
-    paths = {case: str(tmp_path / f"{case}.yaml") if text is None else _write(tmp_path, f"{case}.yaml", text)
+    paths = {case: str(tmp_path / f"{case}.yaml") if text is None else write_file(tmp_path, f"{case}.yaml", text)
              for case, (text, _) in BAD_DEFINITIONS.items()}
     results = _cli_all(cluster, *[("workflow", "register", path) for path in paths.values()])
     for (case, (_, expected)), result in zip(BAD_DEFINITIONS.items(), results, strict=True):
@@ -213,8 +202,8 @@ def test_bad_definitions_are_rejected_and_nothing_is_stored(cluster, tmp_path):
 
 
 def test_run_start_wait_and_read_commands(cluster, tmp_path):
-    _json_all(cluster, ("workflow", "register", _write(tmp_path, "hello.yaml", HELLO)),
-              ("workflow", "register", _write(tmp_path, "broken.yaml", BROKEN)))
+    _json_all(cluster, ("workflow", "register", write_file(tmp_path, "hello.yaml", HELLO)),
+              ("workflow", "register", write_file(tmp_path, "broken.yaml", BROKEN)))
     cluster.start_worker("w1", concurrency=2)
 
     ok, bad = _cli_all(cluster, ("run", "start", "hello", "-p", "who=tideflow", "--wait"),
@@ -265,7 +254,7 @@ def test_run_start_wait_and_read_commands(cluster, tmp_path):
 
 
 def test_errors_are_one_line(cluster, tmp_path):
-    cluster.run_cli("workflow", "register", _write(tmp_path, "hello.yaml", HELLO), check=True)
+    cluster.run_cli("workflow", "register", write_file(tmp_path, "hello.yaml", HELLO), check=True)
     expected = {
         ("run", "show", "999"): "error: run 999 does not exist",
         ("run", "history", "999", "--json"): "error: run 999 does not exist",
@@ -292,7 +281,7 @@ def test_errors_are_one_line(cluster, tmp_path):
 
 
 def test_reconcile_prints_counts(cluster, tmp_path):
-    cluster.run_cli("workflow", "register", _write(tmp_path, "hello.yaml", HELLO), check=True)
+    cluster.run_cli("workflow", "register", write_file(tmp_path, "hello.yaml", HELLO), check=True)
     assert _json(cluster, "reconcile") == {"republished": 0, "lost_attempts": 0, "fired_timers": 0, "advanced_runs": 0}
     # no worker: the first task stays unclaimed, and a pass after the orphan timeout publishes it again
     run_id = _json(cluster, "run", "start", "hello")["id"]

@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +24,8 @@ from sqlalchemy import create_engine
 from app.db.migrate import head, schema_problem, upgrade, upgrade_reported
 from app.services import views
 from tests.support.api import AUTH, make_client
-from tests.support.cluster import REPO_ROOT, Cluster
+from tests.support.cli import REPO_ROOT, stderr_line, tideflow, write_file
+from tests.support.cluster import Cluster
 from tests.support.harness import client_for, wait_run
 from tests.support.servers import create_database, drop_database
 
@@ -51,19 +50,6 @@ tasks:
 """ % ("a-long-directory-name-" * 4)
 
 
-def _write(tmp_path: Path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
-
-
-def _one_line(result: subprocess.CompletedProcess[str], exit_code: int = 1) -> str:
-    assert result.returncode == exit_code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr:\n{result.stderr}"
-    return lines[0]
-
-
 # -- a database without `db upgrade` ---------------------------------------------------------------------
 
 
@@ -73,8 +59,8 @@ def test_unmigrated_database_says_run_db_upgrade(postgres, broker, tmp_path):
     cluster = Cluster(url, broker.url, broker.key_prefix, tmp_path / "cluster")
     try:
         # the CLI: one line naming the fix, for a read and for a write
-        for args in (("run", "list"), ("workflow", "register", _write(tmp_path, "hello.yaml", HELLO))):
-            line = _one_line(cluster.run_cli(*args))
+        for args in (("run", "list"), ("workflow", "register", write_file(tmp_path, "hello.yaml", HELLO))):
+            line = stderr_line(cluster.run_cli(*args))
             assert line.startswith("error: the database at "), line
             assert line.endswith(f"has no Tideflow schema: {ADVICE}"), line
 
@@ -106,9 +92,8 @@ def test_unmigrated_database_says_run_db_upgrade(postgres, broker, tmp_path):
 def test_unmigrated_sqlite_file_says_run_db_upgrade(tmp_path):
     env = {**Cluster("sqlite://", "redis://127.0.0.1:1/0", "", tmp_path / "c").env,
            "TIDEFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'new.sqlite3'}"}
-    done = subprocess.run([sys.executable, "-m", "app.cli", "run", "show", "1"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert _one_line(done).endswith(f"has no Tideflow schema: {ADVICE}"), done.stderr
+    done = tideflow(env, "run", "show", "1", timeout=60)
+    assert stderr_line(done).endswith(f"has no Tideflow schema: {ADVICE}"), done.stderr
 
 
 def test_a_schema_behind_the_code_names_both_revisions(tmp_path):
@@ -136,12 +121,11 @@ def cluster_db_url(pg_url: str) -> str:
 
 @pytest.mark.cluster_env(TIDEFLOW_WAIT_UNCLAIMED_WARNING_SECONDS="1")
 def test_broker_down_and_no_worker(cluster, tmp_path):
-    cluster.run_cli("workflow", "register", _write(tmp_path, "hello.yaml", HELLO), check=True)
+    cluster.run_cli("workflow", "register", write_file(tmp_path, "hello.yaml", HELLO), check=True)
 
     # the broker is down: one line, exit 0, and the run is stored with its task waiting to be published
     down = {**cluster.env, "TIDEFLOW_BROKER_URL": "redis://127.0.0.1:1/0"}
-    started = subprocess.run([sys.executable, "-m", "app.cli", "run", "start", "hello"], cwd=REPO_ROOT, env=down,
-                             capture_output=True, text=True, timeout=120)
+    started = tideflow(down, "run", "start", "hello")
     assert started.returncode == 0 and started.stderr == "", (started.stdout, started.stderr)
     (line,) = started.stdout.splitlines()
     match = re.fullmatch(r"started run (\d+); the broker is unreachable \(.+\): the run is stored and its tasks "
@@ -172,13 +156,12 @@ def test_broker_down_and_no_worker(cluster, tmp_path):
 
 
 def test_progress_counts_task_ids_whole_errors_and_task_logs(cluster, tmp_path):
-    cluster.run_cli("workflow", "register", _write(tmp_path, "mixed.yaml", MIXED), check=True)
+    cluster.run_cli("workflow", "register", write_file(tmp_path, "mixed.yaml", MIXED), check=True)
     cluster.start_worker("w1", concurrency=2)
     wide = {**cluster.env, "COLUMNS": "300"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO_ROOT, env=wide,
-                              capture_output=True, text=True, timeout=120)
+        return tideflow(wide, *args)
 
     waited = cli("run", "start", "mixed", "--wait")
     assert waited.returncode == 1, waited.stdout + waited.stderr
@@ -209,10 +192,10 @@ def test_progress_counts_task_ids_whole_errors_and_task_logs(cluster, tmp_path):
         assert "boom attempt 1" in res.stdout and f"error: {error}" in res.stdout, res.stdout
     ok_logs = json.loads(cli("task", "logs", str(run_id), "ok", "--json").stdout)
     assert ok_logs["name"] == "ok" and "fine" in ok_logs["attempts"][0]["log"]
-    assert _one_line(cli("task", "logs", str(run_id), "nope")) == f"error: run {run_id} has no task 'nope'"
-    assert _one_line(cli("task", "logs", "99999", "boom")) == "error: run 99999 does not exist"
+    assert stderr_line(cli("task", "logs", str(run_id), "nope")) == f"error: run {run_id} has no task 'nope'"
+    assert stderr_line(cli("task", "logs", "99999", "boom")) == "error: run 99999 does not exist"
     other = cli("task", "logs", str(run_id + 1000), str(tasks["boom"]["id"]))
-    assert _one_line(other) == f"error: run {run_id + 1000} does not exist"
+    assert stderr_line(other) == f"error: run {run_id + 1000} does not exist"
 
 
 # -- the repository ----------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ request stores nothing. (Fuzzing: test_api_fuzz.py; real workers behind the API:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from app.config import load_settings
 from app.services.worker import execute
 from tests.support import codeflows
 from tests.support.api import AUTH, HELLO, TOKEN, make_client, row_counts
+from tests.support.inprocess import StubProcess, reset_codeflows
 
 
 @pytest.fixture
@@ -269,20 +269,15 @@ def test_parent_and_children_on_run_views_and_kind_filter(code_api) -> None:
     _error(client.get("/api/runs?kind=bogus", headers=AUTH), 422, "invalid_request")
 
 
-class CodeApi:
+class CodeApi(StubProcess):
     """The API of a process with the code workflows, whose broker is the in-process stub: ``drain`` delivers what
     a request published (advances, activities), as workers would."""
 
     def __init__(self, db_url: str):
-        from app.client import Tideflow
-        from app.runtime import Runtime
-        from app.testing import StubDispatcher
         from tests.support.api import TestClient
 
-        settings = load_settings(database_url=db_url, api_token=TOKEN, workflow_modules="tests.support.codeflows")
-        self.stub = StubDispatcher()
-        self.tf = Tideflow(Runtime.create(settings, self.stub))
-        self.client = TestClient(create_app(settings, self.tf), raise_server_exceptions=False)
+        super().__init__(db_url, api_token=TOKEN)
+        self.client = TestClient(create_app(self.rt.settings, self.tf), raise_server_exceptions=False)
 
     def post(self, path: str, body: Any = None, *, drain: bool = True) -> Any:
         resp = self.client.post(path, json=body, headers=AUTH)
@@ -295,25 +290,10 @@ class CodeApi:
         assert resp.status_code == 200, resp.text
         return resp.json()
 
-    def fire_timers(self) -> None:
-        """As if every timer were due now: a reconciler pass, and the messages it leads to."""
-        from sqlalchemy import update
-
-        from app.clock import utcnow
-        from app.db.schema import TaskRun
-        from app.services.reconciler import reconcile_once
-
-        with self.tf.runtime.db.transaction() as s:
-            s.execute(update(TaskRun).where(TaskRun.state == "running", TaskRun.due_at.is_not(None))
-                      .values(due_at=utcnow() - timedelta(seconds=1)))
-        reconcile_once(self.tf.runtime)
-        self.stub.drain(self.tf.runtime)
-
 
 @pytest.fixture
 def code_stub(db_url: str) -> Iterator[CodeApi]:
-    codeflows.CALLS.clear()
-    codeflows.FAIL.clear()
+    reset_codeflows()
     h = CodeApi(db_url)
     yield h
     h.tf.close()

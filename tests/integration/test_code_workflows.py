@@ -5,51 +5,22 @@ the replay check, idempotent start keys. PostgreSQL and SQLite. Real Celery work
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
 
-from app.client import Tideflow
-from app.clock import utcnow
-from app.config import load_settings
-from app.db.schema import TaskRun
 from app.errors import InvalidState
-from app.runtime import Runtime
 from app.services.reconciler import reconcile_once
-from app.testing import StubDispatcher
 from tests.support import codeflows
+from tests.support.inprocess import StubProcess, reset_codeflows
 
-
-class Code:
-    def __init__(self, db_url: str, **settings: Any):
-        self.stub = StubDispatcher()
-        self.rt = Runtime.create(load_settings(database_url=db_url, workflow_modules="tests.support.codeflows",
-                                               **settings), self.stub)
-        self.tf = Tideflow(self.rt)
-
-    def start(self, workflow: Any, params: dict[str, Any] | None = None, **kw: Any) -> int:
-        run_id = self.tf.start_run(workflow, params, **kw)
-        self.stub.drain(self.rt)
-        return run_id
-
-    def run(self, run_id: int) -> dict[str, Any]:
-        return self.tf.run(run_id)
-
-    def fire_timers(self) -> None:
-        """As if every timer were due now, then a reconciler pass and the messages it leads to."""
-        with self.rt.db.transaction() as s:
-            s.execute(update(TaskRun).where(TaskRun.state == "running", TaskRun.due_at.is_not(None))
-                      .values(due_at=utcnow() - timedelta(seconds=1)))
-        reconcile_once(self.rt)
-        self.stub.drain(self.rt)
+#: a process with tests/support/codeflows.py (``Code(db_url, **settings)``; tests/integration/test_limits.py too)
+Code = StubProcess
 
 
 @pytest.fixture
 def code(db_url: str) -> Iterator[Code]:
-    codeflows.CALLS.clear()
-    codeflows.FAIL.clear()
+    reset_codeflows()
     h = Code(db_url)
     yield h
     h.rt.close()

@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -21,7 +19,7 @@ from app.config import load_settings
 from app.db.engine import Database, postgres_connect_args
 from app.services import views
 from tests.support.api import AUTH, make_client
-from tests.support.cluster import REPO_ROOT
+from tests.support.cli import tideflow
 from tests.support.servers import psycopg_conninfo
 
 
@@ -75,8 +73,7 @@ def test_cli_says_it_in_one_line(pg_url, runs_locked):
     env = {**os.environ, "TIDEFLOW_DATABASE_URL": pg_url, "TIDEFLOW_DATABASE_STATEMENT_TIMEOUT_SECONDS": "1",
            "TIDEFLOW_BROKER_URL": "redis://127.0.0.1:1/0"}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "app.cli", "run", "list"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = tideflow(env, "run", "list", timeout=60)
     assert time.monotonic() - started < 30
     assert done.returncode == 1, done.stdout + done.stderr
     assert re.fullmatch(r"error: the database did not answer within 1 s \(TIDEFLOW_DATABASE_STATEMENT_TIMEOUT_SECONDS\)"

@@ -7,52 +7,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
 
 import tideflow
-from app.client import Tideflow
-from app.clock import utcnow
-from app.config import load_settings
-from app.db.schema import TaskRun
-from app.runtime import Runtime
-from app.services.reconciler import reconcile_once
-from app.testing import StubDispatcher
+from app.services.reconciler import Report
 from examples import orders
 from examples.orders import order_saga
+from tests.support.inprocess import StubProcess
 
 MODULES = "examples.orders,examples.approvals,examples.batches"
 
 
-class Examples:
+class Examples(StubProcess):
     def __init__(self, db_url: str):
-        self.stub = StubDispatcher()
-        self.rt = Runtime.create(load_settings(database_url=db_url, workflow_modules=MODULES), self.stub)
-        self.tf = Tideflow(self.rt)
+        super().__init__(db_url, MODULES)
 
-    def start(self, workflow: Any, params: dict[str, Any] | None = None) -> int:
-        run_id = self.tf.start_run(workflow, params)
-        self.stub.drain(self.rt)
-        return run_id
-
-    def run(self, run_id: int) -> dict[str, Any]:
-        return self.tf.run(run_id)
-
-    def signal(self, run_id: int, name: str, data: Any) -> None:
-        self.tf.signal(run_id, name, data)
-        self.stub.drain(self.rt)
-
-    def fire_timers(self) -> None:
+    def fire_timers(self) -> Report:
         """As if every pending timer / signal timeout were due now, then a reconciler pass and what it leads to."""
-        with self.rt.db.transaction() as s:
-            s.execute(update(TaskRun).where(TaskRun.state == "running", TaskRun.due_at.is_not(None))
-                      .values(due_at=utcnow() - timedelta(seconds=1)))
-        assert reconcile_once(self.rt).fired_timers >= 1
-        self.stub.drain(self.rt)
+        done = super().fire_timers()
+        assert done.fired_timers >= 1
+        return done
 
 
 def steps(run: dict[str, Any]) -> list[tuple[str, str]]:

@@ -4,7 +4,6 @@ including each command racing the worker that finishes the same task."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from app.services.reconciler import reconcile_once
 from tests.support.harness import client_for, history, wait_run
 from tests.support.jobs import read_ledger
+from tests.support.race import press_concurrently
 from tests.support.wait import holds_for, wait_until
 
 TOKEN = {"Authorization": "Bearer test-token"}
@@ -219,27 +219,8 @@ def test_force_success_racing_the_worker_that_fails_the_task(cluster, tmp_path):
     run_id = tf.start_run("failing", {"gate": str(gate)})
     wait_until(lambda: _execs(cluster, run_id, "a", "start") == 1, timeout=30, message="a never started")
     a_id = _tasks(tf, run_id)["a"]["id"]
-    statuses: list[tuple[int, str]] = []
-    lock = threading.Lock()
-    landed = threading.Event()
-
-    def press() -> None:
-        with httpx.Client(base_url=base, headers=TOKEN, timeout=30) as http:
-            while not landed.is_set():
-                r = http.post(f"/api/tasks/{a_id}/force-success")
-                with lock:
-                    statuses.append((r.status_code, r.json()["message"] if r.status_code != 200 else ""))
-                if r.status_code == 200:
-                    landed.set()
-                elif "is running" not in statuses[-1][1]:
-                    return  # refused because another request landed first
-    threads = [threading.Thread(target=press) for _ in range(2)]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    gate.touch()
-    for t in threads:
-        t.join(timeout=60)
+    # a refusal that is not "is running": another request landed first
+    statuses = press_concurrently(base, TOKEN, f"/api/tasks/{a_id}/force-success", gate.touch, stop_unless="is running")
     assert [s for s, _ in statuses].count(200) == 1, statuses
     assert {s for s, _ in statuses} <= {200, 409}, statuses
     assert all("is running" in m or "is succeeded" in m or "only a failed task" in m
@@ -312,23 +293,7 @@ def test_rerun_racing_the_worker_that_finishes_the_run(cluster, tmp_path):
         assert http.post(f"/api/runs/{run_id}/pause").json()["state"] == "paused"
         assert http.post(f"/api/tasks/{b_id}/rerun").status_code == 409
         assert http.post(f"/api/runs/{run_id}/resume").json()["state"] == "running"
-    statuses: list[int] = []
-    landed = threading.Event()
-
-    def press() -> None:
-        with httpx.Client(base_url=base, headers=TOKEN, timeout=30) as http:
-            while not landed.is_set():
-                r = http.post(f"/api/tasks/{b_id}/rerun")
-                statuses.append(r.status_code)
-                if r.status_code == 200:
-                    landed.set()
-    threads = [threading.Thread(target=press) for _ in range(2)]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    gate.touch()
-    for t in threads:
-        t.join(timeout=60)
+    statuses = [status for status, _ in press_concurrently(base, TOKEN, f"/api/tasks/{b_id}/rerun", gate.touch)]
     assert statuses.count(200) == 1 and set(statuses) == {200, 409}, statuses
     run = wait_run(tf, run_id, "succeeded", timeout=30)
     tasks = {t["name"]: t for t in run["tasks"]}
@@ -456,27 +421,8 @@ def test_code_force_success_racing_the_worker_that_fails_the_step(cluster, tmp_p
     step = wait_until(lambda: next((st for st in tf.run(run_id)["steps"] if st["seq"] == 1
                                     and st["state"] == "running"), None), timeout=30, message="b never started")
     b_id = step["task_run_id"]
-    statuses: list[tuple[int, str]] = []
-    lock = threading.Lock()
-    landed = threading.Event()
-
-    def press() -> None:
-        with httpx.Client(base_url=base, headers=TOKEN, timeout=30) as http:
-            while not landed.is_set():
-                r = http.post(f"/api/tasks/{b_id}/force-success", json={"result": "forced", "reason": "race"})
-                with lock:
-                    statuses.append((r.status_code, r.json()["message"] if r.status_code != 200 else ""))
-                if r.status_code == 200:
-                    landed.set()
-                elif "is running" not in statuses[-1][1]:
-                    return  # refused because another request landed first
-    threads = [threading.Thread(target=press) for _ in range(2)]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    Path(f"{path}.gate").touch()
-    for t in threads:
-        t.join(timeout=60)
+    statuses = press_concurrently(base, TOKEN, f"/api/tasks/{b_id}/force-success", Path(f"{path}.gate").touch,
+                                  stop_unless="is running", json={"result": "forced", "reason": "race"})
     assert [s for s, _ in statuses].count(200) == 1, statuses
     assert {s for s, _ in statuses} <= {200, 409}, statuses
     assert all("is running" in m or "is succeeded" in m for s, m in statuses if s == 409), statuses
@@ -504,23 +450,8 @@ def test_code_rerun_racing_the_worker_that_finishes_the_run(cluster, tmp_path):
         r = http.post(f"/api/tasks/{a_id}/rerun")
         assert (r.status_code, r.json()["message"]) == (
             409, f"run {run_id} is running; a step can be rerun only in a finished run")
-    statuses: list[int] = []
-    landed = threading.Event()
-
-    def press() -> None:
-        with httpx.Client(base_url=base, headers=TOKEN, timeout=30) as http:
-            while not landed.is_set():
-                r = http.post(f"/api/tasks/{a_id}/rerun")
-                statuses.append(r.status_code)
-                if r.status_code == 200:
-                    landed.set()
-    threads = [threading.Thread(target=press) for _ in range(2)]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    Path(f"{path}.gate").touch()
-    for t in threads:
-        t.join(timeout=60)
+    statuses = [status for status, _ in press_concurrently(base, TOKEN, f"/api/tasks/{a_id}/rerun",
+                                                           Path(f"{path}.gate").touch)]
     assert statuses.count(200) == 1 and set(statuses) == {200, 409}, statuses
     run = wait_run(tf, run_id, "succeeded", timeout=60)
     assert run["result"] == {"a": 2, "b": 2, "c": 2}

@@ -18,9 +18,8 @@ from typing import TextIO
 
 import psutil
 
+from tests.support.cli import REPO_ROOT, tideflow
 from tests.support.wait import read_lines, wait_until
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_QUEUES = ("tideflow.default", "tideflow.master")
 
@@ -296,16 +295,7 @@ class Cluster:
     ) -> subprocess.CompletedProcess[str]:
         """``python -m app.cli ARGS`` with the cluster environment; output captured as text."""
         started = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
-            cwd=REPO_ROOT,
-            env=self.env,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        result = tideflow(self.env, *args, timeout=timeout, input=input)
         with open(self.workdir / "cli.log", "a", encoding="utf-8") as log:
             log.write(
                 f"$ tideflow {' '.join(args)}  -> exit {result.returncode} "
