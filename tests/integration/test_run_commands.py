@@ -109,6 +109,10 @@ def test_a_paused_runs_submitted_task_is_not_claimed_nor_republished_until_resum
     run_id = tf.start_run("later")
     assert _task_state(tf, run_id, "only") == "submitted"
     tf.pause(run_id, actor="test")
+    tf.register({"name": "later2", "tasks": [
+        {"name": "only", "type": "python", "function": "tests.support.jobs:record", "queue": "q2"}]})
+    other = tf.start_run("later2")
+    tf.pause(other, actor="test")
 
     w2 = cluster.start_worker("w2", queues=["q2"], concurrency=1)
     wait_until(lambda: any(f"run {run_id} is paused" in line for line in w2.log_lines()), timeout=30,
@@ -119,11 +123,7 @@ def test_a_paused_runs_submitted_task_is_not_claimed_nor_republished_until_resum
     task = _tasks(tf, run_id)["only"]
     assert task["state"] == "submitted" and task["attempts"] == [] and _execs(cluster, run_id, "only") == 0
 
-    # a paused run can be cancelled
-    tf.register({"name": "later2", "tasks": [
-        {"name": "only", "type": "python", "function": "tests.support.jobs:record", "queue": "q2"}]})
-    other = tf.start_run("later2")
-    tf.pause(other, actor="test")
+    # a paused run can be cancelled (paused above, before any worker served q2)
     cancelled = cluster.run_cli("run", "cancel", str(other), check=True)
     assert cancelled.stdout.strip() == f"cancelled run {other}"
     assert _task_state(tf, other, "only") == "cancelled"
