@@ -47,6 +47,7 @@ from app.db.schema import (
 )
 from app.records import RunRecord, SignalRecord, TaskRecord, WorkflowRecord
 from app.states import (
+    RUN_TERMINAL,
     TASK_LIVE_ORDERED,
     TASK_TERMINAL,
     AttemptOutcome,
@@ -1217,7 +1218,7 @@ def record_start(s: Session, key: str, now: datetime, *, forget_before: datetime
 
 # -- retention: deleting old finished runs (``tideflow db prune``) ------------------------------------------------
 
-_RUN_TERMINAL_STATES = [str(st) for st in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)]
+_RUN_TERMINAL_STATES = sorted(str(st) for st in RUN_TERMINAL)
 
 
 def prunable_runs(s: Session, finished_before: datetime, limit: int, *, after: int = 0) -> list[int]:
@@ -1230,9 +1231,8 @@ def prunable_runs(s: Session, finished_before: datetime, limit: int, *, after: i
     q = (select(R.c.id).where(R.c.id > after, R.c.parent_task_run_id.is_(None), R.c.state.in_(_RUN_TERMINAL_STATES),
                               R.c.finished_at < finished_before, ~in_running_backfill)
          .order_by(R.c.id).limit(limit))
-    if _is_pg(s):  # as lock_run does: a retry or rerun of one of them waits for this transaction, or is skipped
-        q = q.with_for_update(skip_locked=True, key_share=True)
-    return list(s.execute(q).scalars())
+    # as lock_run does: a retry or rerun of one of them waits for this transaction, or is skipped
+    return list(s.execute(_lock(s, q, skip_locked=True, key_share=True)).scalars())
 
 
 def run_trees(s: Session, root_ids: Sequence[int]) -> tuple[list[int], set[int]]:
@@ -1244,10 +1244,8 @@ def run_trees(s: Session, root_ids: Sequence[int]) -> tuple[list[int], set[int]]
     while level:
         q = (select(R.c.id, R.c.state, T.c.run_id).select_from(R.join(T, T.c.id == R.c.parent_task_run_id))
              .where(T.c.run_id.in_(level)))
-        if _is_pg(s):
-            q = q.with_for_update(of=R, key_share=True)
         level = []
-        for child, state, parent in s.execute(q):
+        for child, state, parent in s.execute(_lock(s, q, of=R, key_share=True)):
             if child in root_of:
                 continue
             root_of[child] = root_of[parent]
