@@ -358,11 +358,7 @@ def _force_success_step(
                                 reason=f"forced to success by {actor} with result {json.dumps(result)[:200]}: "
                                        f"{reason}"):
         raise InvalidState(f"task run {task.id} changed meanwhile; try again")
-    why = f"position {task.seq} forced to success"
-    if later:
-        _reset_code_run(s, rt, run, (task.seq or 0) + 1, actor=actor, why=why)
-    elif run.state in RUN_TERMINAL:
-        repo.set_run_values(s, run.id, cancel_requested=False, result=None, state_values={})
+    _reset_code_run(s, rt, run, (task.seq or 0) + 1, actor=actor, why=f"position {task.seq} forced to success")
     return _continue(s, rt, run, actor=actor, reason=f"{_step_label(task)} forced to success")
 
 
